@@ -1,0 +1,452 @@
+"""Offset index over a Cdiscount BSON dump: where each product and each picture lies in the file.
+
+Every later stage reads products through this index, so a 58 GB ``train.bson`` is opened with
+``mmap`` and a product is a slice, never a scan. Building the index walks the chain of document
+lengths in Python (one ``unpack_from`` per product) and then reads the fields of all documents
+at once with numpy gathers on the Kaggle layout (``_id`` int32, ``imgs`` array of
+``{picture: binary}``, optional ``category_id`` int32). A document in any other layout (int64
+ids, extra fields, other field order) falls back to a per-document walker, which is also what
+turns malformed input into a message naming the offset, product and field.
+
+Files: ``FILE.bson.idx.npz`` holds ``products`` and ``pictures`` (structured arrays, dtypes
+below) and ``meta`` (JSON: format version, size and mtime of the BSON file it describes).
+``FILE.bson.md5.npy`` (see :func:`hash_pictures`) holds the MD5 of every picture, aligned with
+``pictures``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from etalage.catalog.io import atomic_write, save_npz_atomic
+from etalage.errors import DataError
+
+INDEX_VERSION = 1
+NO_CATEGORY = -1
+
+PRODUCT_DTYPE = np.dtype([
+    ("product_id", "<i8"),
+    ("offset", "<i8"),       # byte offset of the document in the BSON file
+    ("length", "<i4"),       # document length in bytes
+    ("n_pictures", "<i2"),
+    ("category_id", "<i8"),  # NO_CATEGORY (-1) in test.bson
+    ("first_picture", "<i8"),  # row of the product's first picture in `pictures`
+])
+PICTURE_DTYPE = np.dtype([
+    ("offset", "<i8"),  # byte offset of the JPEG bytes in the BSON file
+    ("length", "<i4"),
+])
+
+_INT32 = struct.Struct("<i")
+_ID_PREFIX = b"\x10_id\x00"
+_IMGS_PREFIX = b"\x04imgs\x00"
+_PICTURE_PREFIX = b"\x05picture\x00"
+_CATEGORY_ELEMENT = b"\x10category_id\x00"
+_FIXED_SIZES = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8,
+                0x13: 16, 0x7F: 0, 0xFF: 0}
+_ELEMENT_TYPES = set(_FIXED_SIZES) | {0x00, 0x02, 0x03, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F}
+_CHUNK_DOCS = 262_144
+
+
+def index_path_for(bson_path: str | Path) -> Path:
+    return Path(f"{bson_path}.idx.npz")
+
+
+def md5_path_for(bson_path: str | Path) -> Path:
+    return Path(f"{bson_path}.md5.npy")
+
+
+def _file_stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class BsonIndex:
+    """Products and pictures of one BSON file (see module docstring for the dtypes)."""
+
+    bson_path: Path
+    products: np.ndarray
+    pictures: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(len(self.products)) and bool((self.products["category_id"] != NO_CATEGORY).all())
+
+    @classmethod
+    def load(cls, bson_path: str | Path) -> BsonIndex:
+        """Load the index of ``bson_path``; a missing or stale index names ``etalage index``."""
+        bson_path = Path(bson_path)
+        idx_path = index_path_for(bson_path)
+        if not bson_path.exists():
+            raise DataError(f"{bson_path}: no such file")
+        if not idx_path.exists():
+            raise DataError(f"{bson_path}: no index; run `etalage index {bson_path}`")
+        try:
+            with np.load(idx_path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                products, pictures = z["products"], z["pictures"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{idx_path}: unreadable index ({exc}); run `etalage index {bson_path}`") from None
+        if meta.get("version") != INDEX_VERSION or meta.get("bson") != _file_stamp(bson_path):
+            raise DataError(f"{idx_path}: index is stale (the BSON file changed); run `etalage index {bson_path}`")
+        return cls(bson_path, products, pictures)
+
+    @classmethod
+    def open(cls, bson_path: str | Path, progress: bool = False) -> BsonIndex:
+        """Load the index, building it first when it is missing or stale."""
+        try:
+            return cls.load(bson_path)
+        except DataError:
+            if not Path(bson_path).exists():
+                raise
+            return build_index(bson_path, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def build_index(bson_path: str | Path, progress: bool = False, known_category_ids: np.ndarray | None = None
+                ) -> BsonIndex:
+    """Index ``bson_path`` and write ``FILE.bson.idx.npz`` atomically.
+
+    ``known_category_ids`` (sorted int64), when given, makes an id outside the taxonomy an error
+    naming the product. Malformed input raises ``DataError`` and writes nothing.
+    """
+    bson_path = Path(bson_path)
+    try:
+        fh = bson_path.open("rb")
+    except OSError as exc:
+        raise DataError(f"{bson_path}: cannot open: {exc.strerror or exc}") from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise DataError(f"{bson_path}: empty file, not a BSON dump")
+        # Not closed explicitly: numpy views of the map may outlive this frame in a traceback,
+        # and closing a map with live views raises BufferError; it is unmapped when collected.
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        products, pictures = _scan(mm, size, bson_path, progress)
+    if len(products) == 0:
+        raise DataError(f"{bson_path}: no documents")
+    if known_category_ids is not None:
+        cats = products["category_id"]
+        labelled = cats != NO_CATEGORY
+        pos = np.searchsorted(known_category_ids, cats).clip(0, len(known_category_ids) - 1)
+        bad = labelled & (known_category_ids[pos] != cats)
+        if bad.any():
+            row = products[np.flatnonzero(bad)[0]]
+            raise DataError(f"{bson_path}: product {row['product_id']} (offset {row['offset']}): "
+                            f"category_id {row['category_id']} is not in the taxonomy")
+    meta = json.dumps({"version": INDEX_VERSION, "bson": _file_stamp(bson_path)})
+    save_npz_atomic(index_path_for(bson_path), products=products, pictures=pictures, meta=np.array(meta))
+    return BsonIndex(bson_path, products, pictures)
+
+
+def _scan(mm: mmap.mmap, size: int, path: Path, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    from tqdm import tqdm
+
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    product_parts, picture_parts = [], []
+    n_pictures_so_far = 0
+    pos = 0
+    with tqdm(total=size, unit="B", unit_scale=True, desc=f"index {path.name}", leave=False,
+              disable=not progress) as bar:
+        while pos < size:
+            starts, lengths, end = _follow_lengths(mm, pos, size, path)
+            if (buf[starts + lengths - 1] != 0).any():
+                bad = int(starts[np.flatnonzero(buf[starts + lengths - 1] != 0)[0]])
+                raise DataError(f"{path}: offset {bad}: not a BSON document (no terminating zero byte)")
+            prods, pics = _fields_of_chunk(mm, buf, starts, lengths, path)
+            prods["first_picture"] += n_pictures_so_far
+            n_pictures_so_far += len(pics)
+            product_parts.append(prods)
+            picture_parts.append(pics)
+            bar.update(end - pos)
+            pos = end
+    products = np.concatenate(product_parts) if product_parts else np.zeros(0, PRODUCT_DTYPE)
+    pictures = np.concatenate(picture_parts) if picture_parts else np.zeros(0, PICTURE_DTYPE)
+    return products, pictures
+
+
+def _follow_lengths(mm, pos: int, size: int, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """Offsets and lengths of up to ``_CHUNK_DOCS`` documents from ``pos``: the only per-product
+    Python work on the fast path (one ``unpack_from`` each)."""
+    unpack = _INT32.unpack_from
+    starts, lengths = [], []
+    for _ in range(_CHUNK_DOCS):
+        if pos >= size:
+            break
+        if size - pos < 5:
+            raise DataError(f"{path}: offset {pos}: truncated document ({size - pos} trailing bytes)")
+        (length,) = unpack(mm, pos)
+        if pos + length > size or length < 5:
+            if length < 5 or mm[pos + 4] not in _ELEMENT_TYPES:
+                raise DataError(f"{path}: offset {pos}: not a BSON document (length field {length}, "
+                                f"element type byte 0x{mm[pos + 4]:02x})")
+            raise DataError(f"{path}: offset {pos}: truncated document (length {length}, "
+                            f"only {size - pos} bytes left)")
+        starts.append(pos)
+        lengths.append(length)
+        pos += length
+    return np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64), pos
+
+
+def _gather_int32(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
+    b = buf[at[:, None] + np.arange(4)].astype(np.int64)
+    v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
+    return np.where(v >= 2**31, v - 2**32, v)
+
+
+def _matches(buf: np.ndarray, at: np.ndarray, pattern: bytes) -> np.ndarray:
+    pat = np.frombuffer(pattern, dtype=np.uint8)
+    at = np.minimum(at, len(buf) - len(pat))  # keep gathers in bounds; a clipped match is re-checked
+    return (buf[at[:, None] + np.arange(len(pat))] == pat).all(axis=1)
+
+
+def _fields_of_chunk(mm, buf, starts, lengths, path) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``_id``, pictures and ``category_id`` of many documents at once (Kaggle layout)."""
+    n = len(starts)
+    ends = starts + lengths
+    fast = lengths >= 26
+    fast &= _matches(buf, starts + 4, _ID_PREFIX) & _matches(buf, starts + 13, _IMGS_PREFIX)
+    arr = starts + 19
+    arr_len = np.where(fast, _gather_int32(buf, np.minimum(arr, len(buf) - 4)), 0)
+    arr_end = arr + arr_len
+    fast &= (arr_len >= 5) & (arr_end <= ends - 1)
+    tail = ends - 1 - arr_end  # bytes between the imgs array and the document's terminator
+    with_cat = fast & (tail == 17) & _matches(buf, np.where(fast, arr_end, 0), _CATEGORY_ELEMENT)
+    fast &= (tail == 0) | with_cat
+    # Walk the picture slots "0", "1", ... of every fast document in lockstep.
+    pic_off = np.zeros((n, 10), np.int64)
+    pic_len = np.zeros((n, 10), np.int64)
+    count = np.zeros(n, np.int64)
+    cursor = arr + 4
+    active = fast.copy()
+    for j in range(10):
+        at_end = active & (cursor == arr_end - 1)
+        active &= ~at_end
+        if not active.any():
+            break
+        if j == 9:  # ten or more pictures: leave to the general walker
+            fast &= ~active
+            break
+        ok = active & (cursor + 3 + 18 <= arr_end - 1)
+        ok &= _matches(buf, np.where(ok, cursor, 0), bytes([0x03, 0x30 + j, 0]))
+        sub = cursor + 3
+        ok &= _matches(buf, np.where(ok, sub + 4, 0), _PICTURE_PREFIX)
+        sub_len = np.where(ok, _gather_int32(buf, np.where(ok, sub, 0)), 0)
+        bin_len = np.where(ok, _gather_int32(buf, np.where(ok, sub + 13, 0)), 0)
+        ok &= (bin_len >= 0) & (sub_len == bin_len + 19) & (sub + sub_len <= arr_end - 1)
+        fast &= ~(active & ~ok)
+        active &= ok
+        pic_off[active, j] = sub[active] + 18
+        pic_len[active, j] = bin_len[active]
+        count[active] += 1
+        cursor = np.where(active, sub + sub_len, cursor)
+    fast &= count > 0
+
+    prods = np.zeros(n, PRODUCT_DTYPE)
+    prods["offset"] = starts
+    prods["length"] = lengths
+    prods["product_id"] = np.where(fast, _gather_int32(buf, np.where(fast, starts + 9, 0)), 0)
+    prods["category_id"] = np.where(with_cat & fast, _gather_int32(buf, np.where(with_cat, arr_end + 13, 0)),
+                                    NO_CATEGORY)
+    prods["n_pictures"] = count
+    slow_pictures = {}
+    for i in np.flatnonzero(~fast):
+        pid, cat, pics = _walk_document(mm, int(starts[i]), int(lengths[i]), path)
+        prods["product_id"][i] = pid
+        prods["category_id"][i] = cat
+        prods["n_pictures"][i] = len(pics)
+        slow_pictures[int(i)] = pics
+    counts = prods["n_pictures"].astype(np.int64)
+    prods["first_picture"] = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pics = np.zeros(int(counts.sum()), PICTURE_DTYPE)
+    # Fast documents: flatten the (n, 10) slot table row-major, which keeps file order.
+    slot = np.arange(10)[None, :] < count[:, None]
+    slot &= fast[:, None]
+    fast_rows = np.repeat(prods["first_picture"], np.where(fast, counts, 0)) + _ranks_within(
+        np.where(fast, counts, 0))
+    pics["offset"][fast_rows] = pic_off[slot]
+    pics["length"][fast_rows] = pic_len[slot]
+    for i, plist in slow_pictures.items():
+        first = prods["first_picture"][i]
+        for k, (off, ln) in enumerate(plist):
+            pics[first + k] = (off, ln)
+    return prods, pics
+
+
+def _ranks_within(counts: np.ndarray) -> np.ndarray:
+    """[2, 0, 3] -> [0, 1, 0, 1, 2]: position of each item within its group."""
+    total = int(counts.sum())
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total) - starts
+
+
+def _walk_document(mm, start: int, length: int, path: Path) -> tuple[int, int, list[tuple[int, int]]]:
+    """General walker for one document: returns (product id, category id, [(offset, length)])."""
+    end = start + length - 1
+    where = f"{path}: offset {start}"
+    fields = _elements(mm, start + 4, end, where)
+    if "_id" not in fields:
+        raise DataError(f"{where}: document has no _id field")
+    typ, at = fields["_id"]
+    if typ == 0x10:
+        pid = _INT32.unpack_from(mm, at)[0]
+    elif typ == 0x12:
+        pid = struct.unpack_from("<q", mm, at)[0]
+    else:
+        raise DataError(f"{where}: _id is BSON type 0x{typ:02x}, expected an integer")
+    where = f"{path}: product {pid} (offset {start})"
+    if "imgs" not in fields:
+        raise DataError(f"{where}: document has no imgs field")
+    typ, at = fields["imgs"]
+    if typ != 0x04:
+        raise DataError(f"{where}: imgs is BSON type 0x{typ:02x}, expected an array")
+    arr_len = _INT32.unpack_from(mm, at)[0]
+    pictures = []
+    for key, (etyp, eat) in _elements(mm, at + 4, at + arr_len - 1, f"{where}: imgs").items():
+        if etyp != 0x03:
+            raise DataError(f"{where}: imgs[{key}] is BSON type 0x{etyp:02x}, expected a document")
+        sub_len = _INT32.unpack_from(mm, eat)[0]
+        sub = _elements(mm, eat + 4, eat + sub_len - 1, f"{where}: imgs[{key}]")
+        if "picture" not in sub or sub["picture"][0] != 0x05:
+            raise DataError(f"{where}: imgs[{key}] has no binary picture field")
+        bat = sub["picture"][1]
+        pictures.append((bat + 5, _INT32.unpack_from(mm, bat)[0]))
+    if not pictures:
+        raise DataError(f"{where}: imgs is empty (a product needs at least one picture)")
+    cat = NO_CATEGORY
+    if "category_id" in fields:
+        typ, at = fields["category_id"]
+        if typ == 0x10:
+            cat = _INT32.unpack_from(mm, at)[0]
+        elif typ == 0x12:
+            cat = struct.unpack_from("<q", mm, at)[0]
+        else:
+            raise DataError(f"{where}: category_id is BSON type 0x{typ:02x}, expected an integer")
+    return pid, cat, pictures
+
+
+def _elements(mm, pos: int, end: int, where: str) -> dict[str, tuple[int, int]]:
+    """Element name -> (type, value offset) for the elements in [pos, end) (end = terminator)."""
+    out = {}
+    while pos < end:
+        typ = mm[pos]
+        name_end = mm.find(b"\x00", pos + 1, end)
+        if name_end < 0:
+            raise DataError(f"{where}: malformed element name at offset {pos}")
+        name = mm[pos + 1:name_end].decode("utf-8", "replace")
+        at = name_end + 1
+        if typ in _FIXED_SIZES:
+            size = _FIXED_SIZES[typ]
+        elif typ in (0x02, 0x0D, 0x0E):
+            size = 4 + _INT32.unpack_from(mm, at)[0]
+        elif typ in (0x03, 0x04):
+            size = _INT32.unpack_from(mm, at)[0]
+        elif typ == 0x05:
+            size = 5 + _INT32.unpack_from(mm, at)[0]
+        else:
+            raise DataError(f"{where}: field {name!r} has unsupported BSON type 0x{typ:02x} at offset {pos}")
+        if size < 0 or at + size > end:
+            raise DataError(f"{where}: field {name!r} overruns its document at offset {pos}")
+        out[name] = (typ, at)
+        pos = at + size
+    if pos != end or mm[end] != 0:
+        raise DataError(f"{where}: malformed document end at offset {end}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# picture hashes
+
+
+def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: bool = False,
+                  index: BsonIndex | None = None) -> np.ndarray:
+    """MD5 of every picture's JPEG bytes, ``(n_pictures, 16)`` uint8, saved to ``FILE.bson.md5.npy``.
+
+    Exact-duplicate matching (the 2017 winners' hash signal) needs these for train and test.
+    Pictures are hashed straight from the memory map (no copy), split over ``workers`` processes.
+    """
+    bson_path = Path(bson_path)
+    index = index or BsonIndex.open(bson_path)
+    pics = index.pictures
+    workers = max(1, min(workers or os.cpu_count() or 1, 64))
+    out = np.zeros((len(pics), 16), np.uint8)
+    bounds = np.linspace(0, len(pics), workers * 8 + 1).astype(np.int64)
+    jobs = [(str(bson_path), int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pics), unit="pic", desc=f"md5 {bson_path.name}", leave=False)
+
+    def done(a: int, b: int, digests: bytes) -> None:
+        out[a:b] = np.frombuffer(digests, np.uint8).reshape(-1, 16)
+        if bar is not None:
+            bar.update(b - a)
+
+    if workers == 1:
+        _hash_range_into(jobs, pics, done)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, initializer=_init_hash_worker, initargs=(pics,)) as pool:
+            for (a, b, digests) in pool.map(_hash_range_job, jobs):
+                done(a, b, digests)
+    if bar is not None:
+        bar.close()
+    with atomic_write(md5_path_for(bson_path), "wb") as fh:
+        np.save(fh, out)
+    return out
+
+
+def load_md5(bson_path: str | Path) -> np.ndarray:
+    """Picture MD5s ``(n_pictures, 16)`` uint8, written by :func:`hash_pictures` (``etalage hash``)."""
+    path = md5_path_for(bson_path)
+    if not path.exists():
+        raise DataError(f"{path}: no picture hashes; run `etalage hash {bson_path}`")
+    return np.load(path)
+
+
+_WORKER_PICS: np.ndarray | None = None
+
+
+def _init_hash_worker(pics: np.ndarray) -> None:
+    global _WORKER_PICS
+    _WORKER_PICS = pics
+
+
+def _hash_range_job(job: tuple[str, int, int]) -> tuple[int, int, bytes]:
+    path, a, b = job
+    return a, b, _hash_range(path, _WORKER_PICS, a, b)
+
+
+def _hash_range_into(jobs, pics, done: Callable) -> None:
+    for path, a, b in jobs:
+        done(a, b, _hash_range(path, pics, a, b))
+
+
+def _hash_range(path: str, pics: np.ndarray, a: int, b: int) -> bytes:
+    md5 = hashlib.md5
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            offs = pics["offset"][a:b].tolist()
+            lens = pics["length"][a:b].tolist()
+            return b"".join(md5(view[o:o + n]).digest() for o, n in zip(offs, lens, strict=True))
+        finally:
+            view.release()

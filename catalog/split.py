@@ -1,0 +1,30 @@
+"""Validation split: which training products the core holds out (and fusion later trains on)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Boolean mask (True = validation) over products, stratified by class and deterministic.
+
+    Each class contributes ``round(fraction * size)`` of its products, chosen by a seeded random
+    order, so rare classes are not emptied and the same (labels, fraction, seed) always gives the
+    same split. Classes with a single product stay in training.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    n = len(labels)
+    if n == 0 or fraction == 0.0:
+        return np.zeros(n, bool)
+    key = np.random.default_rng(seed).random(n)
+    order = np.lexsort((key, labels))
+    sorted_labels = labels[order]
+    group_start = np.r_[0, np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1]
+    sizes = np.diff(np.r_[group_start, n])
+    rank = np.arange(n) - np.repeat(group_start, sizes)
+    take = np.repeat(np.where(sizes > 1, np.floor(fraction * sizes + 0.5), 0), sizes)
+    mask = np.zeros(n, bool)
+    mask[order[rank < take]] = True
+    return mask

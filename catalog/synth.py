@@ -1,0 +1,436 @@
+"""The synthetic catalogue: Cdiscount-shaped BSON dumps for tests, benchmarks and the demo.
+
+It reproduces the signals the 2017 solutions exploited, each with its own strength knob:
+class-specific shapes, textures and colours under noise (level-1 decides the shape family,
+level-2 the texture, the class the colour, so the level heads have something to learn); book
+and CD covers that share one style per group and differ only by the words printed on them;
+product ids assigned in runs of one class; exact duplicate pictures within a class (also across
+train and test); placeholder pictures shared by every class; long-tailed class sizes and 1-4
+pictures per product, skewed towards one.
+
+Every picture is drawn from a random generator seeded by (seed, product number), so a seed
+gives the same bytes with any number of worker processes.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import csv
+import functools
+import io
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from etalage.catalog.fonts import load_font
+from etalage.catalog.io import atomic_write
+from etalage.catalog.taxonomy import Taxonomy
+from etalage.catalog.words import ENGLISH, FILLER, FIRST_NAMES, FRENCH, LAST_NAMES
+
+SIZE = 180
+BOOKS, MUSIC = "LIBRAIRIE", "MUSIQUE"
+PICTURES_PER_PRODUCT_P = (0.62, 0.15, 0.09, 0.14)  # 1.75 pictures per product, as in train.bson
+
+# (level-1, level-2, [level-3 ...]) of the default synthetic taxonomy: real Cdiscount names, few classes.
+DEFAULT_TREE = [
+    (BOOKS, "LITTERATURE", ["ROMAN", "POLICIER - THRILLER", "SCIENCE-FICTION", "POESIE"]),
+    (BOOKS, "SCOLAIRE", ["MANUEL SCOLAIRE", "PARASCOLAIRE"]),
+    (BOOKS, "LOISIRS", ["CUISINE", "TOURISME - VOYAGE"]),
+    (MUSIC, "CD", ["CD POP ROCK", "CD JAZZ BLUES", "CD CLASSIQUE", "CD RAP - HIP HOP"]),
+    (MUSIC, "VINYLE", ["VINYLE POP ROCK", "VINYLE VARIETE FRANCAISE"]),
+    ("INFORMATIQUE", "ACCESSOIRE", ["SOURIS", "CLAVIER", "CLE USB"]),
+    ("INFORMATIQUE", "CONNECTIQUE", ["CABLE HDMI", "CHARGEUR"]),
+    ("TELEPHONIE - GPS", "ACCESSOIRE TELEPHONE", ["COQUE - BUMPER", "PROTECTION ECRAN", "SUPPORT"]),
+    ("TELEPHONIE - GPS", "TELEPHONE", ["SMARTPHONE"]),
+    ("MAISON", "DECORATION", ["COUSSIN", "CADRE PHOTO", "VASE"]),
+    ("MAISON", "LINGE DE MAISON", ["DRAP", "RIDEAU"]),
+    ("JARDIN - PISCINE", "OUTIL DE JARDIN", ["SECATEUR", "ARROSOIR"]),
+    ("JARDIN - PISCINE", "MOBILIER DE JARDIN", ["CHAISE DE JARDIN", "PARASOL"]),
+    ("JEUX - JOUETS", "FIGURINE", ["FIGURINE", "POUPEE"]),
+    ("JEUX - JOUETS", "JEU DE SOCIETE", ["PUZZLE", "JEU DE CARTES"]),
+    ("BIJOUX - LUNETTES - MONTRES", "BIJOUX", ["BAGUE", "COLLIER", "BRACELET"]),
+    ("BIJOUX - LUNETTES - MONTRES", "MONTRE", ["MONTRE"]),
+    ("AUTO - MOTO", "PIECE AUTO", ["BOUGIE", "FILTRE A HUILE"]),
+    ("SPORT", "FITNESS", ["HALTERE", "TAPIS DE YOGA"]),
+    ("SPORT", "CYCLE", ["CASQUE VELO"]),
+]
+
+
+def default_taxonomy() -> Taxonomy:
+    """A small taxonomy shaped like the real one (LIBRAIRIE and MUSIQUE groups included)."""
+    rows, k = [], 0
+    for l1, l2, leaves in DEFAULT_TREE:
+        for l3 in leaves:
+            rows.append((1000010000 + 97 * k, l1, l2, l3))
+            k += 1
+    return Taxonomy.from_rows(rows, source="synthetic default taxonomy")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and signal strengths of a synthetic catalogue (every knob in [0, 1] unless said)."""
+
+    products: int = 2000
+    seed: int = 0
+    test_fraction: float = 0.2
+    noise: float = 0.5            # generic pictures: jitter of colour, pose, background, clutter
+    text_strength: float = 0.8    # share of cover words drawn from the class's own vocabulary
+    id_run_length: float = 8.0    # mean run of consecutive product ids with one class (1 = no leak)
+    duplicate_rate: float = 0.15  # pictures that are exact copies of one of the class's stock pictures
+    placeholder_rate: float = 0.02  # pictures replaced by a placeholder shared by all classes
+    tail: float = 0.9             # Zipf exponent of class sizes (0 = balanced)
+    classes: int | None = None    # use only this many classes of the taxonomy (default: all)
+    jpeg_quality: int = 90
+    workers: int | None = None    # processes drawing pictures (default: all cores)
+
+    def check(self) -> None:
+        if self.products < 1:
+            raise ValueError("products must be >= 1")
+        for name in ("test_fraction", "noise", "text_strength", "duplicate_rate", "placeholder_rate"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.id_run_length < 1:
+            raise ValueError("id_run_length must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: which class, id and picture kinds each product gets (main process, vectorised)
+
+
+@dataclass(frozen=True)
+class _ClassStyle:
+    group: str          # "book", "music" or "generic"
+    shape: int          # generic: shape family (from level-1)
+    texture: int        # generic: texture (from level-2)
+    hue: float          # generic: class colour
+    vocab: tuple[str, ...]   # covers: the class's own words
+    people: tuple[str, ...]  # covers: authors or artists
+
+
+def _class_styles(tax: Taxonomy, classes: np.ndarray, seed: int) -> dict[int, _ClassStyle]:
+    rng = np.random.default_rng([seed, 1])
+    pool = sorted(set(FRENCH) | set(ENGLISH))
+    styles = {}
+    books, music = set(), set()
+    if BOOKS in tax.level1_names:
+        books = set(tax.classes_under(BOOKS).tolist())
+    if MUSIC in tax.level1_names:
+        music = set(tax.classes_under(MUSIC).tolist())
+    # Classes of one level-2 share shape and texture; spread their hues around the circle.
+    siblings: dict[int, list[int]] = {}
+    for c in classes:
+        siblings.setdefault(int(tax.level2_of[c]), []).append(int(c))
+    for l2, members in siblings.items():
+        offset = rng.random()
+        for j, c in enumerate(members):
+            group = "book" if c in books else "music" if c in music else "generic"
+            vocab = tuple(rng.choice(pool, 6, replace=False).tolist())
+            people = tuple(f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}" for _ in range(3))
+            styles[c] = _ClassStyle(group, int(tax.level1_of[c]), l2, (offset + j / len(members)) % 1.0,
+                                    vocab, people)
+    return styles
+
+
+def _plan(cfg: SynthConfig, n_classes_total: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([cfg.seed, 0])
+    n_cls = n_classes_total if cfg.classes is None else min(cfg.classes, n_classes_total)
+    classes = np.sort(rng.choice(n_classes_total, n_cls, replace=False)) if n_cls < n_classes_total \
+        else np.arange(n_classes_total)
+    weights = 1.0 / (1.0 + rng.permutation(n_cls)) ** cfg.tail
+    weights /= weights.sum()
+    # Runs of one class over consecutive ids: the id-order leak of the real dumps.
+    labels = np.empty(cfg.products, np.int64)
+    filled = 0
+    while filled < cfg.products:
+        run = min(int(rng.geometric(1.0 / cfg.id_run_length)), cfg.products - filled)
+        labels[filled:filled + run] = classes[rng.choice(n_cls, p=weights)]
+        filled += run
+    ids = 10 + np.cumsum(rng.integers(1, 4, cfg.products))
+    n_pics = rng.choice(4, cfg.products, p=PICTURES_PER_PRODUCT_P) + 1
+    is_test = rng.random(cfg.products) < cfg.test_fraction
+    if cfg.products > 1 and is_test.all():
+        is_test[0] = False
+    kind = rng.random((cfg.products, 4))  # < placeholder_rate: placeholder; < +duplicate: stock picture
+    stock = rng.integers(0, 4, (cfg.products, 4))
+    return {"classes": classes, "labels": labels, "ids": ids, "n_pics": n_pics, "is_test": is_test,
+            "kind": kind, "stock": stock}
+
+
+# ---------------------------------------------------------------------------------------------
+# drawing
+
+
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+
+
+def _texture_mask(texture: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean (SIZE, SIZE) pattern of a level-2 texture: kind, angle and period come from its number."""
+    kind = texture % 5
+    angle = (texture // 5) % 6 * math.pi / 6 + rng.normal(0, 0.05)
+    period = 8 + 4 * ((texture // 30) % 4)
+    u = _XX * math.cos(angle) + _YY * math.sin(angle)
+    v = -_XX * math.sin(angle) + _YY * math.cos(angle)
+    if kind == 0:
+        return np.ones((SIZE, SIZE), bool)
+    if kind == 1:
+        return (u % period) < period / 2
+    if kind == 2:
+        return ((u % period) - period / 2) ** 2 + ((v % period) - period / 2) ** 2 < (period / 3.2) ** 2
+    if kind == 3:
+        return ((u // period + v // period) % 2) == 0
+    return ((u % period) < 2.5) | ((v % period) < 2.5)
+
+
+def _shape_polygon(shape: int, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
+    """Outline of a level-1 shape family: polygons, stars and ellipses, parametrised by number."""
+    kind, k = shape % 3, 3 + (shape // 3) % 6
+    if kind == 0:  # regular polygon with k corners
+        pts = [(r, 2 * math.pi * i / k) for i in range(k)]
+    elif kind == 1:  # star with k points
+        pts = [(r if i % 2 == 0 else r * 0.45, math.pi * i / k) for i in range(2 * k)]
+    else:  # ellipse of aspect depending on k
+        aspect = 0.45 + 0.08 * (k - 3)
+        pts = [(r * math.sqrt(1 / (math.cos(t) ** 2 + (math.sin(t) / aspect) ** 2)), t)
+               for t in np.linspace(0, 2 * math.pi, 40, endpoint=False)]
+    return [(cx + d * math.cos(t + rot), cy + d * math.sin(t + rot)) for d, t in pts]
+
+
+def _background(rng: np.random.Generator, noise: float) -> np.ndarray:
+    base = np.array(_rgb(rng.random(), 0.15 * noise * rng.random(), 0.85 + 0.15 * rng.random()), np.float32)
+    grad = (rng.normal(0, 25 * noise) * (_YY / SIZE - 0.5))[..., None]
+    return np.clip(base + grad, 0, 255)
+
+
+def _draw_generic(style: _ClassStyle, rng: np.random.Generator, noise: float) -> Image.Image:
+    canvas = _background(rng, noise)
+    hue = style.hue + rng.normal(0, 0.025 * noise)
+    fg = np.array(_rgb(hue, 0.75 + 0.2 * rng.random(), 0.55 + 0.4 * rng.random()), np.float32)
+    fg2 = np.array(_rgb(hue + 0.5, 0.3, 0.95), np.float32)
+    pattern = _texture_mask(style.texture, rng)
+    r = SIZE * (0.28 + 0.12 * rng.random() * (0.5 + noise))
+    cx = SIZE / 2 + rng.normal(0, 18 * noise)
+    cy = SIZE / 2 + rng.normal(0, 18 * noise)
+    mask_img = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask_img).polygon(_shape_polygon(style.shape, cx, cy, r, rng.random() * 2 * math.pi), fill=255)
+    mask = np.asarray(mask_img) > 0
+    fill = np.where(pattern[..., None], fg, fg2)
+    canvas[mask] = fill[mask]
+    img = Image.fromarray(canvas.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.poisson(3 * noise)):  # clutter: small shapes of any colour
+        x, y, s = rng.integers(0, SIZE, 2).tolist() + [int(rng.integers(6, 22))]
+        draw.ellipse([x, y, x + s, y + s], fill=_rgb(rng.random(), rng.random(), rng.random()))
+    arr = np.asarray(img).astype(np.float32) + rng.normal(0, 10 * noise, (SIZE, SIZE, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _cover_words(style: _ClassStyle, rng: np.random.Generator, strength: float) -> tuple[str, str]:
+    """Title and author/artist of one product: class words with probability ``strength``."""
+    pool = FRENCH if rng.random() < 0.5 else ENGLISH
+    words = []
+    for _ in range(int(rng.integers(2, 4))):
+        words.append(str(rng.choice(style.vocab)) if rng.random() < strength else str(rng.choice(pool)))
+    if rng.random() < 0.4:
+        words.insert(int(rng.integers(0, len(words))), str(rng.choice(FILLER)))
+    person = str(rng.choice(style.people)) if rng.random() < strength else \
+        f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+    return " ".join(words), person
+
+
+def _fit_lines(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + ([line] if line else [])
+
+
+def draw_cover(title: str, person: str, rng: np.random.Generator, kind: str = "book") -> Image.Image:
+    """A 180x180 product photo of a book (portrait) or CD (square, disc showing) cover.
+
+    Colours, fonts and layouts are random but drawn from one distribution per kind, so only the
+    printed words tell two classes apart. Also used to render covers for the OCR benchmarks.
+    """
+    img = Image.new("RGB", (SIZE, SIZE), _rgb(0, 0, 0.93 + 0.07 * rng.random()))
+    draw = ImageDraw.Draw(img)
+    if kind == "music":
+        side = int(rng.integers(140, 168))
+        x0, y0 = int(rng.integers(2, SIZE - side - 1)), int(rng.integers(2, SIZE - side - 1))
+        w, h = side, side
+        dx = x0 + side - side // 3
+        draw.ellipse([dx, y0 + 8, dx + side - 16, y0 + side - 8], fill=(200, 200, 205), outline=(120, 120, 120))
+    else:
+        w, h = int(rng.integers(108, 132)), int(rng.integers(158, 176))
+        x0, y0 = int(rng.integers(2, SIZE - w - 1)), int(rng.integers(2, SIZE - h - 1))
+    dark = rng.random() < 0.5
+    bg = _rgb(rng.random(), 0.3 + 0.5 * rng.random(), 0.15 + 0.25 * rng.random() if dark else 0.8 + 0.2 * rng.random())
+    ink = _rgb(rng.random(), 0.2 * rng.random(), 0.95 if dark else 0.08)
+    draw.rectangle([x0, y0, x0 + w, y0 + h], fill=bg, outline=(60, 60, 60))
+    if rng.random() < 0.5:  # a decorative band
+        by = y0 + int(rng.integers(h // 3, 2 * h // 3))
+        draw.rectangle([x0, by, x0 + w, by + int(rng.integers(8, 24))], fill=_rgb(rng.random(), 0.5, 0.7))
+    font_id = int(rng.integers(0, 64))
+    title_size = int(rng.integers(15, 22))
+    person_font = load_font(font_id + int(rng.integers(0, 3)), int(rng.integers(12, 16)))
+    title = title.upper() if rng.random() < 0.4 else title
+    while True:  # shrink the title until its longest word fits the cover
+        title_font = load_font(font_id, title_size)
+        title_lines = _fit_lines(draw, title, title_font, w - 10)
+        if title_size <= 10 or max(draw.textlength(t, font=title_font) for t in title_lines) <= w - 10:
+            break
+        title_size -= 1
+    layout = rng.integers(0, 3)  # title top, middle or bottom; the name opposite
+    line_h = title_font.size + 3
+    ty = {0: y0 + 8, 1: y0 + h // 2 - line_h * len(title_lines) // 2, 2: y0 + h - 8 - line_h * len(title_lines)}[
+        int(layout)]
+    for k, line in enumerate(title_lines):
+        draw.text((x0 + 5, ty + k * line_h), line, font=title_font, fill=ink)
+    py = y0 + h - person_font.size - 8 if layout == 0 else y0 + 6
+    draw.text((x0 + 5, py), person, font=person_font, fill=ink)
+    return img
+
+
+def _placeholders(quality: int) -> list[bytes]:
+    """'Picture not available' stand-ins shared by every class, as in the real dumps."""
+    blank = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
+    na = Image.new("RGB", (SIZE, SIZE), (240, 240, 240))
+    d = ImageDraw.Draw(na)
+    font = load_font(0, 16)
+    d.text((22, 70), "IMAGE NON", font=font, fill=(120, 120, 120))
+    d.text((22, 92), "DISPONIBLE", font=font, fill=(120, 120, 120))
+    q = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
+    ImageDraw.Draw(q).text((62, 40), "?", font=load_font(1, 90), fill=(180, 180, 180))
+    return [_jpeg(img, quality) for img in (blank, na, q)]
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side: one product -> its JPEG pictures
+
+
+_W: dict = {}
+
+
+def _init_worker(cfg: SynthConfig, styles: dict[int, _ClassStyle]) -> None:
+    _W.clear()
+    _stock_picture.cache_clear()
+    _W.update(cfg=cfg, styles=styles, placeholders=_placeholders(cfg.jpeg_quality))
+
+
+def _draw_product_view(style: _ClassStyle, rng: np.random.Generator, cfg: SynthConfig,
+                       words: tuple[str, str] | None) -> Image.Image:
+    if style.group == "generic":
+        return _draw_generic(style, rng, cfg.noise)
+    return draw_cover(words[0], words[1], rng, style.group)
+
+
+@functools.lru_cache(maxsize=4096)
+def _stock_picture(cls: int, k: int) -> bytes:
+    """Picture ``k`` of a class's stock: the exact duplicates shared by several products."""
+    cfg, style = _W["cfg"], _W["styles"][cls]
+    rng = np.random.default_rng([cfg.seed, 2, cls, k])
+    words = _cover_words(style, rng, cfg.text_strength) if style.group != "generic" else None
+    return _jpeg(_draw_product_view(style, rng, cfg, words), cfg.jpeg_quality)
+
+
+def _make_product(job: tuple[int, int, int, np.ndarray, np.ndarray]) -> list[bytes]:
+    number, cls, n_pics, kind, stock = job
+    cfg, style = _W["cfg"], _W["styles"][cls]
+    rng = np.random.default_rng([cfg.seed, 3, number])
+    words = _cover_words(style, rng, cfg.text_strength) if style.group != "generic" else None
+    pictures = []
+    for j in range(n_pics):
+        if kind[j] < cfg.placeholder_rate:
+            pictures.append(_W["placeholders"][int(stock[j]) % len(_W["placeholders"])])
+        elif kind[j] < cfg.placeholder_rate + cfg.duplicate_rate:
+            pictures.append(_stock_picture(cls, int(stock[j])))
+        else:
+            pictures.append(_jpeg(_draw_product_view(style, rng, cfg, words), cfg.jpeg_quality))
+    return pictures
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: Taxonomy | None = None,
+                              progress: bool = False) -> dict:
+    """Write ``train.bson``, ``test.bson``, ``category_names.csv``, ``sample_submission.csv`` and
+    ``test_labels.csv`` under ``out_dir``; returns a summary (counts per file, config)."""
+    import bson
+
+    cfg.check()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tax = taxonomy or default_taxonomy()
+    plan = _plan(cfg, tax.n_classes)
+    styles = _class_styles(tax, plan["classes"], cfg.seed)
+    jobs = [(i, int(plan["labels"][i]), int(plan["n_pics"][i]), plan["kind"][i], plan["stock"][i])
+            for i in range(cfg.products)]
+    workers = max(1, cfg.workers or os.cpu_count() or 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.products, unit="product", desc="synth", leave=False)
+    counts = {"train": 0, "test": 0, "pictures": 0}
+    cat_ids = tax.category_ids
+    with atomic_write(out_dir / "train.bson") as train_fh, atomic_write(out_dir / "test.bson") as test_fh:
+        if workers == 1:
+            _init_worker(cfg, styles)
+            results = map(_make_product, jobs)
+            pool = None
+        else:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
+                workers, initializer=_init_worker, initargs=(cfg, styles))
+            results = pool.imap(_make_product, jobs, chunksize=16)
+        try:
+            for i, pictures in enumerate(results):
+                doc = {"_id": int(plan["ids"][i]), "imgs": [{"picture": p} for p in pictures]}
+                if plan["is_test"][i]:
+                    test_fh.write(bson.encode(doc))
+                    counts["test"] += 1
+                else:
+                    doc["category_id"] = int(cat_ids[plan["labels"][i]])
+                    train_fh.write(bson.encode(doc))
+                    counts["train"] += 1
+                counts["pictures"] += len(pictures)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+            if bar is not None:
+                bar.close()
+    tax.save(out_dir / "category_names.csv")
+    test_rows = np.flatnonzero(plan["is_test"])
+    with atomic_write(out_dir / "test_labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["_id", "category_id"])
+        w.writerows([int(plan["ids"][i]), int(cat_ids[plan["labels"][i]])] for i in test_rows)
+    with atomic_write(out_dir / "sample_submission.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["_id", "category_id"])
+        w.writerows([int(plan["ids"][i]), int(cat_ids[0])] for i in test_rows)
+    return {"out": str(out_dir), "config": asdict(cfg), "classes_used": int(len(plan["classes"])), **counts}

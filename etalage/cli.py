@@ -1,0 +1,214 @@
+"""The ``etalage`` command: parse, call one library function, report.
+
+Heavy imports (torch, timm) happen inside the commands that need them, so ``index``, ``info``,
+``score`` and ``synth`` start in a fraction of a second. Library errors (``EtalageError``) become
+one line on stderr and exit status 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from etalage.errors import EtalageError
+
+log = logging.getLogger("etalage")
+
+
+def _taxonomy_for(data_path: Path, explicit: str | None):
+    """The taxonomy given by flag, else ``category_names.csv`` beside the data file, else None."""
+    from etalage.catalog.taxonomy import Taxonomy
+
+    if explicit:
+        return Taxonomy.load(explicit)
+    beside = Path(data_path).parent / "category_names.csv"
+    return Taxonomy.load(beside) if beside.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# data commands (no torch)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
+    from etalage.catalog.taxonomy import Taxonomy
+
+    cfg = SynthConfig(products=args.products, seed=args.seed, test_fraction=args.test_fraction, noise=args.noise,
+                      text_strength=args.text_strength, id_run_length=args.id_run_length,
+                      duplicate_rate=args.duplicate_rate, placeholder_rate=args.placeholder_rate, tail=args.tail,
+                      classes=args.classes, jpeg_quality=args.jpeg_quality, workers=args.workers)
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise EtalageError(f"synth: {exc}") from None
+    tax = Taxonomy.load(args.taxonomy) if args.taxonomy else None
+    t0 = time.perf_counter()
+    summary = write_synthetic_catalogue(args.out, cfg, tax, progress=not args.quiet)
+    print(f"wrote {summary['train']} training and {summary['test']} test products "
+          f"({summary['pictures']} pictures, {summary['classes_used']} classes) to {args.out} "
+          f"in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from etalage.catalog.bsonindex import build_index, hash_pictures, index_path_for
+
+    for path in args.files:
+        t0 = time.perf_counter()
+        tax = _taxonomy_for(Path(path), args.taxonomy) if args.check_categories or args.taxonomy else None
+        idx = build_index(path, progress=not args.quiet,
+                          known_category_ids=None if tax is None else tax.category_ids)
+        dt = time.perf_counter() - t0
+        print(f"{index_path_for(path)}: {len(idx.products)} products, {len(idx.pictures)} pictures "
+              f"in {dt:.2f}s")
+        if args.md5:
+            t0 = time.perf_counter()
+            digests = hash_pictures(path, workers=args.workers, progress=not args.quiet, index=idx)
+            n_unique = len(np.unique(digests.view("V16")))
+            print(f"{path}.md5.npy: {len(digests)} picture MD5s ({n_unique} distinct) in "
+                  f"{time.perf_counter() - t0:.2f}s")
+    return 0
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    args.md5 = True
+    args.check_categories = False
+    return cmd_index(args)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from etalage.catalog.bsonindex import NO_CATEGORY, BsonIndex
+
+    idx = BsonIndex.open(args.file, progress=not args.quiet)
+    prods = idx.products
+    n_pics = prods["n_pictures"]
+    print(f"{args.file}")
+    print(f"  products   {len(prods):>12,}")
+    print(f"  pictures   {int(n_pics.sum()):>12,}  ({n_pics.mean():.2f} per product)")
+    print("  pictures per product:")
+    for k, c in zip(*np.unique(n_pics, return_counts=True), strict=True):
+        print(f"    {int(k)}: {int(c):>10,}  {100 * c / len(prods):5.1f}%")
+    labelled = prods["category_id"] != NO_CATEGORY
+    if not labelled.any():
+        print("  no category_id (a test file)")
+        return 0
+    cats = prods["category_id"][labelled]
+    print(f"  categories used {len(np.unique(cats)):,}")
+    tax = _taxonomy_for(Path(args.file), args.taxonomy)
+    if tax is None:
+        print("  (level-1 distribution needs --taxonomy or category_names.csv beside the file)")
+        return 0
+    l1 = tax.level1_of[tax.indices_of(cats)]
+    counts = np.bincount(l1, minlength=tax.n_level1)
+    print("  level-1 distribution:")
+    for g in np.argsort(-counts, kind="stable"):
+        if counts[g]:
+            print(f"    {tax.level1_names[g]:<40} {int(counts[g]):>10,}  {100 * counts[g] / len(cats):5.1f}%")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from etalage.catalog.submission import score_submission
+
+    tax = _taxonomy_for(Path(args.labels), args.taxonomy)
+    score = score_submission(args.submission, args.labels, tax)
+    print(f"product top-1 accuracy {score.accuracy:.4f} over {score.n} products")
+    for name, (acc, n) in sorted(score.per_level1.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {name:<40} {acc:.4f}  ({n})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="etalage",
+        description="Sort e-commerce products into a catalogue's fine categories from their pictures "
+                    "(Cdiscount BSON dumps, category_names.csv, Kaggle submissions).",
+        epilog="Start with `etalage demo` (synthetic catalogue end to end); `etalage COMMAND --help` for details.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func, help_: str, description: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=description or help_,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp.set_defaults(func=func)
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return sp
+
+    sp = add("synth", cmd_synth, "write a synthetic Cdiscount-shaped catalogue (tests, demo, benchmarks)",
+             "Write DIR/train.bson, DIR/test.bson (no category_id), DIR/category_names.csv, "
+             "DIR/sample_submission.csv and DIR/test_labels.csv (the answer key). Pictures are 180x180 JPEGs: "
+             "shapes and textures for generic classes, book and CD covers whose printed words decide the class. "
+             "Deterministic per seed.")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--products", type=int, default=2000, help="products in train and test together")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--taxonomy", help="a real category_names.csv to draw classes from "
+                                       "(default: a small built-in tree with LIBRAIRIE and MUSIQUE)")
+    sp.add_argument("--classes", type=int, help="use only this many classes of the taxonomy")
+    sp.add_argument("--test-fraction", type=float, default=0.2)
+    sp.add_argument("--noise", type=float, default=0.5, help="picture noise for generic classes, 0-1")
+    sp.add_argument("--text-strength", type=float, default=0.8,
+                    help="share of cover words from the class's own vocabulary, 0-1")
+    sp.add_argument("--id-run-length", type=float, default=8.0,
+                    help="mean run of consecutive product ids sharing a class (1 = no id leak)")
+    sp.add_argument("--duplicate-rate", type=float, default=0.15,
+                    help="share of pictures that are exact copies of a class's stock pictures")
+    sp.add_argument("--placeholder-rate", type=float, default=0.02,
+                    help="share of pictures replaced by placeholders shared across classes")
+    sp.add_argument("--tail", type=float, default=0.9, help="Zipf exponent of class sizes (0 = balanced)")
+    sp.add_argument("--jpeg-quality", type=int, default=90)
+    sp.add_argument("--workers", type=int, help="drawing processes (default: all cores)")
+
+    for name, func, help_ in (
+        ("index", cmd_index, "write the offset index FILE.bson.idx.npz (and with --md5 the picture hashes)"),
+        ("hash", cmd_hash, "write FILE.bson.md5.npy: the MD5 of every picture (indexes first if needed)"),
+    ):
+        sp = add(name, func, help_)
+        sp.add_argument("files", nargs="+", metavar="FILE.bson", help="Cdiscount BSON dump(s)")
+        sp.add_argument("--taxonomy", help="category_names.csv: a category_id outside it is an error")
+        sp.add_argument("--workers", type=int, help="hashing processes (default: all cores)")
+        if name == "index":
+            sp.add_argument("--md5", action="store_true", help="also hash every picture (a second pass)")
+            sp.add_argument("--check-categories", action="store_true",
+                            help="check category ids against category_names.csv beside the file")
+
+    sp = add("info", cmd_info, "products, pictures per product and level-1 distribution of a BSON dump")
+    sp.add_argument("file", metavar="FILE.bson")
+    sp.add_argument("--taxonomy", help="category_names.csv (default: the one beside the file)")
+
+    sp = add("score", cmd_score, "product top-1 accuracy of a submission against an answer key")
+    sp.add_argument("--submission", required=True, help="_id,category_id CSV to score")
+    sp.add_argument("--labels", required=True, help="_id,category_id answer key (e.g. test_labels.csv)")
+    sp.add_argument("--taxonomy", help="category_names.csv for per-level-1 figures "
+                                       "(default: the one beside the labels)")
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except EtalageError as exc:
+        print(f"etalage {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"etalage {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

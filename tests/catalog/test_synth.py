@@ -1,0 +1,98 @@
+import csv
+import hashlib
+from collections import defaultdict
+
+import bson
+import numpy as np
+import pytest
+
+from etalage.catalog import Catalog, Taxonomy
+from etalage.catalog.pictures import decode_picture
+from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
+
+
+def _ids(path):
+    with open(path, newline="") as fh:
+        return [int(r["_id"]) for r in csv.DictReader(fh)]
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write_synthetic_catalogue(a, SynthConfig(products=60, seed=11, workers=1))
+    write_synthetic_catalogue(b, SynthConfig(products=60, seed=11, workers=2))
+    write_synthetic_catalogue(c, SynthConfig(products=60, seed=12, workers=1))
+    for name in ("train.bson", "test.bson", "test_labels.csv", "category_names.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "train.bson").read_bytes() != (c / "train.bson").read_bytes()
+
+
+def test_files_have_the_kaggle_shape(synth_dir):
+    train = Catalog.open(synth_dir / "train.bson")
+    test = Catalog.open(synth_dir / "test.bson")
+    tax = Taxonomy.load(synth_dir / "category_names.csv")
+    assert train.has_labels and not test.has_labels
+    assert {"LIBRAIRIE", "MUSIQUE"} <= set(tax.level1_names)
+    tax.indices_of(train.category_ids)  # every category is in the taxonomy
+    counts = np.bincount(np.concatenate([train.n_pictures, test.n_pictures]))
+    assert counts[0] == 0 and len(counts) == 5 and counts[1] == counts.max(), "1-4 pictures, mostly one"
+    assert np.all(np.diff(train.product_ids) > 0), "files are in _id order"
+    with open(synth_dir / "test.bson", "rb") as fh:
+        assert all("category_id" not in d for d in bson.decode_file_iter(fh))
+    assert _ids(synth_dir / "test_labels.csv") == test.product_ids.tolist()
+    assert _ids(synth_dir / "sample_submission.csv") == test.product_ids.tolist()
+    pic = decode_picture(train[0].pictures[0])
+    assert pic.shape == (180, 180, 3)
+    sizes = np.bincount(tax.indices_of(train.category_ids))
+    assert sizes.max() >= 8 * max(sizes[sizes > 0].min(), 1), "long-tailed class sizes"
+
+
+def _class_of_picture(cat):
+    classes = defaultdict(set)
+    for i in range(len(cat)):
+        p = cat[i]
+        for pic in p.pictures:
+            classes[hashlib.md5(pic).hexdigest()].add(p.category_id)
+    return classes
+
+
+def test_duplicates_stay_in_class_and_placeholders_span_classes(tmp_path):
+    write_synthetic_catalogue(tmp_path, SynthConfig(products=300, seed=2, duplicate_rate=0.3, placeholder_rate=0.1,
+                                                    workers=2))
+    classes = _class_of_picture(Catalog.open(tmp_path / "train.bson"))
+    spans = sorted((len(v) for v in classes.values()), reverse=True)
+    assert spans[0] >= 5, "placeholders are shared by many classes"
+    assert sum(1 for s in spans if s > 1) <= 3, "only the three placeholders cross classes"
+    test = Catalog.open(tmp_path / "test.bson")
+    shared = sum(any(hashlib.md5(p).hexdigest() in classes for p in test[i].pictures) for i in range(len(test)))
+    assert shared / len(test) > 0.2, "test products share pictures with training ones"
+
+
+def _mean_run(labels):
+    changes = np.count_nonzero(labels[1:] != labels[:-1])
+    return len(labels) / (changes + 1)
+
+
+def test_id_runs_follow_the_knob(tmp_path):
+    runs = {}
+    for k in (1.0, 20.0):
+        out = tmp_path / f"r{k}"
+        write_synthetic_catalogue(out, SynthConfig(products=400, seed=4, id_run_length=k, test_fraction=0.0,
+                                                   workers=2))
+        runs[k] = _mean_run(Catalog.open(out / "train.bson").category_ids)
+    assert runs[20.0] > 5 * runs[1.0]
+
+
+def test_real_taxonomy_subset(tmp_path, shared_data):
+    tax = Taxonomy.load(shared_data / "category_names.csv")
+    write_synthetic_catalogue(tmp_path, SynthConfig(products=80, seed=1, classes=25, workers=1), taxonomy=tax)
+    cats = Catalog.open(tmp_path / "train.bson").category_ids
+    assert len(np.unique(cats)) <= 25
+    tax.indices_of(cats)
+    assert Taxonomy.load(tmp_path / "category_names.csv").n_classes == 5270
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="noise must be in"):
+        SynthConfig(noise=2.0).check()
+    with pytest.raises(ValueError, match="products must be"):
+        SynthConfig(products=0).check()

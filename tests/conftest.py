@@ -1,0 +1,29 @@
+"""Session fixtures: one small synthetic catalogue (and, for core tests, one tiny trained run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "category_names.csv").exists():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (see ../shared/data/README.md)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A 400-product synthetic catalogue, indexed; shared by all tests (read-only)."""
+    from etalage.catalog.bsonindex import build_index
+    from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
+
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_catalogue(out, SynthConfig(products=400, seed=3, workers=2))
+    build_index(out / "train.bson")
+    build_index(out / "test.bson")
+    return out

@@ -1,0 +1,73 @@
+"""The command line: help texts, start-up without torch, one-line errors with non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+
+from etalage.cli import build_parser, main
+
+DATA_COMMANDS = ["synth", "index", "hash", "info", "score"]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "etalage.cli", *args], capture_output=True, text=True)
+
+
+def test_every_command_has_help(capsys):
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(DATA_COMMANDS) <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: etalage {name}" in out and len(out) > 200, name
+
+
+def test_data_commands_do_not_import_torch(synth_dir):
+    code = ("import sys; from etalage.cli import main; "
+            f"main(['info', r'{synth_dir / 'train.bson'}', '-q']); "
+            f"main(['index', r'{synth_dir / 'test.bson'}', '-q']); "
+            f"main(['score', '--submission', r'{synth_dir / 'sample_submission.csv'}', "
+            f"'--labels', r'{synth_dir / 'test_labels.csv'}']); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_info_and_score_report(synth_dir, capsys):
+    assert main(["info", str(synth_dir / "train.bson"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "pictures per product" in out and "LIBRAIRIE" in out
+    assert main(["score", "--submission", str(synth_dir / "test_labels.csv"),
+                 "--labels", str(synth_dir / "test_labels.csv")]) == 0
+    assert "accuracy 1.0000" in capsys.readouterr().out
+
+
+def test_synth_and_index_commands(tmp_path):
+    res = _run("synth", "--out", str(tmp_path), "--products", "40", "--seed", "1", "-q", "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    res = _run("index", str(tmp_path / "train.bson"), "--md5", "-q", "--check-categories")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "train.bson.idx.npz").exists() and (tmp_path / "train.bson.md5.npy").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["info", "missing.bson"], "missing.bson: no such file"),
+    (["index", "notbson.bson"], "notbson.bson: offset 0: not a BSON document"),
+    (["score", "--submission", "missing.csv", "--labels", "missing.csv"], "missing.csv: cannot read"),
+    (["synth", "--out", "x", "--noise", "3"], "noise must be in [0, 1]"),
+    (["info", "ok.bson", "--taxonomy", "bad.csv"], "bad.csv: line 1: expected header"),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+    (tmp_path / "notbson.bson").write_text("plain text, certainly not BSON\n")
+    (tmp_path / "bad.csv").write_text("a,b\n")
+    import bson
+    (tmp_path / "ok.bson").write_bytes(bson.encode({"_id": 1, "imgs": [{"picture": b"x"}], "category_id": 3}))
+    res = subprocess.run([sys.executable, "-m", "etalage.cli", *args, "-q"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert message in lines[0]
