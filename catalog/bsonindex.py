@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from etalage.catalog.io import atomic_write, save_npz_atomic
+
 from etalage.errors import DataError
 
 INDEX_VERSION = 1
@@ -65,7 +65,7 @@ def md5_path_for(bson_path: str | Path) -> Path:
     return Path(f"{bson_path}.md5.npy")
 
 
-def _file_stamp(path: Path) -> dict:
+def file_stamp(path: Path) -> dict:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -100,7 +100,7 @@ class BsonIndex:
                 products, pictures = z["products"], z["pictures"]
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{idx_path}: unreadable index ({exc}); run `etalage index {bson_path}`") from None
-        if meta.get("version") != INDEX_VERSION or meta.get("bson") != _file_stamp(bson_path):
+        if meta.get("version") != INDEX_VERSION or meta.get("bson") != file_stamp(bson_path):
             raise DataError(f"{idx_path}: index is stale (the BSON file changed); run `etalage index {bson_path}`")
         return cls(bson_path, products, pictures)
 
@@ -150,7 +150,7 @@ def build_index(bson_path: str | Path, progress: bool = False, known_category_id
             row = products[np.flatnonzero(bad)[0]]
             raise DataError(f"{bson_path}: product {row['product_id']} (offset {row['offset']}): "
                             f"category_id {row['category_id']} is not in the taxonomy")
-    meta = json.dumps({"version": INDEX_VERSION, "bson": _file_stamp(bson_path)})
+    meta = json.dumps({"version": INDEX_VERSION, "bson": file_stamp(bson_path)})
     save_npz_atomic(index_path_for(bson_path), products=products, pictures=pictures, meta=np.array(meta))
     return BsonIndex(bson_path, products, pictures)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from etalage.catalog.bsonindex import NO_CATEGORY, BsonIndex
 from etalage.catalog.pictures import CorruptPicture, DecodeStats, decode_picture
+
 from etalage.errors import DataError
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from etalage.catalog.io import atomic_write
 from etalage.catalog.taxonomy import Taxonomy
+
 from etalage.errors import DataError
 
 HEADER = ("_id", "category_id")

@@ -24,12 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from etalage.catalog.fonts import load_font
 from etalage.catalog.io import atomic_write
 from etalage.catalog.taxonomy import Taxonomy
 from etalage.catalog.words import ENGLISH, FILLER, FIRST_NAMES, FRENCH, LAST_NAMES
+from PIL import Image, ImageDraw
 
 SIZE = 180
 BOOKS, MUSIC = "LIBRAIRIE", "MUSIQUE"

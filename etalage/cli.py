@@ -126,6 +126,71 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# model commands (torch imported inside)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from etalage.core.train import TrainConfig, train
+
+    cfg = TrainConfig(train=args.train, out=args.out, taxonomy=args.taxonomy, backbone=args.backbone,
+                      weights=args.weights, fusion=args.fusion, picture_size=args.picture_size, crop=args.crop,
+                      batch_size=args.batch_size, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr,
+                      weight_decay=args.weight_decay, schedule=args.schedule, level1_weight=args.level1_weight,
+                      level2_weight=args.level2_weight, val_fraction=args.val_fraction, seed=args.seed,
+                      workers=args.workers, device=args.device, compile=args.compile,
+                      channels_last=args.channels_last,
+                      checkpoint_minutes=args.checkpoint_minutes, stop_after_steps=args.stop_after_steps)
+    res = train(cfg, resume=args.resume, progress=not args.quiet)
+    result = res.metrics
+    if res.status == "paused":
+        print("paused; continue with the same command and --resume")
+    elif result:
+        print(f"{args.out}: epoch {result.get('epoch')} validation top-1 {result.get('val_top1', float('nan')):.4f} "
+              f"(level-1 {result.get('val_level1_top1', float('nan')):.4f}); model in {Path(args.out) / 'model.pt'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from etalage.catalog import Catalog
+    from etalage.catalog.catalog import parse_shard
+    from etalage.core.predict import CorePredictor
+
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as exc:
+        raise EtalageError(str(exc)) from None
+    catalog = Catalog.open(args.data, progress=not args.quiet)
+    predictor = CorePredictor(args.run, device=args.device, batch_size=args.batch_size, workers=args.workers,
+                              tta=args.tta, compile=args.compile)
+    t0 = time.perf_counter()
+    ranking = predictor.predict_catalog(catalog, args.out, topk=args.topk, picture_topk=args.picture_topk,
+                                        shard=shard, embedding=args.embedding, progress=not args.quiet)
+    dt = time.perf_counter() - t0
+    if ranking is None:
+        print(f"{args.out}: shard {args.shard} done in {dt:.1f}s; other shards still to run")
+    else:
+        print(f"{args.out}: {len(ranking)} products ranked (top-{ranking.topk_class.shape[1]}) in {dt:.1f}s")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from etalage.pipeline import submit_core
+
+    res = submit_core(args.run, args.test, args.out, pred_dir=args.predictions, topk=args.topk, tta=args.tta,
+                      batch_size=args.batch_size, device=args.device, workers=args.workers, progress=not args.quiet)
+    print(f"{res['submission']}: {res['products']} products (core predictions in {res['predictions']})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from etalage.pipeline import run_demo
+
+    run_demo(args.out, products=args.products, minutes=args.minutes, seed=args.seed, backbone=args.backbone,
+             weights=args.weights, picture_size=args.picture_size, crop=args.crop, progress=not args.quiet)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +257,84 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--taxonomy", help="category_names.csv for per-level-1 figures "
                                        "(default: the one beside the labels)")
 
+
+    sp = add("train", cmd_train, "train the multi-picture CNN on a labelled BSON dump (one process or torchrun)",
+             "Train the core: a timm backbone on every picture, fusion over each product's 1-4 pictures, a class "
+             "head over the taxonomy plus level-1/level-2 heads. Writes RUN/config.json, RUN/metrics.jsonl "
+             "(validation product top-1 per epoch), RUN/checkpoint.pt and, when done, RUN/model.pt. "
+             "Several GPUs or machines: torchrun --nproc_per_node N -m etalage.cli train ... (DDP).")
+    sp.add_argument("--train", required=True, metavar="FILE.bson", help="labelled training dump")
+    sp.add_argument("--taxonomy", help="category_names.csv (default: the one beside the training file)")
+    sp.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    sp.add_argument("--backbone", default="efficientnet_lite0", help="any timm model name")
+    sp.add_argument("--weights", default="imagenet",
+                    help="'imagenet' (offline package weights), 'none' (random init) or a state-dict file")
+    sp.add_argument("--fusion", default="gate", choices=("gate", "attention", "mean", "max", "prob-mean"),
+                    help="how a product's pictures are combined (prob-mean: average per-picture probabilities)")
+    sp.add_argument("--picture-size", type=int, default=180, help="pictures are resized to this side")
+    sp.add_argument("--crop", type=int, default=160, help="random training crop; evaluation uses the whole picture")
+    sp.add_argument("--batch-size", type=int, default=64, help="products per batch and process")
+    sp.add_argument("--epochs", type=float, default=3.0)
+    sp.add_argument("--max-minutes", type=float, help="wall-clock budget; the schedule is fitted into it")
+    sp.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    sp.add_argument("--weight-decay", type=float, default=0.02)
+    sp.add_argument("--schedule", default="cosine", choices=("cosine", "grow-batch"),
+                    help="cosine decay, or keep the rate and grow the batch (1x, 2x, 4x by accumulation)")
+    sp.add_argument("--level1-weight", type=float, default=0.2, help="weight of the level-1 head's loss (0: off)")
+    sp.add_argument("--level2-weight", type=float, default=0.2, help="weight of the level-2 head's loss (0: off)")
+    sp.add_argument("--val-fraction", type=float, default=0.05, help="held-out products, stratified by class")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--workers", type=int, help="DataLoader worker processes (default: cores per process)")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the model")
+    sp.add_argument("--channels-last", action="store_true",
+                    help="NHWC layout on CUDA (off by default: slower with varying pictures per batch)")
+    sp.add_argument("--checkpoint-minutes", type=float, default=10.0, help="checkpoint at least this often")
+    sp.add_argument("--stop-after-steps", type=int, help="checkpoint and stop after this many steps (continue with --resume)")
+    sp.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
+
+    sp = add("predict", cmd_predict, "rank every class for each product of a BSON dump (resumable shards)",
+             "Write PRED/part-*.npz: per product the top-K class indices (int32) and probabilities (float16), "
+             "per picture its own top-K, level-1 probabilities and optionally the fused embedding. Finished "
+             "chunks are not redone after a kill; --shard i/n runs one slice (one machine each, same --out).")
+    sp.add_argument("--run", required=True, help="trained run directory (RUN/model.pt)")
+    sp.add_argument("--data", required=True, metavar="FILE.bson")
+    sp.add_argument("--out", required=True, metavar="PRED", help="prediction directory")
+    sp.add_argument("--topk", type=int, default=20)
+    sp.add_argument("--picture-topk", type=int, default=5, help="top-K kept for each picture")
+    sp.add_argument("--tta", default="none", choices=("none", "flip"), help="test-time augmentation")
+    sp.add_argument("--shard", default="0/1", help="i/n: predict only slice i of n")
+    sp.add_argument("--embedding", action="store_true", help="also store the fused embedding (float16)")
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--workers", type=int, help="decoding processes")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+    sp = add("submit", cmd_submit, "write a Kaggle submission (_id,category_id) for test.bson",
+             "Core-only pipeline: predict every test product (resumable), take its top class, check that every "
+             "test product appears once in file order with a category of the taxonomy, write atomically.")
+    sp.add_argument("--run", required=True, help="trained run directory")
+    sp.add_argument("--test", required=True, metavar="test.bson")
+    sp.add_argument("--out", required=True, metavar="submission.csv")
+    sp.add_argument("--predictions", help="where core predictions go (default: beside the submission)")
+    sp.add_argument("--topk", type=int, default=20)
+    sp.add_argument("--tta", default="none", choices=("none", "flip"))
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--workers", type=int)
+    sp.add_argument("--device", default="auto")
+
+    sp = add("demo", cmd_demo, "the whole job on a synthetic catalogue: synth, index, train, predict, submit, score",
+             "Runs end to end on a synthetic Cdiscount-shaped catalogue and prints product top-1 overall and per "
+             "level-1 group. Leaves submission.csv, test_labels.csv, category_names.csv and report.json under --out. "
+             "With the defaults it finishes within 10 minutes on 2 CPU cores; run again to reuse finished stages.")
+    sp.add_argument("--out", default="demo", help="output folder")
+    sp.add_argument("--products", type=int, default=3000, help="synthetic products (train + test)")
+    sp.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--backbone", default="efficientnet_lite0")
+    sp.add_argument("--weights", default="imagenet")
+    sp.add_argument("--picture-size", type=int, default=112, help="pictures are resized to this side (CPU speed)")
+    sp.add_argument("--crop", type=int, default=96, help="training crop")
     return p
 
 

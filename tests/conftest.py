@@ -27,3 +27,17 @@ def synth_dir(tmp_path_factory) -> Path:
     build_index(out / "train.bson")
     build_index(out / "test.bson")
     return out
+
+
+TINY = dict(backbone="test_efficientnet", weights="none", picture_size=64, crop=56, batch_size=16,
+            val_fraction=0.2, workers=0, lr=3e-3)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_dir, tmp_path_factory) -> Path:
+    """A tiny CNN trained for 3 epochs on the session catalogue (CPU, seconds)."""
+    from etalage.core.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("run") / "tiny"
+    train(TrainConfig(train=str(synth_dir / "train.bson"), out=str(run), epochs=3, **TINY), progress=False)
+    return run

@@ -3,9 +3,9 @@ import hashlib
 import bson
 import numpy as np
 import pytest
-
 from etalage.catalog.bsonindex import BsonIndex, build_index, hash_pictures, index_path_for, load_md5
 from etalage.catalog.catalog import Catalog
+
 from etalage.errors import DataError
 
 

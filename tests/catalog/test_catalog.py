@@ -4,11 +4,11 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from etalage.catalog import Catalog, DecodeStats, random_crop
 from etalage.catalog.catalog import parse_shard
 from etalage.catalog.pictures import CorruptPicture, center_crop, decode_picture
+from PIL import Image
+
 from etalage.errors import DataError
 
 

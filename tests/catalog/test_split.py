@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from etalage.catalog import validation_split
 
 

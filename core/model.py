@@ -1,0 +1,91 @@
+"""MultiImageNet: one backbone pass per picture, fusion over a product's 1-4 pictures, class heads.
+
+Pictures travel flat, ``(P, 3, H, W)`` with ``picture_product`` (P,) saying which product of the
+batch each belongs to, so a batch of mostly one-picture products wastes no compute on padding.
+Fusion choices (2017 evidence in DESIGN.md):
+
+- ``prob-mean``: average the per-picture class probabilities (the floor most teams started from);
+- ``mean`` / ``max``: pool picture features, then classify;
+- ``gate``: a learned sigmoid weight per picture ("FcNet3" of the 2nd place), features averaged
+  with those weights, so placeholders and back-of-box shots can be ignored;
+- ``attention``: a softmax over the product's pictures of a small learned score.
+
+The class head is shared between the fused embedding and each picture, which is what gives the
+per-picture rankings; level-1 and level-2 heads sit on the fused embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSIONS = ("gate", "attention", "mean", "max", "prob-mean")
+
+
+def _segment_sum(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
+    out = values.new_zeros((n, *values.shape[1:]))
+    return out.index_add_(0, segment, values)
+
+
+def _segment_softmax(scores: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
+    """Softmax of (P,) scores within each segment."""
+    top = scores.new_full((n,), float("-inf")).scatter_reduce(0, segment, scores, reduce="amax", include_self=True)
+    e = torch.exp(scores - top[segment])
+    return e / _segment_sum(e, segment, n)[segment]
+
+
+class MultiImageNet(nn.Module):
+    def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, n_level1: int, n_level2: int,
+                 fusion: str = "gate", dropout: float = 0.2):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.backbone = backbone
+        self.fusion = fusion
+        self.num_features = num_features
+        if fusion == "gate":
+            self.gate = nn.Linear(num_features, 1)
+        elif fusion == "attention":
+            self.attention = nn.Sequential(nn.Linear(num_features, 128), nn.Tanh(), nn.Linear(128, 1))
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(num_features, n_classes)
+        self.level1_head = nn.Linear(num_features, n_level1)
+        self.level2_head = nn.Linear(num_features, n_level2)
+
+    def picture_weights(self, feats: torch.Tensor, picture_product: torch.Tensor, n: int) -> torch.Tensor:
+        """Each picture's weight within its product (sums to 1 per product), for the pooling fusions."""
+        if self.fusion == "gate":
+            g = torch.sigmoid(self.gate(feats).squeeze(1)) + 1e-4
+            return g / _segment_sum(g, picture_product, n)[picture_product]
+        if self.fusion == "attention":
+            return _segment_softmax(self.attention(feats).squeeze(1), picture_product, n)
+        ones = torch.ones_like(feats[:, 0])
+        return ones / _segment_sum(ones, picture_product, n)[picture_product]
+
+    def forward(self, pictures: torch.Tensor, picture_product: torch.Tensor, n_products: int
+                ) -> dict[str, torch.Tensor]:
+        """Returns ``logits`` (B, C) as log-probabilities-compatible scores, ``picture_logits`` (P, C),
+        ``level1`` (B, L1), ``level2`` (B, L2) and the fused ``embedding`` (B, F)."""
+        feats = self.backbone(pictures)
+        if self.fusion == "max":
+            emb = feats.new_full((n_products, feats.shape[1]), float("-inf"))
+            emb = emb.scatter_reduce(0, picture_product[:, None].expand_as(feats), feats, reduce="amax",
+                                     include_self=True)
+        else:
+            w = self.picture_weights(feats, picture_product, n_products)
+            emb = _segment_sum(feats * w[:, None].to(feats.dtype), picture_product, n_products)
+        picture_logits = self.classifier(self.dropout(feats))
+        if self.fusion == "prob-mean":
+            # Log of the mean of per-picture probabilities: a proper log-probability for the loss.
+            w = self.picture_weights(feats, picture_product, n_products)
+            logp = F.log_softmax(picture_logits.float(), dim=1) + torch.log(w)[:, None]
+            top = logp.new_full((n_products, logp.shape[1]), float("-inf")).scatter_reduce(
+                0, picture_product[:, None].expand_as(logp), logp, reduce="amax", include_self=True)
+            logits = top + torch.log(_segment_sum(torch.exp(logp - top[picture_product]), picture_product,
+                                                  n_products))
+        else:
+            logits = self.classifier(self.dropout(emb))
+        emb_d = self.dropout(emb)
+        return {"logits": logits, "picture_logits": picture_logits, "level1": self.level1_head(emb_d),
+                "level2": self.level2_head(emb_d), "embedding": emb}

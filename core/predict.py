@@ -1,0 +1,202 @@
+"""Core predictions: per product the top-K classes, per picture its own top-K, level-1
+probabilities and (optionally) the fused embedding, written in resumable shards.
+
+Never an N x 5270 matrix: each batch's probabilities are reduced to top-K on the device, and a
+chunk of products becomes one ``part-START-END.npz`` (written atomically) as soon as it is done,
+so a killed run redoes at most one chunk and memory stays flat whatever N is. ``CoreRanking``
+is the one reader every later stage (specialists, fusion, submission) uses.
+
+Dtypes: class indices int32 (-1 = no picture), probabilities float16, product ids int64.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from etalage.catalog import Catalog
+from etalage.catalog.bsonindex import file_stamp
+from etalage.catalog.io import atomic_write, save_npz_atomic
+from etalage.core.data import ProductDataset, collate, default_workers, to_device
+from etalage.core.train import DistInfo, load_trained, resolve_device
+
+from etalage.errors import ConfigError, StageOutputError
+
+PREDICTION_VERSION = 1
+MAX_PICTURES = 4
+TTA_MODES = ("none", "flip")
+
+
+@dataclass
+class CoreRanking:
+    """The core's ranking of every product of one BSON file, in file order."""
+
+    product_ids: np.ndarray          # (N,) int64
+    topk_class: np.ndarray           # (N, K) int32, best first
+    topk_prob: np.ndarray            # (N, K) float16
+    n_pictures: np.ndarray           # (N,) int8
+    picture_topk_class: np.ndarray   # (N, 4, KP) int32, -1 where the product has fewer pictures
+    picture_topk_prob: np.ndarray    # (N, 4, KP) float16
+    level1_prob: np.ndarray          # (N, L1) float16
+    embedding: np.ndarray | None     # (N, F) float16 when predicted with embeddings
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.product_ids)
+
+    @classmethod
+    def load(cls, pred_dir: str | Path) -> CoreRanking:
+        """Read all shards of ``pred_dir``; a gap names the ``etalage predict`` call that fills it."""
+        pred_dir = Path(pred_dir)
+        meta_path = pred_dir / "meta.json"
+        if not meta_path.exists():
+            raise StageOutputError(f"{pred_dir}: no core predictions; run `etalage predict --out {pred_dir} ...`")
+        meta = json.loads(meta_path.read_text())
+        parts = sorted(_parts(pred_dir))
+        expected = _chunks(meta["n_products"], meta["chunk"])
+        done = {(a, b) for a, b, _ in parts}
+        missing = [c for c in expected if c not in done]
+        if missing:
+            a, b = missing[0]
+            raise StageOutputError(
+                f"{pred_dir}: predictions for products {a}-{b} of {meta['data']} are missing "
+                f"({len(missing)} of {len(expected)} chunks); run `etalage predict --run {meta['run']} "
+                f"--data {meta['data']} --out {pred_dir}` (all shards) to finish")
+        arrays: dict[str, list[np.ndarray]] = {}
+        for _a, _b, path in parts:
+            with np.load(path) as z:
+                for k in z.files:
+                    arrays.setdefault(k, []).append(z[k])
+        cat = {k: np.concatenate(v) for k, v in arrays.items()}
+        return cls(cat["product_ids"], cat["topk_class"], cat["topk_prob"], cat["n_pictures"],
+                   cat["picture_topk_class"], cat["picture_topk_prob"], cat["level1_prob"], cat.get("embedding"),
+                   meta)
+
+    def top1(self) -> np.ndarray:
+        """Best class index per product (int32)."""
+        return self.topk_class[:, 0]
+
+
+def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+
+
+def _parts(pred_dir: Path) -> list[tuple[int, int, Path]]:
+    out = []
+    for p in pred_dir.glob("part-*.npz"):
+        _, a, b = p.stem.split("-")
+        out.append((int(a), int(b), p))
+    return out
+
+
+def _shard_chunks(chunks: list[tuple[int, int]], shard: tuple[int, int]) -> list[tuple[int, int]]:
+    i, n = shard
+    bounds = np.linspace(0, len(chunks), n + 1).astype(int)
+    return chunks[bounds[i]:bounds[i + 1]]
+
+
+class CorePredictor:
+    """A trained run's model between decoding (pre-processing) and top-K reduction (post-processing).
+
+    >>> predictor = CorePredictor("runs/demo")
+    >>> ranking = predictor.predict_catalog(Catalog.open("test.bson"), "preds/test")
+    >>> ranking.topk_class[:3]
+    """
+
+    def __init__(self, run: str | Path, device: str = "auto", batch_size: int = 64, workers: int | None = None,
+                 tta: str = "none", compile: bool = False, channels_last: bool = False):
+        if tta not in TTA_MODES:
+            raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+        self.run = Path(run)
+        self.device = resolve_device(device, DistInfo())
+        self.model, self.spec, self.taxonomy = load_trained(run, self.device)
+        self.channels_last = channels_last and self.device.type == "cuda"  # see TrainConfig.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.batch_size = batch_size
+        self.workers = workers if workers is not None else default_workers(self.device)
+        self.tta = tta
+
+    @torch.no_grad()
+    def predict_batch(self, batch, topk: int, picture_topk: int, embedding: bool) -> dict[str, np.ndarray]:
+        x = to_device(batch, self.device, self.spec["mean"], self.spec["std"], self.channels_last)
+        owner = batch.picture_product.to(self.device)
+        views = [x] if self.tta == "none" else [x, torch.flip(x, dims=[3])]
+        probs = pic_probs = l1 = emb = 0
+        for v in views:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                out = self.forward(v, owner, batch.n_products)
+            probs = probs + torch.softmax(out["logits"].float(), 1) / len(views)
+            pic_probs = pic_probs + torch.softmax(out["picture_logits"].float(), 1) / len(views)
+            l1 = l1 + torch.softmax(out["level1"].float(), 1) / len(views)
+            emb = emb + out["embedding"].float() / len(views)
+        k = min(topk, probs.shape[1])
+        top_p, top_c = probs.topk(k, dim=1)
+        kp = min(picture_topk, probs.shape[1])
+        pp, pc = pic_probs.topk(kp, dim=1)
+        b = batch.n_products
+        counts = torch.bincount(owner, minlength=b)
+        slot = torch.arange(len(owner), device=self.device) - (torch.cumsum(counts, 0) - counts)[owner]
+        keep = slot < MAX_PICTURES
+        pic_c = torch.full((b, MAX_PICTURES, kp), -1, dtype=torch.int32, device=self.device)
+        pic_p = torch.zeros((b, MAX_PICTURES, kp), dtype=torch.float16, device=self.device)
+        pic_c[owner[keep], slot[keep]] = pc[keep].to(torch.int32)
+        pic_p[owner[keep], slot[keep]] = pp[keep].half()
+        out = {"topk_class": top_c.to(torch.int32), "topk_prob": top_p.half(), "picture_topk_class": pic_c,
+               "picture_topk_prob": pic_p, "level1_prob": l1.half(), "n_pictures": counts.to(torch.int8)}
+        if embedding:
+            out["embedding"] = emb.half()
+        return {k: v.cpu().numpy() for k, v in out.items()}
+
+    def predict_catalog(self, catalog: Catalog, out_dir: str | Path, topk: int = 20, picture_topk: int = 5,
+                        shard: tuple[int, int] = (0, 1), embedding: bool = False, chunk: int = 4096,
+                        progress: bool = True) -> CoreRanking | None:
+        """Predict shard ``i/n`` of ``catalog`` into ``out_dir``; finished chunks are not redone.
+
+        Returns the full ``CoreRanking`` when every shard is done, else None.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"version": PREDICTION_VERSION, "run": str(self.run), "data": str(catalog.path),
+                "data_stamp": file_stamp(Path(catalog.path)), "n_products": len(catalog), "chunk": chunk,
+                "topk": topk, "picture_topk": picture_topk, "tta": self.tta, "embedding": embedding,
+                "n_classes": self.spec["n_classes"], "fusion": self.spec["fusion"], "backbone": self.spec["backbone"]}
+        meta_path = out_dir / "meta.json"
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text())
+            diff = [k for k in meta if old.get(k) != meta[k]]
+            if diff:
+                raise ConfigError(f"{out_dir} holds predictions made with other settings ({', '.join(diff)}); "
+                                  f"choose another --out or delete it")
+        else:
+            with atomic_write(meta_path, "w") as fh:
+                json.dump(meta, fh, indent=2)
+        done = {(a, b) for a, b, _ in _parts(out_dir)}
+        todo = [c for c in _shard_chunks(_chunks(len(catalog), chunk), shard) if c not in done]
+        ds = ProductDataset(catalog, np.arange(len(catalog)), None, self.spec.get("picture_size", 180), None)
+        from tqdm import tqdm
+
+        total = sum(b - a for a, b in todo)
+        with tqdm(total=total, unit="product", desc=f"predict {Path(catalog.path).name}", disable=not progress,
+                  leave=False, dynamic_ncols=True) as bar:
+            for a, b in todo:
+                sub = torch.utils.data.Subset(ds, range(a, b))
+                loader = torch.utils.data.DataLoader(sub, batch_size=self.batch_size, collate_fn=collate,
+                                                     num_workers=self.workers,
+                                                     pin_memory=self.device.type == "cuda")
+                parts: dict[str, list[np.ndarray]] = {}
+                for batch in loader:
+                    for k, v in self.predict_batch(batch, topk, picture_topk, embedding).items():
+                        parts.setdefault(k, []).append(v)
+                    bar.update(batch.n_products)
+                arrays = {k: np.concatenate(v) for k, v in parts.items()}
+                arrays["product_ids"] = catalog.product_ids[a:b].astype(np.int64)
+                save_npz_atomic(out_dir / f"part-{a:09d}-{b:09d}.npz", **arrays)
+        try:
+            return CoreRanking.load(out_dir)
+        except StageOutputError:
+            return None

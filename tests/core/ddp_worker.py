@@ -1,0 +1,15 @@
+"""Run by tests under torchrun: train, then save this rank's weights for comparison."""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from etalage.core.train import TrainConfig, train
+
+train_bson, out = sys.argv[1], Path(sys.argv[2])
+cfg = TrainConfig(train=train_bson, out=str(out), backbone="test_efficientnet", weights="none", picture_size=48,
+                  crop=40, batch_size=8, epochs=2, val_fraction=0.2, workers=0, lr=3e-3)
+result = train(cfg, progress=False)
+# The checkpoint holds rank 0's weights only: each rank saves what it holds in memory.
+torch.save(result.model.state_dict(), out / f"rank{dist.get_rank()}.pt")

@@ -1,0 +1,36 @@
+"""End-to-end commands on the synthetic catalogue: submit and the demo."""
+
+import json
+
+import numpy as np
+from etalage.catalog import Catalog
+from etalage.catalog.submission import read_id_category_csv
+
+from etalage.cli import main
+
+
+def test_submit_covers_every_test_product_in_order(tiny_run, synth_dir, tmp_path, capsys):
+    out = tmp_path / "submission.csv"
+    assert main(["submit", "--run", str(tiny_run), "--test", str(synth_dir / "test.bson"), "--out", str(out),
+                 "--workers", "0", "-q"]) == 0
+    ids, cats = read_id_category_csv(out)
+    assert np.array_equal(ids, Catalog.open(synth_dir / "test.bson").product_ids)
+    assert main(["score", "--submission", str(out), "--labels", str(synth_dir / "test_labels.csv")]) == 0
+    acc = float(capsys.readouterr().out.split("accuracy ")[1].split()[0])
+    assert acc > 3 / 45, "the tiny model does better than chance on the test set"
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--products", "240", "--minutes", "0.3", "--backbone", "test_efficientnet",
+            "--weights", "none", "--picture-size", "48", "--crop", "40", "-q"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "core" in text and "LIBRAIRIE" in text
+    for name in ("submission.csv", "test_labels.csv", "category_names.csv", "report.json"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["core"] <= 1.0 and report["test_products"] > 0
+    # a second run reuses every finished stage
+    assert main(argv) == 0
+    assert "reusing" in capsys.readouterr().out
