@@ -292,12 +292,15 @@ def draw_cover(title: str, person: str, rng: np.random.Generator, kind: str = "b
     title_size = int(rng.integers(15, 22))
     person_font = load_font(font_id + int(rng.integers(0, 3)), int(rng.integers(12, 16)))
     title = title.upper() if rng.random() < 0.4 else title
-    while True:  # shrink the title until its longest word fits the cover
+    while True:  # shrink the title until its longest word and all its lines fit the cover
         title_font = load_font(font_id, title_size)
         title_lines = _fit_lines(draw, title, title_font, w - 10)
-        if title_size <= 10 or max(draw.textlength(t, font=title_font) for t in title_lines) <= w - 10:
+        fits_width = max(draw.textlength(t, font=title_font) for t in title_lines) <= w - 10
+        fits_height = len(title_lines) * (title_size + 3) <= 0.65 * h
+        if title_size <= 10 or (fits_width and fits_height):
             break
         title_size -= 1
+    title_lines = title_lines[: max(1, int(0.65 * h) // (title_size + 3))]  # a long subtitle is cut, as on covers
     layout = rng.integers(0, 3)  # title top, middle or bottom; the name opposite
     line_h = title_font.size + 3
     ty = {0: y0 + 8, 1: y0 + h // 2 - line_h * len(title_lines) // 2, 2: y0 + h - 8 - line_h * len(title_lines)}[

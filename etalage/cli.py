@@ -185,8 +185,77 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from etalage.pipeline import run_demo
 
+    specialists = tuple(s for s in args.specialists.split(",") if s.strip()) if args.specialists != "none" else ()
     run_demo(args.out, products=args.products, minutes=args.minutes, seed=args.seed, backbone=args.backbone,
-             weights=args.weights, picture_size=args.picture_size, crop=args.crop, progress=not args.quiet)
+             weights=args.weights, picture_size=args.picture_size, crop=args.crop, specialists=specialists,
+             ocr_engine=args.ocr_engine, specialist_train=args.specialist_train, progress=not args.quiet)
+    return 0
+
+
+def cmd_ocr(args: argparse.Namespace) -> int:
+    from etalage.ocr.runner import run_ocr
+
+    tax = _taxonomy_for(Path(args.data), args.taxonomy)
+    if tax is None:
+        raise EtalageError(f"{args.data}: pass --taxonomy category_names.csv (none beside the file)")
+    options = {}
+    if args.scale is not None:
+        options["scale"] = args.scale
+    if args.lang and args.engine == "tesseract":
+        options["lang"] = args.lang
+    cache = args.cache or str(Path(args.data).parent / "ocr-cache.sqlite")
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    t0 = time.perf_counter()
+    s = run_ocr(args.data, args.engine, groups, cache, tax, predictions=args.predictions, threshold=args.threshold,
+                workers=args.workers, batch=args.batch, engine_options=options, progress=not args.quiet)
+    dt = time.perf_counter() - t0
+    print(f"{s.products} products of {', '.join(groups)}: {s.pictures} distinct pictures, {s.already_cached} "
+          f"already cached, {s.read} read in {dt:.1f}s, {s.unreadable} unreadable -> {cache} ({s.engine})")
+    if s.unreadable_examples:
+        print("  unreadable (product#picture): " + ", ".join(f"{p}#{k}" for p, k in s.unreadable_examples[:10]))
+    return 0
+
+
+def cmd_specialists_list(args: argparse.Namespace) -> int:
+    import warnings
+
+    from etalage.specialists import discover
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # failures are listed below, with their reason
+        entries = discover()
+    print(f"{'name':<16}{'origin':<32}{'groups':<24}status")
+    for name, e in sorted(entries.items()):
+        status = "ok" if e.error is None else f"failed: {e.error}"
+        print(f"{name:<16}{e.origin:<32}{','.join(e.groups) or '-':<24}{status}")
+    return 0
+
+
+def cmd_bench_bookcover(args: argparse.Namespace) -> int:
+    import json
+
+    from etalage.catalog.io import atomic_write
+    from etalage.specialists.bookcover import PUBLISHED, confusion_png, read_listing, run_bookcover
+
+    if (args.images is None) == (not args.render):
+        raise EtalageError("bench bookcover: give exactly one of --images DIR or --render")
+    train, test = read_listing(args.train_listing), read_listing(args.test_listing)
+    work = Path(args.out).with_suffix("")
+    report = run_bookcover(train, test, args.images, work, ocr_engine=args.ocr_engine, seed=args.seed,
+                           progress=not args.quiet)
+    pred, truth, tax = report.pop("_confusion")
+    png = Path(args.out).with_suffix(".confusion.png")
+    confusion_png(pred, truth, tax, png, f"BookCover30, fused, top-1 {report['fused']['top1']:.3f}")
+    with atomic_write(args.out, "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(f"BookCover30: {report['train_books']} training and {report['test_books']} test books; covers: "
+          f"{report['covers']}")
+    print(f"  {'method':<34}{'top-1':>8}{'top-3':>8}")
+    for key in ("title", "ocr", "image", "fused"):
+        print(f"  etalage {key:<26}{report[key]['top1']:>8.3f}{report[key]['top3']:>8.3f}")
+    for name, top1 in PUBLISHED.items():
+        print(f"  {name:<34}{top1:>8.3f}{'':>8}  (published, 51,300 training books)")
+    print(f"report {args.out}, confusion matrix {png}")
     return 0
 
 
@@ -284,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--level2-weight", type=float, default=0.2, help="weight of the level-2 head's loss (0: off)")
     sp.add_argument("--val-fraction", type=float, default=0.05, help="held-out products, stratified by class")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--workers", type=int, help="DataLoader worker processes (default: cores per process)")
+    sp.add_argument("--workers", type=int, help="DataLoader worker processes (default: none on CPU, most cores on CUDA)")
     sp.add_argument("--device", default="auto", help="auto, cpu, cuda")
     sp.add_argument("--compile", action="store_true", help="torch.compile the model")
     sp.add_argument("--channels-last", action="store_true",
@@ -323,13 +392,58 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int)
     sp.add_argument("--device", default="auto")
 
+    sp = add("ocr", cmd_ocr, "read the text on the pictures of some level-1 groups into the OCR cache",
+             "Run an OCR engine over every distinct picture of the products of --groups: by label in a training "
+             "file, by core prediction (--predictions) in a test file. Results go to an SQLite cache keyed by "
+             "picture MD5 and engine; cached pictures are skipped, so a killed run resumes.")
+    sp.add_argument("--data", required=True, metavar="FILE.bson")
+    sp.add_argument("--engine", default="easyocr", choices=("easyocr", "tesseract"))
+    sp.add_argument("--groups", default="LIBRAIRIE,MUSIQUE", help="comma-separated level-1 names")
+    sp.add_argument("--taxonomy", help="category_names.csv (default: the one beside the data file)")
+    sp.add_argument("--predictions", metavar="PRED", help="core predictions choosing the products of an unlabelled file")
+    sp.add_argument("--threshold", type=float, default=0.3,
+                    help="with --predictions: minimum level-1 probability on the groups")
+    sp.add_argument("--cache", help="SQLite cache file (default: ocr-cache.sqlite beside the data file)")
+    sp.add_argument("--workers", type=int, default=1, help="reading processes")
+    sp.add_argument("--batch", type=int, default=32, help="pictures per engine call")
+    sp.add_argument("--scale", type=float, help="upscaling before reading (engine default if unset)")
+    sp.add_argument("--lang", help="tesseract languages (default fra+eng)")
+
+    sp = add("specialists", cmd_specialists_list, "list the specialist plugins (built-in and installed)",
+             "Specialists are found through the entry-point group etalage.specialists; set "
+             "ETALAGE_DISABLE_PLUGIN_AUTOLOAD=1 to keep only the built-ins. See docs/plugins.md.")
+    sp.add_argument("action", choices=("list",), help="what to do")
+
+    bench = sub.add_parser("bench", help="benchmarks on public data sets",
+                           description="Benchmarks on public data sets (see also the scripts in bench/).")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    sp = bench_sub.add_parser("bookcover", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              help="BookCover30: genre from title, cover OCR, cover CNN and their fusion",
+                              description="Train the books specialist on one BookCover30 listing and score another "
+                                          "(quoted CSV without header: ASIN, filename, image URL, title, author, "
+                                          "class id, class name). Reports top-1/top-3 for title, ocr, image and fused "
+                                          "beside the published figures, and writes a confusion-matrix PNG.")
+    sp.set_defaults(func=cmd_bench_bookcover)
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sp.add_argument("--train-listing", required=True)
+    sp.add_argument("--test-listing", required=True)
+    sp.add_argument("--images", help="folder of the real cover pictures (the listing's filename column)")
+    sp.add_argument("--render", action="store_true", help="draw 180x180 covers from title and author instead")
+    sp.add_argument("--out", required=True, metavar="REPORT.json")
+    sp.add_argument("--ocr-engine", default="easyocr", choices=("easyocr", "tesseract"))
+    sp.add_argument("--seed", type=int, default=0)
+
     sp = add("demo", cmd_demo, "the whole job on a synthetic catalogue: synth, index, train, predict, submit, score",
              "Runs end to end on a synthetic Cdiscount-shaped catalogue and prints product top-1 overall and per "
              "level-1 group. Leaves submission.csv, test_labels.csv, category_names.csv and report.json under --out. "
              "With the defaults it finishes within 10 minutes on 2 CPU cores; run again to reuse finished stages.")
     sp.add_argument("--out", default="demo", help="output folder")
     sp.add_argument("--products", type=int, default=3000, help="synthetic products (train + test)")
-    sp.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    sp.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    sp.add_argument("--specialists", default="books,music", help="specialists to fit and compare ('none': skip)")
+    sp.add_argument("--ocr-engine", default="easyocr", choices=("easyocr", "tesseract"))
+    sp.add_argument("--specialist-train", type=int, default=150,
+                    help="training products per specialist (OCR on CPU reads ~5 pictures/s)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--backbone", default="efficientnet_lite0")
     sp.add_argument("--weights", default="imagenet")

