@@ -80,11 +80,13 @@ class TextSpecialist(Specialist):
 
     Options: ``encoder`` ("default": the offline MiniLM package; a path; or "none"), ``C`` (inverse
     regularisation of the logistic regression), ``embedding_weight`` and ``box_weight`` (scale of
-    the dense blocks beside the TF-IDF block).
+    the dense blocks beside the TF-IDF block). ``box_weight`` is 0 by default: on BookCover30 (5-fold
+    CV, OCR of rendered covers) the box features (layout statistics and pooled CRNN features) at 0.3
+    cost 4.6 points of top-1 (0.419 against 0.465); they still reach fusion through ``features``.
     """
 
     def __init__(self, encoder: str = "default", C: float = 10.0, embedding_weight: float = 1.0,
-                 box_weight: float = 0.3):
+                 box_weight: float = 0.0):
         self.encoder_spec = encoder
         self.C, self.embedding_weight, self.box_weight = C, embedding_weight, box_weight
         self._encoder: TextEncoder | None = None
@@ -104,9 +106,12 @@ class TextSpecialist(Specialist):
         enc = self._encoder_or_none()
         if enc is not None:
             parts.append(enc.encode(texts) * self.embedding_weight)
-        box = np.stack([r.picture_features.mean(0) if len(r.picture_features) else
-                        np.zeros(self._box_dim, np.float32) for r in readings])
-        parts.append(self._scale_box(box) * self.box_weight)
+        if self.box_weight:
+            box = np.stack([r.picture_features.mean(0) if len(r.picture_features) else
+                            np.zeros(self._box_dim, np.float32) for r in readings])
+            parts.append(self._scale_box(box) * self.box_weight)
+        if not parts:
+            return np.zeros((len(readings), 0), np.float32)
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     def _scale_box(self, box: np.ndarray) -> np.ndarray:
