@@ -1,10 +1,10 @@
 import json
 
 import pytest
+from etalage.specialists.bookcover import genre_taxonomy, read_listing
 
 from etalage.cli import main
 from etalage.errors import DataError
-from etalage.specialists.bookcover import genre_taxonomy, read_listing
 
 
 @pytest.fixture
