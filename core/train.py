@@ -72,7 +72,7 @@ class TrainConfig:
     # count per batch sends cuDNN looking for kernels again.
     channels_last: bool = False
     checkpoint_minutes: float = 10.0
-    stop_after_steps: int | None = None  # pause: checkpoint and stop (continue with resume=True)
+    stop_after_steps: int | None = None  # pause after this many steps of this call (continue with resume=True)
 
     def check(self) -> None:
         if self.fusion not in FUSIONS:
@@ -349,6 +349,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
                 old_handlers[s] = signal.signal(s, _on_signal)
 
     t_start = time.perf_counter() - state["elapsed_s"]
+    first_step = state["step"]  # stop_after_steps counts the steps of this call, so a job can run in slices
     last_ckpt = time.perf_counter()
     probe_at = state["step"] + min(20, max(3, state["total_steps"] // 20))
     probe_t0 = None
@@ -408,7 +409,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
                         state["total_steps"] = _broadcast_int(min(state["total_steps"], fitted), info)
                         state["budget_fitted"] = True
                         log.info("time budget: %d steps in total (%.3fs per step)", state["total_steps"], per_step)
-                paused = cfg.stop_after_steps is not None and state["step"] >= cfg.stop_after_steps
+                paused = cfg.stop_after_steps is not None and state["step"] - first_step >= cfg.stop_after_steps
                 if (stop["signal"] is not None or paused) and sync:  # never drop accumulated gradients
                     status = "paused"
                     break

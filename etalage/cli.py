@@ -359,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--channels-last", action="store_true",
                     help="NHWC layout on CUDA (off by default: slower with varying pictures per batch)")
     sp.add_argument("--checkpoint-minutes", type=float, default=10.0, help="checkpoint at least this often")
-    sp.add_argument("--stop-after-steps", type=int, help="checkpoint and stop after this many steps (continue with --resume)")
+    sp.add_argument("--stop-after-steps", type=int,
+                    help="checkpoint and stop after this many steps of this call (run again with --resume to go on: "
+                         "a long job in slices)")
     sp.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
 
     sp = add("predict", cmd_predict, "rank every class for each product of a BSON dump (resumable shards)",

@@ -42,6 +42,8 @@ def test_resume_continues_exactly(synth_dir, tmp_path):
     assert paused.status == "paused" and not (tmp_path / "b" / "model.pt").exists()
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         train(TrainConfig(out=str(tmp_path / "b"), **base), progress=False)
+    sliced = train(TrainConfig(out=str(tmp_path / "b"), stop_after_steps=5, **base), resume=True, progress=False)
+    assert sliced.status == "paused", "a second slice of 5 steps"
     resumed = train(TrainConfig(out=str(tmp_path / "b"), **base), resume=True, progress=False)
     assert resumed.status == "finished"
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
