@@ -1,0 +1,78 @@
+"""The fusion table: one row per (product, candidate class), features by name, rows of a product
+contiguous (the layout LightGBM's ranker wants: ``group`` = rows per product).
+
+Candidates are the core's top-K plus any extra (product, class) pairs (picture-hash matches,
+specialists' top-k). Core features come from the ``CoreRanking`` alone: no N x 5270 matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CORE_FEATURE_NAMES = (
+    "core_prob", "core_logprob", "core_rank", "core_margin_to_top1",
+    "picture_prob_max", "picture_prob_min", "picture_prob_mean",
+    "level1_mass", "level2_mass_topk", "n_pictures",
+)
+
+
+@dataclass
+class CandidateTable:
+    owner: np.ndarray        # (R,) int64: product row (position in the ranking) of each candidate
+    classes: np.ndarray      # (R,) int32: taxonomy class index
+    features: dict[str, np.ndarray]
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Rows per product, in product order (LightGBM ``group``)."""
+        return np.bincount(self.owner, minlength=int(self.owner.max()) + 1 if len(self.owner) else 0)
+
+    def matrix(self, names: tuple[str, ...]) -> np.ndarray:
+        missing = [n for n in names if n not in self.features]
+        if missing:
+            raise KeyError(f"features not in the table: {', '.join(missing)}")
+        return np.stack([self.features[n] for n in names], axis=1).astype(np.float32)
+
+
+def candidates(ranking, extra_owner: np.ndarray | None = None, extra_classes: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (product row, class) pairs: the core's top-K, plus extras; sorted by product."""
+    n, k = ranking.topk_class.shape
+    owner = np.repeat(np.arange(n, dtype=np.int64), k)
+    cls = ranking.topk_class.reshape(-1).astype(np.int64)
+    if extra_owner is not None and len(extra_owner):
+        owner = np.concatenate([owner, np.asarray(extra_owner, np.int64)])
+        cls = np.concatenate([cls, np.asarray(extra_classes, np.int64)])
+    pairs = np.unique((owner << 23) | cls)
+    return (pairs >> 23).astype(np.int64), (pairs & ((1 << 23) - 1)).astype(np.int32)
+
+
+def core_features(ranking, owner: np.ndarray, classes: np.ndarray, taxonomy) -> dict[str, np.ndarray]:
+    """``CORE_FEATURE_NAMES`` for each candidate, from the ranking's top-K (a class outside a
+    product's top-K gets probability 0 and rank K)."""
+    n, k = ranking.topk_class.shape
+    top_p = ranking.topk_prob.astype(np.float32)
+    # position of the candidate in its product's top-K (k when absent)
+    hit = ranking.topk_class[owner] == classes[:, None]
+    found = hit.any(1)
+    rank = np.where(found, hit.argmax(1), k)
+    prob = np.where(found, top_p[owner, np.minimum(rank, k - 1)], 0.0)
+    # per-picture probabilities of the candidate (pictures' own top-K; 0 when absent)
+    pic_hit = ranking.picture_topk_class[owner] == classes[:, None, None]          # (R, 4, KP)
+    pic_p = np.where(pic_hit, ranking.picture_topk_prob[owner].astype(np.float32), 0).sum(2)  # (R, 4)
+    has_pic = ranking.picture_topk_class[owner][:, :, 0] >= 0
+    n_pic = np.maximum(1, has_pic.sum(1))
+    pic_max = np.where(has_pic, pic_p, -np.inf).max(1)
+    pic_min = np.where(has_pic, pic_p, np.inf).min(1)
+    # parents' mass: level-1 from the stored probabilities, level-2 from the top-K
+    l1 = ranking.level1_prob.astype(np.float32)[owner, taxonomy.level1_of[classes]]
+    l2_of_top = taxonomy.level2_of[ranking.topk_class[owner]]
+    l2_mass = (top_p[owner] * (l2_of_top == taxonomy.level2_of[classes][:, None])).sum(1)
+    return {"core_prob": prob.astype(np.float32), "core_logprob": np.log(prob + 1e-6).astype(np.float32),
+            "core_rank": rank.astype(np.float32), "core_margin_to_top1": (top_p[owner, 0] - prob).astype(np.float32),
+            "picture_prob_max": pic_max.astype(np.float32), "picture_prob_min": pic_min.astype(np.float32),
+            "picture_prob_mean": (pic_p.sum(1) / n_pic).astype(np.float32), "level1_mass": l1,
+            "level2_mass_topk": l2_mass.astype(np.float32),
+            "n_pictures": ranking.n_pictures[owner].astype(np.float32)}
