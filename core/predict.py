@@ -75,6 +75,13 @@ class CoreRanking:
                    cat["picture_topk_class"], cat["picture_topk_prob"], cat["level1_prob"], cat.get("embedding"),
                    meta)
 
+    def take(self, rows: np.ndarray) -> CoreRanking:
+        """The ranking of some products only (e.g. the core's validation products)."""
+        emb = None if self.embedding is None else self.embedding[rows]
+        return CoreRanking(self.product_ids[rows], self.topk_class[rows], self.topk_prob[rows], self.n_pictures[rows],
+                           self.picture_topk_class[rows], self.picture_topk_prob[rows], self.level1_prob[rows], emb,
+                           self.meta)
+
     def top1(self) -> np.ndarray:
         """Best class index per product (int32)."""
         return self.topk_class[:, 0]
