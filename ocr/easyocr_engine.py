@@ -48,8 +48,9 @@ def _quiet():
 class EasyOcrEngine(OcrEngine):
     """CRAFT + CRNN (english_g2).
 
-    Options: ``scale`` (upscaling of the picture before detection and recognition; 180px covers
-    carry 10-15px letters, CRAFT and the 64px-high recogniser read them better at 2x), ``mag_ratio``,
+    Options: ``scale`` (upscaling of the picture the recogniser's crops are cut from; 180px covers
+    carry 10-15px letters, read better from a 2x picture), ``detect_scale`` (upscaling for CRAFT,
+    whose cost grows with its square: 1x by default, boxes are mapped onto the 2x picture), ``mag_ratio``,
     ``text_threshold``, ``low_text`` (CRAFT), ``batch_size`` (recogniser crops per batch),
     ``quantize`` (int8 recogniser on CPU), ``device`` ("auto", "cpu", "cuda"), ``model_dir``.
 
@@ -59,14 +60,15 @@ class EasyOcrEngine(OcrEngine):
 
     name = "easyocr"
 
-    def __init__(self, scale: float = 1.0, mag_ratio: float = 1.0, text_threshold: float = 0.7,
-                 low_text: float = 0.4, min_size: int = 20, batch_size: int = 64, quantize: bool = True,
-                 device: str = "auto", model_dir: str | None = None):
+    def __init__(self, scale: float = 2.0, detect_scale: float = 1.0, mag_ratio: float = 1.0,
+                 text_threshold: float = 0.7, low_text: float = 0.4, min_size: int = 20, batch_size: int = 64,
+                 quantize: bool = True, device: str = "auto", model_dir: str | None = None):
         import torch
 
-        super().__init__(scale=scale, mag_ratio=mag_ratio, text_threshold=text_threshold, low_text=low_text,
-                         min_size=min_size, quantize=quantize)
+        super().__init__(scale=scale, detect_scale=detect_scale, mag_ratio=mag_ratio, text_threshold=text_threshold,
+                         low_text=low_text, min_size=min_size, quantize=quantize)
         self.min_size = min_size
+        self.detect_scale = detect_scale
         folder = Path(model_dir) if model_dir else default_model_dir()
         missing = [f for f in WEIGHT_FILES if not (folder / f).exists()]
         if missing:
@@ -95,11 +97,11 @@ class EasyOcrEngine(OcrEngine):
     def _capture(self, _module, _inputs, output) -> None:
         self._captured.append(output.detach().float().mean(dim=1).cpu().numpy())
 
-    def _prepare(self, pictures: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    def _prepare(self, pictures: list[np.ndarray], scale: float) -> tuple[np.ndarray, float]:
         """One batch of equal-size RGB arrays (CRAFT batches only equal sizes), and the scale used."""
         import cv2
 
-        side = int(round(max(max(p.shape[:2]) for p in pictures) * self.scale))
+        side = int(round(max(max(p.shape[:2]) for p in pictures) * scale))
         out = np.empty((len(pictures), side, side, 3), np.uint8)
         for i, p in enumerate(pictures):
             h, w = p.shape[:2]
@@ -119,15 +121,20 @@ class EasyOcrEngine(OcrEngine):
         craft_batch = 16 if self.reader.device != "cpu" else 1
         for start in range(0, len(pictures), 16):  # 16 pictures' crops are recognised together
             chunk = pictures[start:start + 16]
-            batch, scale = self._prepare(chunk)
+            batch, scale = self._prepare(chunk, self.scale)
+            # CRAFT's cost grows with the square of the side: it looks at the picture at
+            # detect_scale, and its boxes are mapped onto the (larger) picture the crops come from.
+            small, small_scale = (batch, scale) if self.detect_scale == self.scale else \
+                self._prepare(chunk, self.detect_scale)
+            ratio = scale / small_scale
             horizontal, free = [], []
-            for b0 in range(0, len(batch), craft_batch):
-                h_part, f_part = self.reader.detect(batch[b0:b0 + craft_batch], min_size=self.min_size,
+            for b0 in range(0, len(small), craft_batch):
+                h_part, f_part = self.reader.detect(small[b0:b0 + craft_batch], min_size=self.min_size,
                                                     text_threshold=self.text_threshold, low_text=self.low_text,
-                                                    mag_ratio=self.mag_ratio, canvas_size=max(batch.shape[1:3]) * 2,
+                                                    mag_ratio=self.mag_ratio, canvas_size=max(small.shape[1:3]) * 2,
                                                     reformat=False)
-                horizontal += h_part
-                free += f_part
+                horizontal += [[[int(v * ratio) for v in box] for box in boxes] for boxes in h_part]
+                free += [[[[int(x * ratio), int(y * ratio)] for x, y in poly] for poly in polys] for polys in f_part]
             crops, owners = [], []
             for i, (h_list, f_list) in enumerate(zip(horizontal, free, strict=True)):
                 if not h_list and not f_list:
