@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from etalage.catalog.bsonindex import ranks_within
-from etalage.fusion.signals import _CLASS_BITS, IdNeighbourPrior, PictureHashIndex, md5_keys
+from etalage.fusion.signals import IdNeighbourPrior, PictureHashIndex, md5_keys, unpack_pairs
 from etalage.fusion.table import CandidateTable, candidates, core_features
 
 from etalage.errors import ConfigError
@@ -31,11 +31,11 @@ def hash_candidates(index: PictureHashIndex, picture_md5: np.ndarray, picture_ow
     m = np.searchsorted(index.md5_keys, keys).clip(0, max(0, len(index.md5_keys) - 1))
     known = (index.md5_keys[m] == keys) & (index.md5_classes[m] <= HASH_CANDIDATE_MAX_CLASSES)
     pic = np.flatnonzero(known)
-    number = index.pairs >> _CLASS_BITS
+    number, pair_class = unpack_pairs(index.pairs)
     lo = np.searchsorted(number, m[pic], side="left")
     reps = np.searchsorted(number, m[pic], side="right") - lo
     rows = np.repeat(lo, reps) + ranks_within(reps)
-    return np.repeat(np.asarray(picture_owner)[pic], reps), (index.pairs[rows] & ((1 << _CLASS_BITS) - 1))
+    return np.repeat(np.asarray(picture_owner)[pic], reps), pair_class[rows]
 
 
 def assemble(ranking, taxonomy, id_prior: IdNeighbourPrior, ks: list[int], hash_index: PictureHashIndex,

@@ -89,7 +89,16 @@ def md5_keys(md5: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(md5[:, :8]).view("<i8").ravel()
 
 
-_CLASS_BITS = 23  # class indices < 2**23 (5270 on the real taxonomy)
+CLASS_BITS = 23  # class indices < 2**23 (5270 on the real taxonomy)
+
+
+def pack_pairs(rows: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(row, class) pairs as sortable int64 keys ``row << 23 | class``: one searchsorted finds a pair."""
+    return (np.asarray(rows, np.int64) << CLASS_BITS) | np.asarray(classes, np.int64)
+
+
+def unpack_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return keys >> CLASS_BITS, keys & ((1 << CLASS_BITS) - 1)
 
 
 @dataclass
@@ -106,9 +115,9 @@ class PictureHashIndex:
     def fit(cls, picture_md5: np.ndarray, picture_class: np.ndarray) -> PictureHashIndex:
         keys = md5_keys(picture_md5)
         uk, inverse, totals = np.unique(keys, return_inverse=True, return_counts=True)
-        pair = (inverse.astype(np.int64) << _CLASS_BITS) | np.asarray(picture_class, np.int64)
+        pair = pack_pairs(inverse, picture_class)
         pairs, counts = np.unique(pair, return_counts=True)
-        n_classes = np.bincount(pairs >> _CLASS_BITS, minlength=len(uk))
+        n_classes = np.bincount(unpack_pairs(pairs)[0], minlength=len(uk))
         return cls(uk, totals.astype(np.int64), n_classes.astype(np.int64), pairs, counts.astype(np.int64))
 
     def features(self, picture_md5: np.ndarray, picture_owner: np.ndarray, cand_owner: np.ndarray,
@@ -133,7 +142,7 @@ class PictureHashIndex:
         known = (self.md5_keys[m] == k) if len(self.md5_keys) else np.zeros(len(k), bool)
         total = np.where(known, self.md5_total[m], 0)
         n_classes = np.where(known, self.md5_classes[m], 0)
-        pair = (m.astype(np.int64) << _CLASS_BITS) | cls
+        pair = pack_pairs(m, cls)
         at = np.searchsorted(self.pairs, pair).clip(0, max(0, len(self.pairs) - 1))
         with_class = np.where(known & (self.pairs[at] == pair), self.pair_counts[at], 0) if len(self.pairs) \
             else np.zeros(len(k), np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from etalage.fusion.signals import pack_pairs, unpack_pairs
 
 CORE_FEATURE_NAMES = (
     "core_prob", "core_logprob", "core_rank", "core_margin_to_top1",
@@ -45,8 +46,8 @@ def candidates(ranking, extra_owner: np.ndarray | None = None, extra_classes: np
     if extra_owner is not None and len(extra_owner):
         owner = np.concatenate([owner, np.asarray(extra_owner, np.int64)])
         cls = np.concatenate([cls, np.asarray(extra_classes, np.int64)])
-    pairs = np.unique((owner << 23) | cls)
-    return (pairs >> 23).astype(np.int64), (pairs & ((1 << 23) - 1)).astype(np.int32)
+    rows, classes = unpack_pairs(np.unique(pack_pairs(owner, cls)))
+    return rows.astype(np.int64), classes.astype(np.int32)
 
 
 def core_features(ranking, owner: np.ndarray, classes: np.ndarray, taxonomy) -> dict[str, np.ndarray]:
