@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from etalage.catalog.bsonindex import NO_CATEGORY, BsonIndex
+from etalage.catalog.bsonindex import NO_CATEGORY, BsonIndex, ranks_within
 from etalage.catalog.pictures import CorruptPicture, DecodeStats, decode_picture
 
 from etalage.errors import DataError
@@ -110,6 +110,14 @@ class Catalog:
         """Positions of shard ``i`` of ``n``: contiguous, in file order, sizes differ by at most one."""
         bounds = np.linspace(0, len(self), n + 1).astype(np.int64)
         return range(int(bounds[i]), int(bounds[i + 1]))
+
+    def picture_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pictures of the products at ``positions``: their rows in the file's picture table
+        (and in ``FILE.bson.md5.npy``), and the index into ``positions`` of each one's product."""
+        positions = np.asarray(positions, np.int64)
+        counts = self.index.products["n_pictures"][positions].astype(np.int64)
+        first = self.index.products["first_picture"][positions].astype(np.int64)
+        return np.repeat(first, counts) + ranks_within(counts), np.repeat(np.arange(len(positions)), counts)
 
     # -- reading ---------------------------------------------------------------------------------
     def picture_bytes(self, position: int) -> list[bytes]:

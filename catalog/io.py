@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
@@ -44,7 +46,48 @@ _UMASK = _read_umask()
 
 def save_npz_atomic(path: str | Path, **arrays: Any) -> None:
     """``np.savez`` through ``atomic_write`` (the name must end in ``.npz``)."""
-    import numpy as np
 
     with atomic_write(path, "wb") as fh:
         np.savez(fh, **arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# chunked stage outputs: every per-product stage (core predictions, specialist scores, fused
+# rankings) writes DIR/part-START-END.npz over the same chunks, so shards line up across stages
+
+
+def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
+    """[(0, chunk), (chunk, 2 * chunk), ..., (.., n)]."""
+    return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+
+
+def shard_chunk_ranges(n: int, chunk: int, shard: tuple[int, int]) -> list[tuple[int, int]]:
+    """The chunks of shard ``i/n`` (whole chunks, contiguous, the same for every stage)."""
+    chunks = chunk_ranges(n, chunk)
+    i, k = shard
+    bounds = np.linspace(0, len(chunks), k + 1).astype(int)
+    return chunks[bounds[i]:bounds[i + 1]]
+
+
+def part_path(folder: str | Path, start: int, end: int) -> Path:
+    return Path(folder) / f"part-{start:09d}-{end:09d}.npz"
+
+
+def list_parts(folder: str | Path) -> dict[tuple[int, int], Path]:
+    """(start, end) -> path of the finished parts in ``folder``."""
+    out = {}
+    for p in Path(folder).glob("part-*.npz"):
+        _, a, b = p.stem.split("-")
+        out[(int(a), int(b))] = p
+    return out
+
+
+def load_parts(folder: str | Path, wanted: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """The arrays of the parts ``wanted``, concatenated in that order (every one must exist)."""
+    parts = list_parts(folder)
+    arrays: dict[str, list[np.ndarray]] = {}
+    for c in wanted:
+        with np.load(parts[c]) as z:
+            for k in z.files:
+                arrays.setdefault(k, []).append(z[k])
+    return {k: np.concatenate(v) for k, v in arrays.items()}

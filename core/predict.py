@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
-from etalage.catalog.io import atomic_write, save_npz_atomic
+from etalage.catalog.io import (
+    atomic_write,
+    chunk_ranges,
+    list_parts,
+    load_parts,
+    part_path,
+    save_npz_atomic,
+    shard_chunk_ranges,
+)
 from etalage.core.data import ProductDataset, collate, default_workers, to_device
 from etalage.core.train import DistInfo, load_trained, resolve_device
 
@@ -48,29 +56,25 @@ class CoreRanking:
         return len(self.product_ids)
 
     @classmethod
-    def load(cls, pred_dir: str | Path) -> CoreRanking:
-        """Read all shards of ``pred_dir``; a gap names the ``etalage predict`` call that fills it."""
+    def load(cls, pred_dir: str | Path, rows: tuple[int, int] | None = None) -> CoreRanking:
+        """Read all shards of ``pred_dir`` (or only the chunk ``rows`` = (start, end)); a gap names the
+        command that fills it."""
         pred_dir = Path(pred_dir)
         meta_path = pred_dir / "meta.json"
         if not meta_path.exists():
             raise StageOutputError(f"{pred_dir}: no core predictions; run `etalage predict --out {pred_dir} ...`")
         meta = json.loads(meta_path.read_text())
-        parts = sorted(_parts(pred_dir))
-        expected = _chunks(meta["n_products"], meta["chunk"])
-        done = {(a, b) for a, b, _ in parts}
-        missing = [c for c in expected if c not in done]
+        parts = list_parts(pred_dir)
+        expected = [rows] if rows is not None else chunk_ranges(meta["n_products"], meta["chunk"])
+        missing = [c for c in expected if c not in parts]
         if missing:
             a, b = missing[0]
+            command = meta.get("producer") or (f"etalage predict --run {meta['run']} --data {meta['data']} "
+                                               f"--out {pred_dir}")
             raise StageOutputError(
                 f"{pred_dir}: predictions for products {a}-{b} of {meta['data']} are missing "
-                f"({len(missing)} of {len(expected)} chunks); run `etalage predict --run {meta['run']} "
-                f"--data {meta['data']} --out {pred_dir}` (all shards) to finish")
-        arrays: dict[str, list[np.ndarray]] = {}
-        for _a, _b, path in parts:
-            with np.load(path) as z:
-                for k in z.files:
-                    arrays.setdefault(k, []).append(z[k])
-        cat = {k: np.concatenate(v) for k, v in arrays.items()}
+                f"({len(missing)} of {len(expected)} chunks); run `{command}` (all shards) to finish")
+        cat = load_parts(pred_dir, expected)
         return cls(cat["product_ids"], cat["topk_class"], cat["topk_prob"], cat["n_pictures"],
                    cat["picture_topk_class"], cat["picture_topk_prob"], cat["level1_prob"], cat.get("embedding"),
                    meta)
@@ -87,22 +91,10 @@ class CoreRanking:
         return self.topk_class[:, 0]
 
 
-def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
-    return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+def _digest(positions: np.ndarray) -> str:
+    import hashlib
 
-
-def _parts(pred_dir: Path) -> list[tuple[int, int, Path]]:
-    out = []
-    for p in pred_dir.glob("part-*.npz"):
-        _, a, b = p.stem.split("-")
-        out.append((int(a), int(b), p))
-    return out
-
-
-def _shard_chunks(chunks: list[tuple[int, int]], shard: tuple[int, int]) -> list[tuple[int, int]]:
-    i, n = shard
-    bounds = np.linspace(0, len(chunks), n + 1).astype(int)
-    return chunks[bounds[i]:bounds[i + 1]]
+    return hashlib.md5(np.ascontiguousarray(positions, np.int64).tobytes()).hexdigest()
 
 
 class CorePredictor:
@@ -161,30 +153,35 @@ class CorePredictor:
 
     def predict_catalog(self, catalog: Catalog, out_dir: str | Path, topk: int = 20, picture_topk: int = 5,
                         shard: tuple[int, int] = (0, 1), embedding: bool = False, chunk: int = 4096,
+                        positions: np.ndarray | None = None, producer: str | None = None,
                         progress: bool = True) -> CoreRanking | None:
         """Predict shard ``i/n`` of ``catalog`` into ``out_dir``; finished chunks are not redone.
 
+        ``positions``: only these products, in this order (e.g. the core's validation products for
+        fusion training); ``producer``: the command that fills ``out_dir``, quoted by errors.
         Returns the full ``CoreRanking`` when every shard is done, else None.
         """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        positions = np.arange(len(catalog)) if positions is None else np.asarray(positions, np.int64)
         meta = {"version": PREDICTION_VERSION, "run": str(self.run), "data": str(catalog.path),
-                "data_stamp": file_stamp(Path(catalog.path)), "n_products": len(catalog), "chunk": chunk,
+                "data_stamp": file_stamp(Path(catalog.path)), "n_products": len(positions),
+                "positions_digest": _digest(positions), "producer": producer, "chunk": chunk,
                 "topk": topk, "picture_topk": picture_topk, "tta": self.tta, "embedding": embedding,
                 "n_classes": self.spec["n_classes"], "fusion": self.spec["fusion"], "backbone": self.spec["backbone"]}
         meta_path = out_dir / "meta.json"
         if meta_path.exists():
             old = json.loads(meta_path.read_text())
-            diff = [k for k in meta if old.get(k) != meta[k]]
+            diff = [k for k in meta if k != "producer" and old.get(k) != meta[k]]
             if diff:
                 raise ConfigError(f"{out_dir} holds predictions made with other settings ({', '.join(diff)}); "
                                   f"choose another --out or delete it")
         else:
             with atomic_write(meta_path, "w") as fh:
                 json.dump(meta, fh, indent=2)
-        done = {(a, b) for a, b, _ in _parts(out_dir)}
-        todo = [c for c in _shard_chunks(_chunks(len(catalog), chunk), shard) if c not in done]
-        ds = ProductDataset(catalog, np.arange(len(catalog)), None, self.spec.get("picture_size", 180), None)
+        done = list_parts(out_dir)
+        todo = [c for c in shard_chunk_ranges(len(positions), chunk, shard) if c not in done]
+        ds = ProductDataset(catalog, positions, None, self.spec.get("picture_size", 180), None)
         from tqdm import tqdm
 
         total = sum(b - a for a, b in todo)
@@ -201,8 +198,8 @@ class CorePredictor:
                         parts.setdefault(k, []).append(v)
                     bar.update(batch.n_products)
                 arrays = {k: np.concatenate(v) for k, v in parts.items()}
-                arrays["product_ids"] = catalog.product_ids[a:b].astype(np.int64)
-                save_npz_atomic(out_dir / f"part-{a:09d}-{b:09d}.npz", **arrays)
+                arrays["product_ids"] = catalog.product_ids[positions[a:b]].astype(np.int64)
+                save_npz_atomic(part_path(out_dir, a, b), **arrays)
         try:
             return CoreRanking.load(out_dir)
         except StageOutputError:
