@@ -75,6 +75,8 @@ class Specialist(ABC):
     name: str = ""
     groups: tuple[str, ...] = ()      # level-1 names whose classes the specialist scores
     gate_threshold: float = 0.3       # core probability mass on the groups that sends a product here
+    feature_names: tuple[str, ...] = ()  # names of SpecialistOutput.features, the same for every product:
+    #                                     fusion needs fixed columns even for chunks it scored nothing in
 
     def classes(self, taxonomy) -> np.ndarray:
         """Taxonomy class indices (int32) the specialist scores: all classes under its groups."""

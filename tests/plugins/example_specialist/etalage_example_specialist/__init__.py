@@ -11,6 +11,7 @@ from etalage.specialists import Specialist, SpecialistOutput
 class KeywordSpecialist(Specialist):
     name = "keywords"
     groups = ("MUSIQUE",)
+    feature_names = ("keyword_top",)
 
     def fit(self, readings, labels, taxonomy):
         self.class_indices = self.classes(taxonomy)
