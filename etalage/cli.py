@@ -173,12 +173,149 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_arguments(sp: argparse.ArgumentParser, data_flag: str) -> None:
+    sp.add_argument(data_flag, dest="data", required=True, metavar="FILE.bson", help="the dump to predict")
+    sp.add_argument("--fusion", metavar="FUSION", help="fusion model (`etalage fusion fit`); it names the run, "
+                                                       "training file and specialists it was fitted with")
+    sp.add_argument("--run", help="core run (unset: the fusion model's; required without --fusion)")
+    sp.add_argument("--train", metavar="FILE.bson", help="training dump for the hash and id signals "
+                                                        "(unset: the fusion model's)")
+    sp.add_argument("--specialists", metavar="SPECS", help="fitted specialists (unset: the fusion model's)")
+    sp.add_argument("--work", metavar="WORK", help="stage outputs (unset: OUT_work beside --out, or DATA.work)")
+    sp.add_argument("--shard", default="0/1", help="i/n: run slice i of n only")
+    sp.add_argument("--chunk", type=int, default=4096,
+                    help="products per resumable part (a killed job redoes at most one; shards are whole parts)")
+    sp.add_argument("--ocr-cache", help="SQLite OCR cache (unset: ocr-cache.sqlite beside the data)")
+    sp.add_argument("--topk", type=int, default=20, help="core top-K (core-only submissions)")
+    sp.add_argument("--tta", default="none", choices=("none", "flip"))
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--workers", type=int)
+    sp.add_argument("--device", default="auto")
+
+
+def _work_dir(args: argparse.Namespace) -> Path:
+    if args.work:
+        return Path(args.work)
+    out = getattr(args, "out", None)
+    return Path(out).with_name(Path(out).stem + "_work") if out else Path(str(args.data) + ".work")
+
+
+def _run_pipeline(args: argparse.Namespace, command: str) -> bool:
+    from etalage.catalog.catalog import parse_shard
+    from etalage.fusion.stages import PredictPlan, predict_file
+
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as exc:
+        raise EtalageError(str(exc)) from None
+    plan = PredictPlan.from_model(args.fusion, args.run, args.train, args.specialists)
+    return predict_file(plan, args.data, _work_dir(args), shard=shard, command=command, ocr_cache=args.ocr_cache,
+                        device=args.device, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
+                        chunk=args.chunk, progress=not args.quiet, report=print)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from etalage.pipeline import submit_core
 
-    res = submit_core(args.run, args.test, args.out, pred_dir=args.predictions, topk=args.topk, tta=args.tta,
-                      batch_size=args.batch_size, device=args.device, workers=args.workers, progress=not args.quiet)
-    print(f"{res['submission']}: {res['products']} products (core predictions in {res['predictions']})")
+    if args.fusion is None:
+        if args.run is None:
+            raise EtalageError("submit: pass --fusion FUSION (full pipeline) or --run RUN (core only)")
+        if args.merge or args.shard != "0/1":
+            raise EtalageError("submit: --shard and --merge need --fusion (core only: `etalage predict --shard`)")
+        res = submit_core(args.run, args.data, args.out, pred_dir=args.work, topk=args.topk, tta=args.tta,
+                          batch_size=args.batch_size, device=args.device, workers=args.workers,
+                          progress=not args.quiet)
+        print(f"{res['submission']}: {res['products']} products (core predictions in {res['predictions']})")
+        return 0
+    from etalage.catalog import Taxonomy
+    from etalage.fusion.stages import PredictPlan, merge_submission
+
+    work = _work_dir(args)
+    shard_cmd = (f"etalage submit --fusion {args.fusion} --test {args.data} --out {args.out} --work {work} "
+                 f"--shard i/n")
+    if not args.merge:
+        t0 = time.perf_counter()
+        complete = _run_pipeline(args, shard_cmd)
+        print(f"{work}: shard {args.shard} done in {time.perf_counter() - t0:.1f}s")
+        if not complete:
+            print("other shards still to run; then `etalage submit ... --merge`")
+            return 0
+    plan = PredictPlan.from_model(args.fusion, args.run, args.train, args.specialists)
+    res = merge_submission(work, args.out, Taxonomy.load(Path(plan.run) / "category_names.csv"), args.data,
+                           command=shard_cmd)
+    print(f"{res['submission']}: {res['products']} products (fused; stage outputs in {work})")
+    return 0
+
+
+def cmd_specialists_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from etalage.catalog import Catalog, Taxonomy
+    from etalage.catalog.bsonindex import load_md5
+    from etalage.fusion.stages import ensure_indexed
+    from etalage.ocr import load_engine
+    from etalage.ocr.cache import OcrCache
+    from etalage.specialists.runner import fit_specialists
+
+    if args.taxonomy:
+        tax = Taxonomy.load(args.taxonomy)
+    elif args.run:
+        tax = Taxonomy.load(Path(args.run) / "category_names.csv")
+    else:
+        tax = _taxonomy_for(Path(args.train), None)
+    if tax is None:
+        raise EtalageError(f"{args.train}: pass --taxonomy category_names.csv (none beside the file)")
+    ensure_indexed(args.train, tax)
+    train = Catalog.open(args.train)
+    train.require_labels()
+    exclude = None
+    if args.run:
+        val = Path(args.run) / "val_positions.npy"
+        if not val.exists():
+            raise EtalageError(f"{val}: not found; is {args.run} a run of `etalage train`?")
+        exclude = np.load(val)
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    cache = args.ocr_cache or str(Path(args.train).parent / "ocr-cache.sqlite")
+    with OcrCache(cache) as c:
+        rows = fit_specialists(train, tax, names, args.out, load_engine(args.ocr_engine), c, load_md5(args.train),
+                               exclude=exclude, max_train=args.max_train, seed=args.seed, progress=not args.quiet)
+    for r in rows:
+        print(f"{Path(args.out) / r['specialist']}: fitted on {r['train_products']} products of {'+'.join(r['groups'])}")
+    return 0
+
+
+def cmd_fusion_fit(args: argparse.Namespace) -> int:
+    from etalage.fusion.stages import fit_fusion
+
+    fit = fit_fusion(args.run, args.train, args.out, specialists=args.specialists, kind=args.kind, topk=args.topk,
+                     ocr_cache=args.ocr_cache, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                     workers=args.workers, progress=not args.quiet)
+    kinds = ", ".join(f"{k} {v:.4f}" for k, v in fit["valid_top1_by_kind"].items())
+    print(f"{args.out}: {fit['kind']} over {fit['products']} products ({fit['rows']:,} rows, {fit['features']} "
+          f"features); candidate coverage {fit['candidate_coverage']:.4f}; core top-1 {fit['core_top1']:.4f}; "
+          f"held-out top-1 by kind: {kinds}")
+    return 0
+
+
+def cmd_fusion_predict(args: argparse.Namespace) -> int:
+    if args.fusion is None:
+        raise EtalageError("fusion predict: pass --fusion FUSION (from `etalage fusion fit`)")
+    work = _work_dir(args)
+    complete = _run_pipeline(args, f"etalage fusion predict --fusion {args.fusion} --data {args.data} "
+                                   f"--work {work} --shard i/n")
+    state = "all shards done" if complete else "other shards still to run"
+    print(f"{work / 'fused'}: shard {args.shard} done ({state})")
+    return 0
+
+
+def cmd_fusion_report(args: argparse.Namespace) -> int:
+    from etalage.fusion.stages import write_report
+
+    rep = write_report(args.model, args.out, folds=args.folds, progress=not args.quiet)
+    print(f"{'signals':<28}{'features':>9}{'top-1':>9}")
+    for r in rep["ablation"]:
+        print(f"{r['signals']:<28}{r['features']:>9}{r['top1']:>9.4f}")
+    print(f"report {rep['markdown']}, chart {rep['png']}")
     return 0
 
 
@@ -271,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, func, help_: str, description: str | None = None) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=description or help_,
+    def add(name: str, func, help_: str, description: str | None = None, parent=sub) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help_, description=description or help_,
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         sp.set_defaults(func=func)
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -382,17 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     sp = add("submit", cmd_submit, "write a Kaggle submission (_id,category_id) for test.bson",
-             "Core-only pipeline: predict every test product (resumable), take its top class, check that every "
-             "test product appears once in file order with a category of the taxonomy, write atomically.")
-    sp.add_argument("--run", required=True, help="trained run directory")
-    sp.add_argument("--test", required=True, metavar="test.bson")
+             "With --fusion: the full pipeline, index -> core predictions -> specialists on gated products -> "
+             "fusion -> submission.csv, every stage resumable in WORK. --shard i/n runs one slice (one machine "
+             "each, same WORK on shared storage) and --merge writes the submission once every slice is done. "
+             "Without --fusion: core only (--run). The submission is checked (every test product once, in file "
+             "order, categories of the taxonomy) and written atomically.")
+    _pipeline_arguments(sp, data_flag="--test")
     sp.add_argument("--out", required=True, metavar="submission.csv")
-    sp.add_argument("--predictions", help="where core predictions go (default: beside the submission)")
-    sp.add_argument("--topk", type=int, default=20)
-    sp.add_argument("--tta", default="none", choices=("none", "flip"))
-    sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--workers", type=int)
-    sp.add_argument("--device", default="auto")
+    sp.add_argument("--merge", action="store_true", help="only assemble the slices' outputs into --out")
 
     sp = add("ocr", cmd_ocr, "read the text on the pictures of some level-1 groups into the OCR cache",
              "Run an OCR engine over every distinct picture of the products of --groups: by label in a training "
@@ -411,10 +545,62 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scale", type=float, help="upscaling before reading (engine default if unset)")
     sp.add_argument("--lang", help="tesseract languages (default fra+eng)")
 
-    sp = add("specialists", cmd_specialists_list, "list the specialist plugins (built-in and installed)",
-             "Specialists are found through the entry-point group etalage.specialists; set "
-             "ETALAGE_DISABLE_PLUGIN_AUTOLOAD=1 to keep only the built-ins. See docs/plugins.md.")
-    sp.add_argument("action", choices=("list",), help="what to do")
+    specialists = sub.add_parser("specialists", help="specialist plugins: list them, fit them",
+                                 description="Specialists read cover text (OCR) and score the classes of their "
+                                             "groups. They are found through the entry-point group "
+                                             "etalage.specialists; ETALAGE_DISABLE_PLUGIN_AUTOLOAD=1 keeps only the "
+                                             "built-ins. See docs/plugins.md.")
+    spec_sub = specialists.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add("list", cmd_specialists_list, "list the specialist plugins (built-in and installed) and their status",
+        parent=spec_sub)
+    sp = add("fit", cmd_specialists_fit, "fit specialists on the training products of their groups",
+             "Read the covers of (up to --max-train) training products of each specialist's groups through the "
+             "OCR cache and fit it; saved as OUT/NAME. With --run, the core run's validation products are left "
+             "out: fusion trains on them, and a specialist that had seen them would look better there than on "
+             "test. A rerun only fits what is missing.", parent=spec_sub)
+    sp.add_argument("--train", required=True, metavar="FILE.bson", help="labelled training dump")
+    sp.add_argument("--out", required=True, metavar="SPECS", help="folder of fitted specialists")
+    sp.add_argument("--run", help="core run whose validation products are left out (recommended)")
+    sp.add_argument("--taxonomy", help="category_names.csv (default: the run's, else the one beside --train)")
+    sp.add_argument("--names", default="books,music", help="comma-separated specialist names")
+    sp.add_argument("--max-train", type=int, default=2000, help="training products per specialist (OCR cost)")
+    sp.add_argument("--ocr-engine", default="easyocr", choices=("easyocr", "tesseract"))
+    sp.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
+    sp.add_argument("--seed", type=int, default=0)
+
+    fusion = sub.add_parser("fusion", help="the second level: fit, predict, report",
+                            description="A LightGBM ranker over candidate classes (core top-K, picture-hash "
+                                        "matches, specialists' top-k) with core, picture-hash, product-id-neighbour "
+                                        "and specialist/OCR features.")
+    fusion_sub = fusion.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sp = add("fit", cmd_fusion_fit, "fit the fusion model on the core run's validation products",
+             "Predict the core on the run's validation products of --train (RUN/val_positions.npy: the core never "
+             "trained on them), score them with the fitted specialists, build the table (hash and id signals "
+             "leave each product itself out) and fit LightGBM (lambdarank and binary; the better on held-out "
+             "products is kept). Writes OUT/fusion.lgb.txt, OUT/fusion.json, OUT/table.npz, OUT/fit_report.json.",
+             parent=fusion_sub)
+    sp.add_argument("--run", required=True, help="trained core run")
+    sp.add_argument("--train", required=True, metavar="FILE.bson", help="the run's training dump")
+    sp.add_argument("--out", required=True, metavar="FUSION", help="fusion model folder")
+    sp.add_argument("--specialists", metavar="SPECS", help="fitted specialists (`etalage specialists fit`)")
+    sp.add_argument("--kind", default="auto", choices=("auto", "ranker", "binary"))
+    sp.add_argument("--topk", type=int, default=20, help="core candidates per product")
+    sp.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--workers", type=int)
+    sp.add_argument("--device", default="auto")
+    sp = add("predict", cmd_fusion_predict, "fused top-5 classes for every product of a BSON dump (resumable)",
+             "Run index -> core predictions -> specialists -> fusion for --data into WORK, chunk by chunk "
+             "(WORK/fused/part-*.npz: product ids, top-5 classes and scores). --shard i/n runs one slice "
+             "(one machine each, same WORK on shared storage).", parent=fusion_sub)
+    _pipeline_arguments(sp, data_flag="--data")
+    sp = add("report", cmd_fusion_report, "feature importance and the ablation table (markdown + PNG)",
+             "Cross-validate the reranker over the fitted model's products with each group of signals (core, "
+             "+ hash, + id neighbours, + specialists, all) and list the features by gain.", parent=fusion_sub)
+    sp.add_argument("--model", required=True, metavar="FUSION")
+    sp.add_argument("--out", required=True, metavar="REPORT.md", help="markdown report (the chart goes beside, .png)")
+    sp.add_argument("--folds", type=int, default=3)
 
     bench = sub.add_parser("bench", help="benchmarks on public data sets",
                            description="Benchmarks on public data sets (see also the scripts in bench/).")

@@ -1,11 +1,16 @@
-"""Fusion: the second level over candidate classes. So far: the candidate table with the core's
-features, the vectorised signals (product-id neighbours, picture-hash matches) and the LightGBM
-ranker over them (``assemble`` -> ``FusionModel``). Commands and the full submission pipeline come
-with their issue."""
+"""Fusion: the second level over candidate classes.
 
-from etalage.fusion.model import FusionModel, assemble, hash_candidates
-from etalage.fusion.signals import IdNeighbourPrior, PictureHashIndex, neighbour_ks
+Candidates per product (the core's top-K, classes of training products sharing an exact picture, the
+specialists' top-k) get features from every signal (``fusion.table``, ``fusion.signals``) and a
+LightGBM ranker orders them (``fusion.model``). ``fusion.stages`` runs it as jobs: fit on the core's
+validation products, predict a file in resumable chunks and shards, merge into a submission, report
+the ablation.
+"""
+
+from etalage.fusion.model import FusionModel, assemble, feature_groups, hash_candidates
+from etalage.fusion.signals import IdNeighbourPrior, PictureHashIndex, TrainingSignals, neighbour_ks
 from etalage.fusion.table import CORE_FEATURE_NAMES, CandidateTable, candidates, core_features
 
 __all__ = ["CORE_FEATURE_NAMES", "CandidateTable", "FusionModel", "IdNeighbourPrior", "PictureHashIndex",
-           "assemble", "candidates", "core_features", "hash_candidates", "neighbour_ks"]
+           "TrainingSignals", "assemble", "candidates", "core_features", "feature_groups", "hash_candidates",
+           "neighbour_ks"]

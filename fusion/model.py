@@ -16,10 +16,24 @@ from pathlib import Path
 
 import numpy as np
 from etalage.catalog.bsonindex import ranks_within
-from etalage.fusion.signals import IdNeighbourPrior, PictureHashIndex, md5_keys, unpack_pairs
-from etalage.fusion.table import CandidateTable, candidates, core_features
+from etalage.catalog.io import atomic_write
+from etalage.fusion.signals import (
+    HASH_FEATURE_NAMES,
+    PictureHashIndex,
+    TrainingSignals,
+    md5_keys,
+    unpack_pairs,
+)
+from etalage.fusion.table import (
+    CORE_FEATURE_NAMES,
+    CandidateTable,
+    candidates,
+    core_features,
+    specialist_candidates,
+    specialist_features,
+)
 
-from etalage.errors import ConfigError
+from etalage.errors import ConfigError, StageOutputError
 
 HASH_CANDIDATE_MAX_CLASSES = 5  # a picture seen with more classes is a placeholder: no candidates from it
 
@@ -38,89 +52,163 @@ def hash_candidates(index: PictureHashIndex, picture_md5: np.ndarray, picture_ow
     return np.repeat(np.asarray(picture_owner)[pic], reps), pair_class[rows]
 
 
-def assemble(ranking, taxonomy, id_prior: IdNeighbourPrior, ks: list[int], hash_index: PictureHashIndex,
-             picture_md5: np.ndarray, picture_owner: np.ndarray, training_queries: bool = False,
+def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarray, picture_owner: np.ndarray,
+             specialists: list = (), training_queries: bool = False,
              own_classes: np.ndarray | None = None) -> CandidateTable:
-    """The full table for the products of ``ranking``; ``training_queries`` removes each product's own
-    contribution to the hash and id signals (``own_classes``: their labels, per product row)."""
-    h_owner, h_cls = hash_candidates(hash_index, picture_md5, picture_owner)
-    owner, cls = candidates(ranking, h_owner, h_cls)
+    """The full table for the products of ``ranking``: candidates from the core's top-K, hash matches
+    and the specialists' top-k, with every feature. ``picture_md5``/``picture_owner``: the products'
+    pictures and the ranking row of each; ``specialists``: ``SpecialistRanking``s over the same rows.
+    ``training_queries`` removes each product's own contribution to the hash and id signals
+    (``own_classes``: their labels, per product row)."""
+    h_owner, h_cls = hash_candidates(signals.hash_index, picture_md5, picture_owner)
+    s_owner, s_cls = specialist_candidates(specialists)
+    owner, cls = candidates(ranking, np.concatenate([h_owner, s_owner]), np.concatenate([h_cls, s_cls]))
     feats = core_features(ranking, owner, cls, taxonomy)
     pic_own = None
     if training_queries:
         if own_classes is None:
             raise ValueError("training_queries needs own_classes")
         pic_own = np.asarray(own_classes)[picture_owner]
-    feats.update(hash_index.features(picture_md5, picture_owner, owner, cls, pic_own))
-    feats.update(id_prior.features(ranking.product_ids[owner], cls, ks, exclude_self=training_queries))
-    freq = np.bincount(id_prior.classes, minlength=taxonomy.n_classes) / max(1, len(id_prior.classes))
-    feats["class_frequency"] = freq[cls].astype(np.float32)
+    feats.update(signals.hash_index.features(picture_md5, picture_owner, owner, cls, pic_own))
+    feats.update(signals.id_prior.features(ranking.product_ids[owner], cls, signals.ks, exclude_self=training_queries))
+    feats["class_frequency"] = signals.class_frequency[cls]
+    feats.update(specialist_features(specialists, owner, cls, len(ranking)))
     return CandidateTable(owner, cls, feats)
+
+
+def feature_groups(names) -> dict[str, list[str]]:
+    """The table's columns by signal, for the ablation: core, hash, id (with the class frequency),
+    specialists (scores, their own features, OCR summary)."""
+    groups: dict[str, list[str]] = {"core": [], "hash": [], "id": [], "specialists": []}
+    for n in names:
+        if n in CORE_FEATURE_NAMES:
+            groups["core"].append(n)
+        elif n in HASH_FEATURE_NAMES:
+            groups["hash"].append(n)
+        elif n.startswith("id_") or n == "class_frequency":
+            groups["id"].append(n)
+        else:
+            groups["specialists"].append(n)
+    return groups
+
+
+MODEL_FILE, META_FILE = "fusion.lgb.txt", "fusion.json"
+KINDS = ("ranker", "binary")
 
 
 @dataclass
 class FusionModel:
+    """A LightGBM model over a ``CandidateTable``'s named columns, with the settings that built the
+    table (``config``) so prediction rebuilds the same columns."""
+
     kind: str                       # "ranker" or "binary"
     feature_names: tuple[str, ...]
     booster: object = field(repr=False)
     best_iteration: int = 0
+    config: dict = field(default_factory=dict)
 
     @classmethod
     def fit(cls, table: CandidateTable, truth: np.ndarray, feature_names: tuple[str, ...], kind: str = "ranker",
-            valid_fraction: float = 0.2, seed: int = 0, n_estimators: int = 500) -> FusionModel:
-        """``truth``: the class of each product row. Products are split for early stopping."""
+            valid_fraction: float = 0.2, seed: int = 0, n_estimators: int = 500,
+            valid_products: np.ndarray | None = None) -> FusionModel:
+        """``truth``: the class of each product row. Products are split for early stopping
+        (``valid_products``: a boolean mask over product rows, else a random ``valid_fraction``)."""
         import lightgbm as lgb
 
-        if kind not in ("ranker", "binary"):
-            raise ConfigError(f"fusion model kind must be ranker or binary, got {kind!r}")
+        if kind not in KINDS:
+            raise ConfigError(f"fusion model kind must be one of {', '.join(KINDS)}, got {kind!r}")
         y = (table.classes == np.asarray(truth)[table.owner]).astype(np.int32)
         X = table.matrix(feature_names)
         n_products = int(table.owner.max()) + 1
-        valid_products = np.random.default_rng(seed).random(n_products) < valid_fraction
+        if valid_products is None:
+            valid_products = np.random.default_rng(seed).random(n_products) < valid_fraction
         va = valid_products[table.owner]
         params = dict(n_estimators=n_estimators, learning_rate=0.05, num_leaves=31, min_child_samples=10,
-                      random_state=seed, verbose=-1)
+                      random_state=seed, verbose=-1, n_jobs=-1)
         callbacks = [lgb.early_stopping(30, verbose=False)]
         if kind == "ranker":
             model = lgb.LGBMRanker(objective="lambdarank", **params)
-            model.fit(X[~va], y[~va], group=np.bincount(table.owner[~va])[np.unique(table.owner[~va])],
-                      eval_X=(X[va],), eval_y=(y[va],),
-                      eval_group=[np.bincount(table.owner[va])[np.unique(table.owner[va])]],
-                      eval_at=[1], callbacks=callbacks)
+            model.fit(X[~va], y[~va], group=_group_sizes(table.owner[~va]), eval_X=(X[va],), eval_y=(y[va],),
+                      eval_group=[_group_sizes(table.owner[va])], eval_at=[1], callbacks=callbacks)
         else:
             model = lgb.LGBMClassifier(objective="binary", **params)
             model.fit(X[~va], y[~va], eval_X=(X[va],), eval_y=(y[va],), callbacks=callbacks)
         return cls(kind, tuple(feature_names), model.booster_, int(model.best_iteration_ or n_estimators))
 
+    @classmethod
+    def fit_best(cls, table: CandidateTable, truth: np.ndarray, feature_names: tuple[str, ...],
+                 kinds: tuple[str, ...] = KINDS, valid_fraction: float = 0.2, seed: int = 0
+                 ) -> tuple[FusionModel, dict[str, float]]:
+        """Fit each kind with the same early-stopping products and keep the one with the best product
+        top-1 on them; returns the model and every kind's validation top-1."""
+        n_products = int(table.owner.max()) + 1
+        valid = np.random.default_rng(seed).random(n_products) < valid_fraction
+        truth = np.asarray(truth)
+        scores, models = {}, {}
+        for kind in kinds:
+            models[kind] = cls.fit(table, truth, feature_names, kind, seed=seed, valid_products=valid)
+            pred = models[kind].predict(table, n_products)
+            scores[kind] = float((pred[valid] == truth[valid]).mean())
+        best = max(kinds, key=lambda k: scores[k])
+        return models[best], scores
+
     def scores(self, table: CandidateTable) -> np.ndarray:
+        missing = [n for n in self.feature_names if n not in table.features]
+        if missing:
+            raise ConfigError(f"the fusion model needs columns the table lacks ({', '.join(missing[:5])}): the "
+                              f"signals differ from `etalage fusion fit` (specialists, neighbour windows); "
+                              f"predict with the same settings or refit")
         return self.booster.predict(table.matrix(self.feature_names), num_iteration=self.best_iteration or None)
+
+    def rank(self, table: CandidateTable, n_products: int, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` classes per product row (int32, -1 where fewer candidates) and their scores."""
+        s = self.scores(table).astype(np.float32)
+        order = np.lexsort((-s, table.owner))
+        owner = table.owner[order]
+        counts = np.bincount(owner, minlength=n_products)
+        slot = ranks_within(counts)
+        keep = slot < k
+        classes = np.full((n_products, k), -1, np.int32)
+        scores = np.full((n_products, k), -np.inf, np.float32)
+        classes[owner[keep], slot[keep]] = table.classes[order][keep]
+        scores[owner[keep], slot[keep]] = s[order][keep]
+        return classes, scores
 
     def predict(self, table: CandidateTable, n_products: int) -> np.ndarray:
         """Best class per product row (int32); products without candidates get -1."""
-        s = self.scores(table)
-        order = np.lexsort((-s, table.owner))
-        first = np.r_[True, table.owner[order][1:] != table.owner[order][:-1]]
-        best = np.full(n_products, -1, np.int32)
-        best[table.owner[order][first]] = table.classes[order][first]
-        return best
+        return self.rank(table, n_products, 1)[0][:, 0]
+
+    def importance(self) -> dict[str, float]:
+        """Total gain of each feature, largest first."""
+        gain = self.booster.feature_importance(importance_type="gain")
+        pairs = sorted(zip(self.feature_names, gain.tolist(), strict=True), key=lambda kv: -kv[1])
+        return dict(pairs)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(folder / "fusion.lgb.txt"), num_iteration=self.best_iteration or None)
-        (folder / "fusion.json").write_text(json.dumps({"kind": self.kind, "features": list(self.feature_names)}))
+        with atomic_write(folder / MODEL_FILE, "w") as fh:
+            fh.write(self.booster.model_to_string(num_iteration=self.best_iteration or None))
+        with atomic_write(folder / META_FILE, "w") as fh:
+            json.dump({"kind": self.kind, "features": list(self.feature_names), "config": self.config}, fh, indent=2)
 
     @classmethod
     def load(cls, folder: str | Path, expected_features: tuple[str, ...] | None = None) -> FusionModel:
         import lightgbm as lgb
 
         folder = Path(folder)
-        if not (folder / "fusion.json").exists():
-            raise ConfigError(f"{folder}: no fusion model; train one first")
-        meta = json.loads((folder / "fusion.json").read_text())
+        if not (folder / META_FILE).exists() or not (folder / MODEL_FILE).exists():
+            raise StageOutputError(f"{folder}: no fusion model; run `etalage fusion fit --out {folder} ...`")
+        meta = json.loads((folder / META_FILE).read_text())
         names = tuple(meta["features"])
         if expected_features is not None and set(names) - set(expected_features):
             missing = sorted(set(names) - set(expected_features))
             raise ConfigError(f"{folder}: the model needs features the table lacks ({', '.join(missing[:5])}); "
-                              f"rebuild the table with the same signals or retrain the fusion model")
-        return cls(meta["kind"], names, lgb.Booster(model_file=str(folder / "fusion.lgb.txt")), 0)
+                              f"rebuild the table with the same signals or retrain with `etalage fusion fit`")
+        booster = lgb.Booster(model_str=(folder / MODEL_FILE).read_text())
+        return cls(meta["kind"], names, booster, 0, meta.get("config", {}))
+
+
+def _group_sizes(owner: np.ndarray) -> np.ndarray:
+    """Rows per product for rows sorted by product (LightGBM ``group``)."""
+    return np.unique(owner, return_counts=True)[1]

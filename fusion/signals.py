@@ -162,3 +162,33 @@ class PictureHashIndex:
         np.minimum.at(out_min, cand_idx, np.where(with_class > 0, n_classes, np.inf).astype(np.float32))
         return {"hash_pictures_with_class": out_with, "hash_max_share": out_share,
                 "hash_min_classes": np.where(np.isinf(out_min), 0, out_min).astype(np.float32)}
+
+
+@dataclass
+class TrainingSignals:
+    """Everything the second level knows about the training set: the id-neighbour prior, the picture
+    hash index, the window sizes and the classes' global frequency. Built in seconds from the
+    training file's index and MD5s (``etalage hash``), so it is rebuilt rather than stored."""
+
+    id_prior: IdNeighbourPrior
+    hash_index: PictureHashIndex
+    ks: list[int]
+    class_frequency: np.ndarray   # (n_classes,) float32 share of training products
+
+    @classmethod
+    def build(cls, product_ids: np.ndarray, classes: np.ndarray, picture_md5: np.ndarray,
+              n_pictures: np.ndarray, n_classes: int, ks: list[int] | None = None) -> TrainingSignals:
+        """``classes``: taxonomy index per training product; ``picture_md5`` in file order, ``n_pictures``
+        per product."""
+        classes = np.asarray(classes, np.int64)
+        pic_class = np.repeat(classes, np.asarray(n_pictures, np.int64))
+        freq = (np.bincount(classes, minlength=n_classes) / max(1, len(classes))).astype(np.float32)
+        return cls(IdNeighbourPrior.fit(product_ids, classes), PictureHashIndex.fit(picture_md5, pic_class),
+                   list(ks) if ks else neighbour_ks(len(classes)), freq)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return (HASH_FEATURE_NAMES + tuple(f"id_share_k{k}" for k in self.ks) + ("id_distance", "class_frequency"))
+
+
+HASH_FEATURE_NAMES = ("hash_pictures_with_class", "hash_max_share", "hash_min_classes")

@@ -77,3 +77,55 @@ def core_features(ranking, owner: np.ndarray, classes: np.ndarray, taxonomy) -> 
             "picture_prob_mean": (pic_p.sum(1) / n_pic).astype(np.float32), "level1_mass": l1,
             "level2_mass_topk": l2_mass.astype(np.float32),
             "n_pictures": ranking.n_pictures[owner].astype(np.float32)}
+
+
+SPECIALIST_FEATURE_NAMES = ("specialist_score", "specialist_rank")
+SPECIALIST_CANDIDATES = 5  # each specialist's top-k that joins the candidates
+
+
+def specialist_candidates(outputs, k: int = SPECIALIST_CANDIDATES) -> tuple[np.ndarray, np.ndarray]:
+    """(product row, class) pairs of every specialist's top-``k``."""
+    owners, classes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for out in outputs:
+        kk = min(k, out.topk_class.shape[1])
+        owners.append(np.repeat(out.rows, kk))
+        classes.append(out.topk_class[:, :kk].reshape(-1).astype(np.int64))
+    return np.concatenate(owners), np.concatenate(classes)
+
+
+def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_products: int) -> dict[str, np.ndarray]:
+    """Per candidate: ``specialist_score`` (best score any specialist gave the class; 0 outside its
+    top-K) and ``specialist_rank``; each specialist's own per-product features as ``NAME_FEATURE``;
+    the OCR summary. All NaN where no specialist looked at the product (LightGBM's missing value)."""
+    from etalage.specialists.runner import OCR_SUMMARY_NAMES
+
+    n_rows = len(owner)
+    score = np.full(n_rows, np.nan, np.float32)
+    rank = np.full(n_rows, np.nan, np.float32)
+    ocr = np.full((n_products, len(OCR_SUMMARY_NAMES)), np.nan, np.float32)
+    query = pack_pairs(owner, classes)
+    out_feats: dict[str, np.ndarray] = {}
+    for out in outputs:
+        per_product = np.full((n_products, len(out.feature_names)), np.nan, np.float32)
+        per_product[out.rows] = out.features
+        for j, name in enumerate(out.feature_names):
+            out_feats[f"{out.name}_{name}"] = per_product[owner, j]
+        if not len(out.rows):
+            continue
+        ocr[out.rows] = out.ocr
+        k = out.topk_class.shape[1]
+        looked = np.zeros(n_products, bool)
+        looked[out.rows] = True
+        keys = pack_pairs(np.repeat(out.rows, k), out.topk_class.reshape(-1))
+        order = np.argsort(keys, kind="stable")
+        at = np.searchsorted(keys[order], query).clip(0, len(keys) - 1)
+        hit = keys[order][at] == query
+        s = np.where(hit, out.topk_score.reshape(-1)[order][at], 0).astype(np.float32)
+        r = np.where(hit, order[at] % k, k).astype(np.float32)
+        mine = looked[owner]
+        score = np.where(mine, np.fmax(score, s), score)
+        rank = np.where(mine, np.fmin(rank, r), rank)
+    feats = {"specialist_score": score, "specialist_rank": rank, **out_feats}
+    for j, name in enumerate(OCR_SUMMARY_NAMES):
+        feats[name] = ocr[owner, j]
+    return feats

@@ -6,9 +6,9 @@ import pytest
 from etalage.catalog import Catalog, Taxonomy
 from etalage.catalog.submission import read_id_category_csv
 from etalage.core.predict import CorePredictor
-from etalage.fusion.model import FusionModel, assemble
-from etalage.fusion.signals import IdNeighbourPrior, PictureHashIndex
-from etalage.fusion.table import CORE_FEATURE_NAMES
+from etalage.fusion.model import FusionModel, assemble, feature_groups
+from etalage.fusion.signals import TrainingSignals
+from etalage.fusion.table import CORE_FEATURE_NAMES, CandidateTable
 
 from etalage.errors import ConfigError
 
@@ -28,35 +28,42 @@ def test_fusion_beats_the_core_on_test(kind, tiny_run, synth_dir, tmp_path):
     test = Catalog.open(synth_dir / "test.bson")
     labels = tax.indices_of(train.category_ids)
     train_md5 = _md5(train, tmp_path)
-    pic_class = np.repeat(labels, train.n_pictures.astype(np.int64))
-    prior = IdNeighbourPrior.fit(train.product_ids, labels)
-    index = PictureHashIndex.fit(train_md5, pic_class)
-    ks = [5, 20]
+    signals = TrainingSignals.build(train.product_ids, labels, train_md5, train.n_pictures, tax.n_classes, [5, 20])
     predictor = CorePredictor(tiny_run, workers=0)
     val = np.sort(np.load(tiny_run / "val_positions.npy"))
     rank_train = predictor.predict_catalog(train, tmp_path / "p_train", topk=5, picture_topk=3, progress=False)
     rank_val = rank_train.take(val)
     md5_v, owner_v = _pictures(train, train_md5, val)
-    table_v = assemble(rank_val, tax, prior, ks, index, md5_v, owner_v, training_queries=True,
-                       own_classes=labels[val])
-    names = tuple(CORE_FEATURE_NAMES) + ("hash_pictures_with_class", "hash_max_share", "hash_min_classes",
-                                         "id_share_k5", "id_share_k20", "id_distance", "class_frequency")
+    table_v = assemble(rank_val, tax, signals, md5_v, owner_v, training_queries=True, own_classes=labels[val])
+    names = tuple(CORE_FEATURE_NAMES) + signals.feature_names
+    groups = feature_groups(tuple(table_v.features))
+    assert groups["core"] == list(CORE_FEATURE_NAMES) and groups["id"][-1] == "class_frequency"
+    assert set(groups["hash"]) == {"hash_pictures_with_class", "hash_max_share", "hash_min_classes"}
+    assert "specialist_score" in groups["specialists"] and np.isnan(table_v.features["specialist_score"]).all(), \
+        "no specialist looked: missing, not zero"
     model = FusionModel.fit(table_v, labels[val], names, kind=kind, valid_fraction=0.25)
     rank_test = predictor.predict_catalog(test, tmp_path / "p_test", topk=5, picture_topk=3, progress=False)
     test_md5 = _md5(test, tmp_path)
     md5_t, owner_t = _pictures(test, test_md5, np.arange(len(test)))
-    table_t = assemble(rank_test, tax, prior, ks, index, md5_t, owner_t)
+    table_t = assemble(rank_test, tax, signals, md5_t, owner_t)
     truth = tax.indices_of(read_id_category_csv(synth_dir / "test_labels.csv")[1])
     fused = model.predict(table_t, len(test))
     core_acc = (rank_test.top1() == truth).mean()
     fused_acc = (fused == truth).mean()
     print(f"{kind}: core {core_acc:.3f} fusion {fused_acc:.3f}")
     assert fused_acc > core_acc, f"fusion {fused_acc:.3f} vs core {core_acc:.3f}"
+    classes, scores = model.rank(table_t, len(test), 3)
+    assert np.array_equal(classes[:, 0], fused) and np.all(np.diff(scores, axis=1) <= 0)
+    importance = model.importance()
+    assert set(importance) == set(names) and max(importance.values()) > 0
     model.save(tmp_path / "fusion")
     again = FusionModel.load(tmp_path / "fusion", expected_features=tuple(table_t.features))
     assert np.array_equal(again.predict(table_t, len(test)), fused)
     with pytest.raises(ConfigError, match="needs features the table lacks"):
         FusionModel.load(tmp_path / "fusion", expected_features=CORE_FEATURE_NAMES)
+    core_only = CandidateTable(table_t.owner, table_t.classes, {n: table_t.features[n] for n in CORE_FEATURE_NAMES})
+    with pytest.raises(ConfigError, match="etalage fusion fit"):
+        again.predict(core_only, len(test))
 
 
 def _md5(catalog, tmp_path):

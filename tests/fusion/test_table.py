@@ -37,3 +37,46 @@ def test_candidates_and_core_features(ranking, synth_dir):
     assert table.matrix(CORE_FEATURE_NAMES).shape == (len(owner), len(CORE_FEATURE_NAMES))
     with pytest.raises(KeyError, match="hash_max_share"):
         table.matrix(("hash_max_share",))
+
+
+def test_specialist_features_match_a_direct_lookup():
+    from etalage.fusion.table import specialist_candidates, specialist_features
+    from etalage.specialists.runner import OCR_SUMMARY_NAMES, SpecialistRanking
+
+    rng = np.random.default_rng(0)
+    n_products, k = 30, 4
+    outs = []
+    for name, pool in (("books", np.arange(10, 20)), ("music", np.arange(20, 26))):
+        rows = np.sort(rng.choice(n_products, 12, replace=False))
+        top = np.stack([rng.choice(pool, k, replace=False) for _ in rows]).astype(np.int32)
+        score = -np.sort(-rng.random((len(rows), k)), axis=1).astype(np.float32)
+        outs.append(SpecialistRanking(name, rows, top, score, rng.random((len(rows), 2)).astype(np.float32),
+                                      ("a", "b"), rng.random((len(rows), 3)).astype(np.float32)))
+    outs.append(SpecialistRanking("empty", np.zeros(0, np.int64), np.zeros((0, k), np.int32),
+                                  np.zeros((0, k), np.float32), np.zeros((0, 1), np.float32), ("c",),
+                                  np.zeros((0, 3), np.float32)))
+    c_owner, c_cls = specialist_candidates(outs, k=2)
+    assert len(c_owner) == 24 * 2 and set(c_cls) <= set(range(10, 26))
+    owner = np.repeat(np.arange(n_products), 26)
+    cls = np.tile(np.arange(26), n_products)
+    f = specialist_features(outs, owner, cls, n_products)
+    assert {"specialist_score", "specialist_rank", "books_a", "music_b", "empty_c", *OCR_SUMMARY_NAMES} <= set(f)
+    for i in range(len(owner)):
+        p, c = owner[i], cls[i]
+        looked = [o for o in outs if p in o.rows]
+        if not looked:
+            assert np.isnan(f["specialist_score"][i]) and np.isnan(f["ocr_text_length"][i])
+            continue
+        best, rank = 0.0, float(k)
+        for o in looked:
+            j = int(np.flatnonzero(o.rows == p)[0])
+            hit = np.flatnonzero(o.topk_class[j] == c)
+            if len(hit):
+                best, rank = max(best, o.topk_score[j, hit[0]]), min(rank, float(hit[0]))
+        assert f["specialist_score"][i] == pytest.approx(best) and f["specialist_rank"][i] == rank
+        books = outs[0]
+        if p in books.rows:
+            assert f["books_a"][i] == books.features[np.flatnonzero(books.rows == p)[0], 0]
+        else:
+            assert np.isnan(f["books_a"][i])
+    assert np.isnan(f["empty_c"]).all()

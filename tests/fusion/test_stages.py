@@ -1,0 +1,147 @@
+"""The second level through its commands: specialists fit -> fusion fit -> submit (whole, in shards,
+resumed) -> report, on the session catalogue with the tiny core run and Tesseract (fast on CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+from etalage.catalog import Catalog
+from etalage.catalog.submission import read_id_category_csv
+
+from etalage.cli import main
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_run, synth_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("fusion_cli")
+    train = str(synth_dir / "train.bson")
+    cache = str(d / "ocr.sqlite")
+    assert main(["specialists", "fit", "--train", train, "--run", str(tiny_run), "--out", str(d / "specs"),
+                 "--names", "books,music", "--max-train", "25", "--ocr-engine", "tesseract", "--ocr-cache", cache,
+                 "-q"]) == 0
+    assert main(["fusion", "fit", "--run", str(tiny_run), "--train", train, "--specialists", str(d / "specs"),
+                 "--out", str(d / "fusion"), "--ocr-cache", cache, "--workers", "0", "-q"]) == 0
+    return d
+
+
+def _submit(fitted, synth_dir, out, *extra):
+    return main(["submit", "--fusion", str(fitted / "fusion"), "--test", str(synth_dir / "test.bson"), "--out",
+                 str(out), "--ocr-cache", str(fitted / "ocr.sqlite"), "--workers", "0", "-q", *extra])
+
+
+def _accuracy(path, synth_dir):
+    ids, cats = read_id_category_csv(path)
+    key_ids, key_cats = read_id_category_csv(synth_dir / "test_labels.csv")
+    order = np.argsort(key_ids)
+    return float((key_cats[order][np.searchsorted(key_ids[order], ids)] == cats).mean())
+
+
+def test_fit_trains_on_validation_products_only(fitted, tiny_run):
+    val = np.load(tiny_run / "val_positions.npy")
+    fit = json.loads((fitted / "fusion" / "fit_report.json").read_text())
+    assert fit["products"] == len(val) and fit["kind"] in ("ranker", "binary")
+    assert fit["candidate_coverage"] >= fit["core_top1"], "candidates include the core's top-1"
+    for name in ("books", "music"):
+        stamp = json.loads((fitted / "specs" / name / "fit.json").read_text())
+        assert stamp["settings"]["excluded"] == len(val), "the specialists never saw the fusion products"
+    meta = json.loads((fitted / "fusion" / "fusion.json").read_text())
+    assert meta["config"]["specialist_names"] == ["books", "music"]
+    assert "specialist_score" in meta["features"] and "hash_max_share" in meta["features"]
+
+
+def test_submit_whole_equals_shards_and_beats_the_core(fitted, tiny_run, synth_dir, tmp_path, capsys):
+    whole = tmp_path / "whole.csv"
+    assert _submit(fitted, synth_dir, whole) == 0
+    ids, _ = read_id_category_csv(whole)
+    assert np.array_equal(ids, Catalog.open(synth_dir / "test.bson").product_ids)
+    sharded = tmp_path / "sharded.csv"
+    for i in range(3):
+        assert _submit(fitted, synth_dir, sharded, "--chunk", "20", "--shard", f"{i}/3") == 0
+    assert "other shards still to run" in capsys.readouterr().out
+    assert sharded.exists(), "the last shard to finish merges"
+    sharded.unlink()
+    assert _submit(fitted, synth_dir, sharded, "--chunk", "20", "--merge") == 0
+    assert sharded.read_text() == whole.read_text()
+    core = tmp_path / "core.csv"
+    assert main(["submit", "--run", str(tiny_run), "--test", str(synth_dir / "test.bson"), "--out", str(core),
+                 "--workers", "0", "-q"]) == 0
+    fused_acc, core_acc = _accuracy(whole, synth_dir), _accuracy(core, synth_dir)
+    print(f"core {core_acc:.3f} fusion {fused_acc:.3f}")
+    assert fused_acc > core_acc
+
+
+def test_a_killed_submit_redoes_only_missing_parts(fitted, synth_dir, tmp_path):
+    out = tmp_path / "s.csv"
+    assert _submit(fitted, synth_dir, out, "--chunk", "30") == 0
+    work = tmp_path / "s_work"
+    fused = sorted((work / "fused").glob("part-*.npz"))
+    core = sorted((work / "core").glob("part-*.npz"))
+    assert len(fused) == len(core) >= 2
+    fused[1].unlink()
+    core[1].unlink()
+    (work / "specialists" / "books" / core[1].name).unlink()
+    before = {p: p.stat().st_mtime_ns for p in fused + core if p.exists()}
+    first = out.read_text()
+    out.unlink()
+    assert _submit(fitted, synth_dir, out, "--chunk", "30") == 0
+    assert out.read_text() == first
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items()), "finished parts are not redone"
+    assert fused[1].exists() and core[1].exists()
+
+
+def test_merge_before_every_shard_names_the_command(fitted, synth_dir, tmp_path, capsys):
+    out = tmp_path / "m.csv"
+    assert _submit(fitted, synth_dir, out, "--chunk", "20", "--shard", "0/3") == 0
+    capsys.readouterr()
+    assert _submit(fitted, synth_dir, out, "--chunk", "20", "--merge") == 1
+    err = capsys.readouterr().err
+    assert "not fused yet" in err and "--shard i/n" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_or_mismatched_stage_outputs_are_clear_errors(fitted, synth_dir, tmp_path, capsys):
+    assert main(["submit", "--fusion", str(tmp_path / "nope"), "--test", str(synth_dir / "test.bson"),
+                 "--out", str(tmp_path / "x.csv"), "-q"]) == 1
+    assert "etalage fusion fit" in capsys.readouterr().err
+    empty = tmp_path / "no_specs"
+    empty.mkdir()
+    assert _submit(fitted, synth_dir, tmp_path / "y.csv", "--specialists", str(empty)) == 1
+    assert "etalage specialists fit" in capsys.readouterr().err
+    assert main(["fusion", "report", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r.md")]) == 1
+    assert "etalage fusion fit" in capsys.readouterr().err
+    # one work folder belongs to one job
+    work = tmp_path / "w"
+    assert _submit(fitted, synth_dir, tmp_path / "z.csv", "--work", str(work)) == 0
+    assert main(["submit", "--fusion", str(fitted / "fusion"), "--test", str(synth_dir / "train.bson"),
+                 "--out", str(tmp_path / "z2.csv"), "--work", str(work), "-q"]) == 1
+    assert "holds another job's outputs" in capsys.readouterr().err
+
+
+def test_fusion_report_ablation_and_chart(fitted, tmp_path, capsys):
+    md = tmp_path / "report.md"
+    assert main(["fusion", "report", "--model", str(fitted / "fusion"), "--out", str(md), "--folds", "2",
+                 "-q"]) == 0
+    text = md.read_text()
+    for label in ("core top-1 (no reranker)", "| core |", "core + hash", "core + id", "core + specialists", "| all |"):
+        assert label in text, label
+    assert "Feature importance" in text
+    png = md.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    rows = {ln[:28].strip(): float(ln.split()[-1]) for ln in printed.splitlines()[1:6]}
+    assert all(0 <= v <= 1 for v in rows.values())
+
+
+def test_fusion_predict_writes_ranked_top5(fitted, synth_dir, tmp_path):
+    from etalage.fusion.stages import load_fused
+
+    work = tmp_path / "w"
+    assert main(["fusion", "predict", "--fusion", str(fitted / "fusion"), "--data", str(synth_dir / "test.bson"),
+                 "--work", str(work), "--ocr-cache", str(fitted / "ocr.sqlite"), "--workers", "0", "-q"]) == 0
+    fused = load_fused(work)
+    assert np.array_equal(fused["product_ids"], Catalog.open(synth_dir / "test.bson").product_ids)
+    top, score = fused["topk_class"], fused["topk_score"]
+    assert top.shape == (len(fused["product_ids"]), 5) and (top[:, 0] >= 0).all()
+    filled = top >= 0
+    assert np.all(np.diff(np.where(filled, score, -np.inf), axis=1)[filled[:, 1:]] <= 0), "best first"
+    assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in top), "no class twice"
