@@ -31,10 +31,19 @@ def test_demo_end_to_end(tmp_path, capsys):
     for name in ("submission.csv", "test_labels.csv", "category_names.csv", "report.json"):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
-    assert 0.0 <= report["core"] <= 1.0 and report["test_products"] > 0
+    assert report["test_products"] > 0
+    for stage in ("core", "core+specialists", "fusion"):
+        assert 0.0 <= report[stage] <= 1.0 and stage in text, stage
+    assert report["fusion"] > report["core"], "id runs and shared pictures lift the fused ranking"
+    key_ids, key_cats = read_id_category_csv(out / "test_labels.csv")
+    ids, cats = read_id_category_csv(out / "submission.csv")
+    order = np.argsort(key_ids)
+    assert (key_cats[order][np.searchsorted(key_ids[order], ids)] == cats).mean() == report["fusion"], \
+        "submission.csv is the fused one"
     rows = {r["specialist"]: r for r in report["specialists"]}
-    assert rows and all(0.0 <= r["specialist_top1"] <= 1.0 and r["test_products"] > 0 for r in rows.values())
-    assert (out / "specialists" / next(iter(rows)) / "specialist.joblib").exists()
+    assert set(rows) == {"books", "music"} and all(r["train_products"] > 0 for r in rows.values())
+    assert (out / "specialists" / "books" / "specialist.joblib").exists()
+    assert (out / "fusion" / "fusion.lgb.txt").exists()
     # a second run reuses every finished stage
     assert main(argv) == 0
     assert "reusing" in capsys.readouterr().out
