@@ -28,6 +28,7 @@ from etalage.fusion.table import (
     CORE_FEATURE_NAMES,
     CandidateTable,
     candidates,
+    core_evidence,
     core_features,
     specialist_candidates,
     specialist_features,
@@ -54,15 +55,23 @@ def hash_candidates(index: PictureHashIndex, picture_md5: np.ndarray, picture_ow
 
 def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarray, picture_owner: np.ndarray,
              specialists: list = (), training_queries: bool = False,
-             own_classes: np.ndarray | None = None) -> CandidateTable:
+             own_classes: np.ndarray | None = None, prune: bool = True) -> CandidateTable:
     """The full table for the products of ``ranking``: candidates from the core's top-K, hash matches
     and the specialists' top-k, with every feature. ``picture_md5``/``picture_owner``: the products'
     pictures and the ranking row of each; ``specialists``: ``SpecialistRanking``s over the same rows.
     ``training_queries`` removes each product's own contribution to the hash and id signals
-    (``own_classes``: their labels, per product row)."""
+    (``own_classes``: their labels, per product row). ``prune``: the core's weak top-K classes stay only
+    with other evidence (``core_evidence``); the same rule must hold when fitting and predicting."""
     h_owner, h_cls = hash_candidates(signals.hash_index, picture_md5, picture_owner)
     s_owner, s_cls = specialist_candidates(specialists)
-    owner, cls = candidates(ranking, np.concatenate([h_owner, s_owner]), np.concatenate([h_cls, s_cls]))
+    keep = None
+    if prune:
+        keep = core_evidence(ranking)
+        rows, slots = np.nonzero(~keep)
+        seen = signals.id_prior.seen_nearby(ranking.product_ids[rows], ranking.topk_class[rows, slots],
+                                            min(signals.ks), exclude_self=training_queries)
+        keep[rows[seen], slots[seen]] = True
+    owner, cls = candidates(ranking, np.concatenate([h_owner, s_owner]), np.concatenate([h_cls, s_cls]), keep)
     feats = core_features(ranking, owner, cls, taxonomy)
     pic_own = None
     if training_queries:
@@ -106,11 +115,12 @@ class FusionModel:
     booster: object = field(repr=False)
     best_iteration: int = 0
     config: dict = field(default_factory=dict)
+    threads: int = 0                # LightGBM prediction threads (0: all cores; 1 in worker processes)
 
     @classmethod
     def fit(cls, table: CandidateTable, truth: np.ndarray, feature_names: tuple[str, ...], kind: str = "ranker",
             valid_fraction: float = 0.2, seed: int = 0, n_estimators: int = 500,
-            valid_products: np.ndarray | None = None) -> FusionModel:
+            valid_products: np.ndarray | None = None, learning_rate: float = 0.1) -> FusionModel:
         """``truth``: the class of each product row. Products are split for early stopping
         (``valid_products``: a boolean mask over product rows, else a random ``valid_fraction``)."""
         import lightgbm as lgb
@@ -123,13 +133,13 @@ class FusionModel:
         if valid_products is None:
             valid_products = np.random.default_rng(seed).random(n_products) < valid_fraction
         va = valid_products[table.owner]
-        params = dict(n_estimators=n_estimators, learning_rate=0.05, num_leaves=31, min_child_samples=10,
+        params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=31, min_child_samples=10,
                       random_state=seed, verbose=-1, n_jobs=-1)
         callbacks = [lgb.early_stopping(30, verbose=False)]
         if kind == "ranker":
             model = lgb.LGBMRanker(objective="lambdarank", **params)
             model.fit(X[~va], y[~va], group=_group_sizes(table.owner[~va]), eval_X=(X[va],), eval_y=(y[va],),
-                      eval_group=[_group_sizes(table.owner[va])], eval_at=[1], callbacks=callbacks)
+                      eval_group=[_group_sizes(table.owner[va])], eval_at=[5], callbacks=callbacks)
         else:
             model = lgb.LGBMClassifier(objective="binary", **params)
             model.fit(X[~va], y[~va], eval_X=(X[va],), eval_y=(y[va],), callbacks=callbacks)
@@ -140,16 +150,20 @@ class FusionModel:
                  kinds: tuple[str, ...] = KINDS, valid_fraction: float = 0.2, seed: int = 0
                  ) -> tuple[FusionModel, dict[str, float]]:
         """Fit each kind with the same early-stopping products and keep the one with the best product
-        top-1 on them; returns the model and every kind's validation top-1."""
+        top-1 on them (ties, common on small sets: the better mean reciprocal rank of the truth in the
+        top 5); returns the model and every kind's validation top-1."""
         n_products = int(table.owner.max()) + 1
         valid = np.random.default_rng(seed).random(n_products) < valid_fraction
         truth = np.asarray(truth)
-        scores, models = {}, {}
+        scores, keys, models = {}, {}, {}
         for kind in kinds:
             models[kind] = cls.fit(table, truth, feature_names, kind, seed=seed, valid_products=valid)
-            pred = models[kind].predict(table, n_products)
-            scores[kind] = float((pred[valid] == truth[valid]).mean())
-        best = max(kinds, key=lambda k: scores[k])
+            top = models[kind].rank(table, n_products, 5)[0][valid]
+            hit = top == truth[valid][:, None]
+            mrr = float((hit / np.arange(1, 6)).sum(1).mean())
+            scores[kind] = float(hit[:, 0].mean())
+            keys[kind] = (scores[kind], mrr)
+        best = max(kinds, key=lambda k: keys[k])
         return models[best], scores
 
     def scores(self, table: CandidateTable) -> np.ndarray:
@@ -158,7 +172,8 @@ class FusionModel:
             raise ConfigError(f"the fusion model needs columns the table lacks ({', '.join(missing[:5])}): the "
                               f"signals differ from `etalage fusion fit` (specialists, neighbour windows); "
                               f"predict with the same settings or refit")
-        return self.booster.predict(table.matrix(self.feature_names), num_iteration=self.best_iteration or None)
+        return self.booster.predict(table.matrix(self.feature_names), num_iteration=self.best_iteration or None,
+                                    num_threads=self.threads)
 
     def rank(self, table: CandidateTable, n_products: int, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` classes per product row (int32, -1 where fewer candidates) and their scores."""

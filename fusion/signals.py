@@ -46,42 +46,60 @@ class IdNeighbourPrior:
         rank = np.arange(len(ids), dtype=np.int64)
         return cls(ids, cl.astype(np.int32), np.sort(cl * _SHIFT + rank), np.sort(cl * _SHIFT + ids))
 
+    def _window_share(self, c: np.ndarray, pos: np.ndarray, is_self: np.ndarray, own_class: np.ndarray,
+                      k: int) -> np.ndarray:
+        """Share of class ``c`` among the k training ids around position ``pos`` (the query itself,
+        when it is a training product, left out)."""
+        n = len(self.ids)
+        width = k + is_self.astype(np.int64)  # k + 1 ids when the query itself is inside the window
+        start = np.clip(pos - k // 2, 0, np.maximum(0, n - width))
+        end = np.minimum(start + width, n)
+        count = (np.searchsorted(self.by_class_rank, c * _SHIFT + end)
+                 - np.searchsorted(self.by_class_rank, c * _SHIFT + start))
+        count = count - (own_class == c)
+        return (count / np.maximum(1, end - start - is_self)).astype(np.float32)
+
+    def seen_nearby(self, query_ids: np.ndarray, cand_classes: np.ndarray, k: int,
+                    exclude_self: bool = False) -> np.ndarray:
+        """Whether each pair's class occurs among the k training ids nearest the query (cheap: the
+        evidence test that prunes candidates before the full features)."""
+        return self.features(query_ids, cand_classes, [k], exclude_self, distance=False)[f"id_share_k{k}"] > 0
+
     def features(self, query_ids: np.ndarray, cand_classes: np.ndarray, ks: list[int],
-                 exclude_self: bool = False) -> dict[str, np.ndarray]:
+                 exclude_self: bool = False, distance: bool = True) -> dict[str, np.ndarray]:
         """Per pair (``query_ids[i]``, ``cand_classes[i]``): ``id_share_k{k}`` for each k and
         ``id_distance`` (to the nearest training product of the class; inf when none)."""
-        q = np.asarray(query_ids, np.int64)
-        c = np.asarray(cand_classes, np.int64)
+        q0 = np.asarray(query_ids, np.int64)
+        c0 = np.asarray(cand_classes, np.int64)
         n = len(self.ids)
-        pos = np.searchsorted(self.ids, q)
+        pos0 = np.searchsorted(self.ids, q0)
+        # Every later search is over class-major keys; asking them in (class, position) order keeps
+        # the searches' memory accesses local (4x faster on a million training products).
+        order = np.argsort(c0 * _SHIFT + pos0)
+        q, c, pos = q0[order], c0[order], pos0[order]
         is_self = np.zeros(len(q), bool)
         own_class = np.full(len(q), -1, np.int64)
         if exclude_self:
             at = np.minimum(pos, n - 1)
             is_self = self.ids[at] == q
             own_class = np.where(is_self, self.classes[at], -1)
-        out = {}
-        for k in ks:
-            # The window of k ids centred on the query (k + 1 when the query itself is inside).
-            width = k + is_self.astype(np.int64)
-            start = np.clip(pos - k // 2, 0, np.maximum(0, n - width))
-            end = np.minimum(start + width, n)
-            count = (np.searchsorted(self.by_class_rank, c * _SHIFT + end)
-                     - np.searchsorted(self.by_class_rank, c * _SHIFT + start))
-            count = count - (own_class == c)
-            out[f"id_share_k{k}"] = (count / np.maximum(1, end - start - is_self)).astype(np.float32)
+        out = {f"id_share_k{k}": self._window_share(c, pos, is_self, own_class, k) for k in ks}
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        if not distance:
+            return {name: v[back] for name, v in out.items()}
         key = c * _SHIFT + q
-        right = np.searchsorted(self.by_class_id, key, side="right" if exclude_self else "left")
-        left = np.searchsorted(self.by_class_id, key, side="left") - 1
+        left = np.searchsorted(self.by_class_id, key, side="left")
+        right = np.searchsorted(self.by_class_id, key, side="right") if exclude_self else left
         dist = np.full(len(q), np.inf)
-        for idx in (right, left):
+        for idx in (right, left - 1):
             ok = (idx >= 0) & (idx < n)
             near = self.by_class_id[np.clip(idx, 0, n - 1)]
             ok &= (near // _SHIFT) == c
             d = np.abs(near % _SHIFT - q).astype(np.float64)
             dist = np.where(ok, np.minimum(dist, d), dist)
         out["id_distance"] = dist.astype(np.float32)
-        return out
+        return {name: v[back] for name, v in out.items()}
 
 
 def md5_keys(md5: np.ndarray) -> np.ndarray:
@@ -130,22 +148,33 @@ class PictureHashIndex:
         """
         keys = md5_keys(picture_md5)
         # Expand to (candidate, picture of the same product) pairs, without a Python loop.
-        order = np.argsort(picture_owner, kind="stable")
-        owners_sorted = np.asarray(picture_owner)[order]
+        picture_owner = np.asarray(picture_owner)
+        if np.all(picture_owner[1:] >= picture_owner[:-1]):  # the usual case: pictures in product order
+            order = np.arange(len(picture_owner))
+        else:
+            order = np.argsort(picture_owner, kind="stable")
+        owners_sorted = picture_owner[order]
         lo = np.searchsorted(owners_sorted, cand_owner, side="left")
         reps = np.searchsorted(owners_sorted, cand_owner, side="right") - lo
         cand_idx = np.repeat(np.arange(len(cand_owner)), reps)
         pic_idx = order[np.repeat(lo, reps) + ranks_within(reps)]
-        k = keys[pic_idx]
         cls = np.asarray(cand_classes, np.int64)[cand_idx]
-        m = np.searchsorted(self.md5_keys, k).clip(0, max(0, len(self.md5_keys) - 1))
-        known = (self.md5_keys[m] == k) if len(self.md5_keys) else np.zeros(len(k), bool)
+        # Each picture is looked up once, then spread over its product's candidates; the (picture,
+        # class) search runs only for pictures training has seen, in sorted order (local accesses).
+        pic_m = np.searchsorted(self.md5_keys, keys).clip(0, max(0, len(self.md5_keys) - 1))
+        pic_known = (self.md5_keys[pic_m] == keys) if len(self.md5_keys) else np.zeros(len(keys), bool)
+        m, known = pic_m[pic_idx], pic_known[pic_idx]
         total = np.where(known, self.md5_total[m], 0)
         n_classes = np.where(known, self.md5_classes[m], 0)
-        pair = pack_pairs(m, cls)
-        at = np.searchsorted(self.pairs, pair).clip(0, max(0, len(self.pairs) - 1))
-        with_class = np.where(known & (self.pairs[at] == pair), self.pair_counts[at], 0) if len(self.pairs) \
-            else np.zeros(len(k), np.int64)
+        with_class = np.zeros(len(m), np.int64)
+        look = np.flatnonzero(known)
+        if len(look):
+            pair = pack_pairs(m[look], cls[look])
+            order_pairs = np.argsort(pair)
+            at = np.empty(len(look), np.int64)
+            at[order_pairs] = np.searchsorted(self.pairs, pair[order_pairs])
+            at = at.clip(0, len(self.pairs) - 1)
+            with_class[look] = np.where(self.pairs[at] == pair, self.pair_counts[at], 0)
         if picture_own_class is not None:
             own_match = known & (np.asarray(picture_own_class, np.int64)[pic_idx] == cls)
             total = total - known
@@ -153,13 +182,17 @@ class PictureHashIndex:
             # a picture seen with this class only through the product itself no longer counts the class
             n_classes = np.where(own_match & (with_class == 0), n_classes - 1, n_classes)
         share = np.where(total > 0, with_class / np.maximum(1, total), 0.0)
+        # Reduce over each candidate's pictures: they are contiguous (cand_idx ascending).
         n = len(cand_owner)
+        has = reps > 0
+        starts = (np.cumsum(reps) - reps)[has]
         out_with = np.zeros(n, np.float32)
-        np.add.at(out_with, cand_idx, (with_class > 0).astype(np.float32))
         out_share = np.zeros(n, np.float32)
-        np.maximum.at(out_share, cand_idx, share.astype(np.float32))
         out_min = np.full(n, np.inf, np.float32)
-        np.minimum.at(out_min, cand_idx, np.where(with_class > 0, n_classes, np.inf).astype(np.float32))
+        if len(starts):
+            out_with[has] = np.add.reduceat((with_class > 0).astype(np.float32), starts)
+            out_share[has] = np.maximum.reduceat(share.astype(np.float32), starts)
+            out_min[has] = np.minimum.reduceat(np.where(with_class > 0, n_classes, np.inf).astype(np.float32), starts)
         return {"hash_pictures_with_class": out_with, "hash_max_share": out_share,
                 "hash_min_classes": np.where(np.isinf(out_min), 0, out_min).astype(np.float32)}
 

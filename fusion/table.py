@@ -37,12 +37,31 @@ class CandidateTable:
         return np.stack([self.features[n] for n in names], axis=1).astype(np.float32)
 
 
-def candidates(ranking, extra_owner: np.ndarray | None = None, extra_classes: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (product row, class) pairs: the core's top-K, plus extras; sorted by product."""
+EVIDENCE_TOP = 3       # the core's best classes, always candidates
+EVIDENCE_PROB = 0.01   # a core probability that keeps a class whatever its rank
+
+
+def core_evidence(ranking) -> np.ndarray:
+    """(N, K) mask over the core's top-K: the slots that are candidates on the core's word alone.
+
+    The rest of the top-K (small probabilities deep in the list) stay candidates only with other
+    evidence (a training neighbour id of the class, a shared picture, a specialist's vote): without
+    any, no signal can lift them to the top, and dropping them halves the rows to build and rank
+    (on the demo and test catalogues every true class stayed among the candidates).
+    """
+    n, k = ranking.topk_class.shape
+    return (np.arange(k)[None, :] < EVIDENCE_TOP) | (ranking.topk_prob.astype(np.float32) >= EVIDENCE_PROB)
+
+
+def candidates(ranking, extra_owner: np.ndarray | None = None, extra_classes: np.ndarray | None = None,
+               keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (product row, class) pairs: the core's top-K (only the ``keep`` slots when given), plus
+    extras; sorted by product."""
     n, k = ranking.topk_class.shape
     owner = np.repeat(np.arange(n, dtype=np.int64), k)
     cls = ranking.topk_class.reshape(-1).astype(np.int64)
+    if keep is not None:
+        owner, cls = owner[keep.reshape(-1)], cls[keep.reshape(-1)]
     if extra_owner is not None and len(extra_owner):
         owner = np.concatenate([owner, np.asarray(extra_owner, np.int64)])
         cls = np.concatenate([cls, np.asarray(extra_classes, np.int64)])
@@ -52,29 +71,45 @@ def candidates(ranking, extra_owner: np.ndarray | None = None, extra_classes: np
 
 def core_features(ranking, owner: np.ndarray, classes: np.ndarray, taxonomy) -> dict[str, np.ndarray]:
     """``CORE_FEATURE_NAMES`` for each candidate, from the ranking's top-K (a class outside a
-    product's top-K gets probability 0 and rank K)."""
+    product's top-K gets probability 0 and rank K).
+
+    Reductions over the short axes (4 pictures, 5 classes) are written column by column: numpy's
+    reductions over an axis of length 4 cost 30x an elementwise pass, and this runs for every
+    candidate of every test product.
+    """
     n, k = ranking.topk_class.shape
     top_p = ranking.topk_prob.astype(np.float32)
+    rows = np.arange(len(owner))
     # position of the candidate in its product's top-K (k when absent)
     hit = ranking.topk_class[owner] == classes[:, None]
-    found = hit.any(1)
-    rank = np.where(found, hit.argmax(1), k)
-    prob = np.where(found, top_p[owner, np.minimum(rank, k - 1)], 0.0)
+    first = hit.argmax(1)
+    found = hit[rows, first]
+    rank = np.where(found, first, k)
+    prob = np.where(found, top_p[owner, first], 0.0).astype(np.float32)
     # per-picture probabilities of the candidate (pictures' own top-K; 0 when absent)
-    pic_hit = ranking.picture_topk_class[owner] == classes[:, None, None]          # (R, 4, KP)
-    pic_p = np.where(pic_hit, ranking.picture_topk_prob[owner].astype(np.float32), 0).sum(2)  # (R, 4)
-    has_pic = ranking.picture_topk_class[owner][:, :, 0] >= 0
-    n_pic = np.maximum(1, has_pic.sum(1))
-    pic_max = np.where(has_pic, pic_p, -np.inf).max(1)
-    pic_min = np.where(has_pic, pic_p, np.inf).min(1)
+    pic_probs = np.where(ranking.picture_topk_class[owner] == classes[:, None, None],
+                         ranking.picture_topk_prob.astype(np.float32)[owner], 0)            # (R, 4, KP)
+    pic_p = pic_probs[:, :, 0].copy()
+    for j in range(1, pic_probs.shape[2]):
+        pic_p += pic_probs[:, :, j]                                                        # (R, 4)
+    has_pic = (ranking.picture_topk_class[:, :, 0] >= 0)[owner]
+    n_pic = has_pic.sum(1, dtype=np.int32)
+    pic_max = np.full(len(owner), -np.inf, np.float32)
+    pic_min = np.full(len(owner), np.inf, np.float32)
+    pic_sum = np.zeros(len(owner), np.float32)
+    for j in range(pic_p.shape[1]):
+        col, ok = pic_p[:, j], has_pic[:, j]
+        pic_max = np.where(ok, np.maximum(pic_max, col), pic_max)
+        pic_min = np.where(ok, np.minimum(pic_min, col), pic_min)
+        pic_sum += np.where(ok, col, 0)
     # parents' mass: level-1 from the stored probabilities, level-2 from the top-K
     l1 = ranking.level1_prob.astype(np.float32)[owner, taxonomy.level1_of[classes]]
-    l2_of_top = taxonomy.level2_of[ranking.topk_class[owner]]
-    l2_mass = (top_p[owner] * (l2_of_top == taxonomy.level2_of[classes][:, None])).sum(1)
-    return {"core_prob": prob.astype(np.float32), "core_logprob": np.log(prob + 1e-6).astype(np.float32),
+    same_l2 = (taxonomy.level2_of[ranking.topk_class[owner]] == taxonomy.level2_of[classes][:, None])
+    l2_mass = np.einsum("ij,ij->i", top_p[owner], same_l2.astype(np.float32))
+    return {"core_prob": prob, "core_logprob": np.log(prob + 1e-6).astype(np.float32),
             "core_rank": rank.astype(np.float32), "core_margin_to_top1": (top_p[owner, 0] - prob).astype(np.float32),
-            "picture_prob_max": pic_max.astype(np.float32), "picture_prob_min": pic_min.astype(np.float32),
-            "picture_prob_mean": (pic_p.sum(1) / n_pic).astype(np.float32), "level1_mass": l1,
+            "picture_prob_max": pic_max, "picture_prob_min": pic_min,
+            "picture_prob_mean": pic_sum / np.maximum(1, n_pic), "level1_mass": l1,
             "level2_mass_topk": l2_mass.astype(np.float32),
             "n_pictures": ranking.n_pictures[owner].astype(np.float32)}
 
