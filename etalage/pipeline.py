@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
-from etalage.catalog.bsonindex import build_index, hash_pictures, md5_path_for
+from etalage.catalog.bsonindex import ensure_index, hash_pictures, md5_path_for
 from etalage.catalog.io import atomic_write
 from etalage.catalog.submission import write_submission
 
@@ -92,7 +92,7 @@ def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: 
     t0 = time.perf_counter()
     tax = Taxonomy.load(out / "category_names.csv")
     for name in ("train.bson", "test.bson"):
-        idx = build_index(out / name, known_category_ids=tax.category_ids)
+        idx = ensure_index(out / name, known_category_ids=tax.category_ids)
         if not md5_path_for(out / name).exists():
             hash_pictures(out / name, index=idx)
     step(2, "index: train.bson, test.bson (+ picture MD5s)")

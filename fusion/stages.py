@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from etalage.catalog import Catalog, Taxonomy
-from etalage.catalog.bsonindex import build_index, file_stamp, hash_pictures, load_md5, md5_path_for
+from etalage.catalog.bsonindex import ensure_index, file_stamp, hash_pictures, load_md5, md5_path_for
 from etalage.catalog.io import (
     atomic_write,
     chunk_ranges,
@@ -67,8 +67,9 @@ def fusion_workers() -> int:
 
 def ensure_indexed(path: str | Path, taxonomy: Taxonomy | None = None) -> Catalog:
     """Stage 1 for one file: the offset index and picture MD5s (each skipped when up to date)."""
-    idx = build_index(path, known_category_ids=None if taxonomy is None else taxonomy.category_ids)
-    if not md5_path_for(path).exists():
+    idx = ensure_index(path, known_category_ids=None if taxonomy is None else taxonomy.category_ids)
+    md5 = md5_path_for(path)
+    if not md5.exists() or np.load(md5, mmap_mode="r").shape[0] != len(idx.pictures):  # missing or stale
         hash_pictures(path, index=idx)
     return Catalog.open(path)
 
@@ -250,6 +251,7 @@ def predict_file(plan: PredictPlan, data: str | Path, work: str | Path, shard: t
     report(f"[1/4] index + picture hashes: {data.name}, {Path(plan.train).name}")
     catalog = ensure_indexed(data)
     train = ensure_indexed(plan.train, taxonomy)
+    log.info("peak RSS so far %.0f MB", _peak_rss_mb())
     report(f"[2/4] core predictions{label} -> {work / 'core'}")
     predictor = CorePredictor(plan.run, device=device, batch_size=batch_size, workers=workers, tta=tta)
     predictor.predict_catalog(catalog, work / "core", topk=plan.topk, shard=shard, chunk=chunk, producer=command,
@@ -259,12 +261,14 @@ def predict_file(plan: PredictPlan, data: str | Path, work: str | Path, shard: t
         if plan.specialists is None:
             raise ConfigError(f"{plan.model}: the model uses specialists {', '.join(plan.specialist_names)}; "
                               f"pass --specialists DIR")
+        log.info("peak RSS so far %.0f MB", _peak_rss_mb())
         report(f"[3/4] specialists {', '.join(plan.specialist_names)}{label} -> {work / 'specialists'}")
         _score_specialists(plan.specialists, plan.specialist_names, work / "core", catalog, np.arange(len(catalog)),
                            taxonomy, work / "specialists", shard, command,
                            ocr_cache or data.parent / "ocr-cache.sqlite", progress)
     else:
         report("[3/4] specialists: none in this fusion model")
+    log.info("peak RSS so far %.0f MB", _peak_rss_mb())
     report(f"[4/4] fusion{label} -> {work / 'fused'}")
     model = FusionModel.load(plan.model)
     signals = training_signals(train, taxonomy, plan.ks)
@@ -281,7 +285,14 @@ def predict_file(plan: PredictPlan, data: str | Path, work: str | Path, shard: t
         for a, b in map_forked(_fuse_chunk, todo, workers):
             bar.update(b - a)
     _FUSE.clear()
+    log.info("peak RSS so far %.0f MB", _peak_rss_mb())
     return all(c in list_parts(fused_dir) for c in chunk_ranges(len(catalog), chunk))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 _FUSE: dict = {}  # what the fusion workers inherit (set by predict_file before forking)
