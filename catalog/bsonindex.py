@@ -54,7 +54,8 @@ _CATEGORY_ELEMENT = b"\x10category_id\x00"
 _FIXED_SIZES = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8,
                 0x13: 16, 0x7F: 0, 0xFF: 0}
 _ELEMENT_TYPES = set(_FIXED_SIZES) | {0x00, 0x02, 0x03, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F}
-_CHUNK_DOCS = 262_144
+_CHUNK_DOCS = 16_384  # documents per vectorised step; their pages are released after it (RSS bound)
+HASH_RANGE_BYTES = 256 << 20
 
 
 def index_path_for(bson_path: str | Path) -> Path:
@@ -413,7 +414,10 @@ def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: b
     pics = index.pictures
     workers = max(1, min(workers or os.cpu_count() or 1, 64))
     out = np.zeros((len(pics), 16), np.uint8)
-    bounds = np.linspace(0, len(pics), workers * 8 + 1).astype(np.int64)
+    # Ranges of at most ~256 MB: each is mapped, hashed and unmapped, so a worker's resident memory
+    # stays bounded whatever the dump's size (58 GB for the real training file).
+    n_jobs = max(workers * 8, int(pics["length"].sum(dtype=np.int64) // HASH_RANGE_BYTES) + 1)
+    bounds = np.linspace(0, len(pics), n_jobs + 1).astype(np.int64)
     jobs = [(str(bson_path), int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     bar = None
     if progress:
