@@ -91,3 +91,46 @@ def load_parts(folder: str | Path, wanted: list[tuple[int, int]]) -> dict[str, n
             for k in z.files:
                 arrays.setdefault(k, []).append(z[k])
     return {k: np.concatenate(v) for k, v in arrays.items()}
+
+
+def load_chunked(folder: str | Path, rows: tuple[int, int] | None, what: str, command
+                 ) -> tuple[dict, dict[str, np.ndarray]]:
+    """A chunked stage output: ``folder/meta.json`` (with ``n_products`` and ``chunk``) and the arrays
+    of every part (or of the one chunk ``rows``). A missing folder or part is a ``StageOutputError``
+    naming ``what`` it holds and the command that produces it (``command(meta)``; meta may be None)."""
+    import json
+
+    from etalage.errors import StageOutputError
+
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        raise StageOutputError(f"{folder}: no {what}; run `{command(None)}`")
+    meta = json.loads(meta_path.read_text())
+    parts = list_parts(folder)
+    wanted = [rows] if rows is not None else chunk_ranges(meta["n_products"], meta["chunk"])
+    missing = [c for c in wanted if c not in parts]
+    if missing:
+        a, b = missing[0]
+        raise StageOutputError(f"{folder}: {what} for products {a}-{b} are missing ({len(missing)} of {len(wanted)} "
+                               f"chunks); run `{meta.get('producer') or command(meta)}` (all shards) to finish")
+    return meta, load_parts(folder, wanted)
+
+
+def claim_folder(stamp_path: str | Path, stamp: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Write ``stamp`` (the settings a folder's outputs are made with) to ``stamp_path``, or, when one
+    is there, check it matches (keys in ``ignore`` aside): outputs of two jobs never mix."""
+    import json
+
+    from etalage.errors import ConfigError
+
+    stamp_path = Path(stamp_path)
+    if stamp_path.exists():
+        old = json.loads(stamp_path.read_text())
+        diff = [k for k in stamp if k not in ignore and old.get(k) != stamp[k]]
+        if diff:
+            raise ConfigError(f"{stamp_path.parent} holds outputs made with other settings ({', '.join(diff)} "
+                              f"differ); choose another folder or delete it")
+        return
+    with atomic_write(stamp_path, "w") as fh:
+        json.dump(stamp, fh, indent=2)

@@ -11,7 +11,6 @@ Dtypes: class indices int32 (-1 = no picture), probabilities float16, product id
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import torch
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
 from etalage.catalog.io import (
-    atomic_write,
-    chunk_ranges,
+    claim_folder,
     list_parts,
-    load_parts,
+    load_chunked,
     part_path,
     save_npz_atomic,
     shard_chunk_ranges,
@@ -59,22 +57,12 @@ class CoreRanking:
     def load(cls, pred_dir: str | Path, rows: tuple[int, int] | None = None) -> CoreRanking:
         """Read all shards of ``pred_dir`` (or only the chunk ``rows`` = (start, end)); a gap names the
         command that fills it."""
-        pred_dir = Path(pred_dir)
-        meta_path = pred_dir / "meta.json"
-        if not meta_path.exists():
-            raise StageOutputError(f"{pred_dir}: no core predictions; run `etalage predict --out {pred_dir} ...`")
-        meta = json.loads(meta_path.read_text())
-        parts = list_parts(pred_dir)
-        expected = [rows] if rows is not None else chunk_ranges(meta["n_products"], meta["chunk"])
-        missing = [c for c in expected if c not in parts]
-        if missing:
-            a, b = missing[0]
-            command = meta.get("producer") or (f"etalage predict --run {meta['run']} --data {meta['data']} "
-                                               f"--out {pred_dir}")
-            raise StageOutputError(
-                f"{pred_dir}: predictions for products {a}-{b} of {meta['data']} are missing "
-                f"({len(missing)} of {len(expected)} chunks); run `{command}` (all shards) to finish")
-        cat = load_parts(pred_dir, expected)
+        def command(meta):
+            if meta is None:
+                return f"etalage predict --out {pred_dir} ..."
+            return f"etalage predict --run {meta['run']} --data {meta['data']} --out {pred_dir}"
+
+        meta, cat = load_chunked(pred_dir, rows, "core predictions", command)
         return cls(cat["product_ids"], cat["topk_class"], cat["topk_prob"], cat["n_pictures"],
                    cat["picture_topk_class"], cat["picture_topk_prob"], cat["level1_prob"], cat.get("embedding"),
                    meta)
@@ -169,16 +157,7 @@ class CorePredictor:
                 "positions_digest": _digest(positions), "producer": producer, "chunk": chunk,
                 "topk": topk, "picture_topk": picture_topk, "tta": self.tta, "embedding": embedding,
                 "n_classes": self.spec["n_classes"], "fusion": self.spec["fusion"], "backbone": self.spec["backbone"]}
-        meta_path = out_dir / "meta.json"
-        if meta_path.exists():
-            old = json.loads(meta_path.read_text())
-            diff = [k for k in meta if k != "producer" and old.get(k) != meta[k]]
-            if diff:
-                raise ConfigError(f"{out_dir} holds predictions made with other settings ({', '.join(diff)}); "
-                                  f"choose another --out or delete it")
-        else:
-            with atomic_write(meta_path, "w") as fh:
-                json.dump(meta, fh, indent=2)
+        claim_folder(out_dir / "meta.json", meta, ignore=("producer",))
         done = list_parts(out_dir)
         todo = [c for c in shard_chunk_ranges(len(positions), chunk, shard) if c not in done]
         ds = ProductDataset(catalog, positions, None, self.spec.get("picture_size", 180), None)

@@ -27,6 +27,7 @@ from etalage.catalog.bsonindex import ensure_index, file_stamp, hash_pictures, l
 from etalage.catalog.io import (
     atomic_write,
     chunk_ranges,
+    claim_folder,
     list_parts,
     load_parts,
     part_path,
@@ -222,16 +223,7 @@ class PredictPlan:
 def _check_work(work: Path, data: Path, plan: PredictPlan, chunk: int) -> None:
     stamp = {"data": str(data), "data_stamp": file_stamp(data), "model": plan.model, "run": plan.run,
              "chunk": chunk}
-    path = work / "work.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = [k for k in stamp if old.get(k) != stamp[k]]
-        if diff:
-            raise ConfigError(f"{work} holds another job's outputs ({', '.join(diff)} differ); choose another "
-                              f"--work or delete it")
-    else:
-        with atomic_write(path, "w") as fh:
-            json.dump(stamp, fh, indent=2)
+    claim_folder(work / "work.json", stamp)
 
 
 def predict_file(plan: PredictPlan, data: str | Path, work: str | Path, shard: tuple[int, int] = (0, 1),

@@ -18,9 +18,8 @@ import numpy as np
 from etalage.catalog import Catalog
 from etalage.catalog.io import (
     atomic_write,
-    chunk_ranges,
     list_parts,
-    load_parts,
+    load_chunked,
     part_path,
     save_npz_atomic,
     shard_chunk_ranges,
@@ -131,18 +130,8 @@ class SpecialistRanking:
     @classmethod
     def load(cls, folder: str | Path, rows: tuple[int, int] | None = None) -> SpecialistRanking:
         """All parts of ``folder`` (or only the chunk ``rows`` = (start, end), renumbered from 0)."""
-        folder = Path(folder)
-        meta_path = folder / "meta.json"
-        if not meta_path.exists():
-            raise StageOutputError(f"{folder}: no specialist scores; run `etalage submit` (or `etalage fusion fit`)")
-        meta = json.loads(meta_path.read_text())
-        parts = list_parts(folder)
-        wanted = [rows] if rows is not None else chunk_ranges(meta["n_products"], meta["chunk"])
-        missing = [c for c in wanted if c not in parts]
-        if missing:
-            raise StageOutputError(f"{folder}: scores for products {missing[0][0]}-{missing[0][1]} are missing; "
-                                   f"run `{meta.get('producer') or 'etalage submit'}` to finish")
-        cat = load_parts(folder, wanted)
+        meta, cat = load_chunked(folder, rows, "specialist scores",
+                                 lambda _meta: "etalage submit --fusion FUSION ... (or etalage fusion fit)")
         row = cat["rows"] - (rows[0] if rows is not None else 0)
         return cls(meta["name"], row, cat["topk_class"], cat["topk_score"], cat["features"],
                    tuple(meta["feature_names"]), cat["ocr"])

@@ -114,7 +114,7 @@ def test_missing_or_mismatched_stage_outputs_are_clear_errors(fitted, synth_dir,
     assert _submit(fitted, synth_dir, tmp_path / "z.csv", "--work", str(work)) == 0
     assert main(["submit", "--fusion", str(fitted / "fusion"), "--test", str(synth_dir / "train.bson"),
                  "--out", str(tmp_path / "z2.csv"), "--work", str(work), "-q"]) == 1
-    assert "holds another job's outputs" in capsys.readouterr().err
+    assert "holds outputs made with other settings" in capsys.readouterr().err
 
 
 def test_fusion_report_ablation_and_chart(fitted, tmp_path, capsys):
