@@ -542,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", help="SQLite cache file (default: ocr-cache.sqlite beside the data file)")
     sp.add_argument("--workers", type=int, default=1, help="reading processes")
     sp.add_argument("--batch", type=int, default=32, help="pictures per engine call")
-    sp.add_argument("--scale", type=float, help="upscaling before reading (engine default if unset)")
+    sp.add_argument("--scale", type=float,
+                    help="easyocr: read in one pass, crops cut from the picture upscaled this much (unset: the "
+                         "engine's two passes); tesseract: upscaling before reading")
     sp.add_argument("--lang", help="tesseract languages (default fra+eng)")
 
     specialists = sub.add_parser("specialists", help="specialist plugins: list them, fit them",
