@@ -81,11 +81,17 @@ def training_signals(train: Catalog, taxonomy: Taxonomy, ks: list[int] | None = 
                                  train.n_pictures, taxonomy.n_classes, ks)
 
 
-def _engine_of(specialists_dir: Path) -> str:
-    engines = {json.loads(p.read_text())["settings"]["engine"] for p in specialists_dir.glob("*/fit.json")}
+def _engine_of(specialists_dir: Path) -> tuple[str, dict]:
+    """The OCR engine (name, options) the specialists were fitted with: test covers are read the same way."""
+    settings = [json.loads(p.read_text())["settings"] for p in sorted(specialists_dir.glob("*/fit.json"))]
+    engines = {(s["engine"], json.dumps(s.get("engine_options", {}), sort_keys=True)) for s in settings}
     if len(engines) > 1:
-        raise ConfigError(f"{specialists_dir}: specialists fitted with different OCR engines ({', '.join(engines)})")
-    return engines.pop() if engines else "easyocr"
+        raise ConfigError(f"{specialists_dir}: specialists fitted with different OCR engines or settings; refit them "
+                          f"with one `etalage specialists fit --ocr-engine ...`")
+    if not engines:
+        return "easyocr", {}
+    name, options = engines.pop()
+    return name, json.loads(options)
 
 
 def _score_specialists(specialists_dir, names, ranking, catalog, positions, taxonomy, out_dir, shard, producer,
@@ -95,7 +101,8 @@ def _score_specialists(specialists_dir, names, ranking, catalog, positions, taxo
     from etalage.specialists.runner import load_fitted, score_catalog
 
     specs = load_fitted(specialists_dir, names)
-    engine = load_engine(_engine_of(Path(specialists_dir)))
+    name, options = _engine_of(Path(specialists_dir))
+    engine = load_engine(name, **options)
     with OcrCache(ocr_cache) as cache:
         score_catalog(specs, ranking, catalog, positions, taxonomy, engine, cache, load_md5(catalog.path), out_dir,
                       shard=shard, producer=producer, progress=progress)

@@ -68,7 +68,7 @@ def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path,
     for name in names:
         spec = create_specialist(name)
         settings = {"train": str(train.path), "max_train": max_train, "seed": seed, "engine": engine.name,
-                    "engine_key": engine.cache_key, "excluded": int((~allowed).sum())}
+                    "engine_key": engine.cache_key, "engine_options": engine.options, "excluded": int((~allowed).sum())}
         folder = out / name
         stamp = folder / "fit.json"
         if stamp.exists() and json.loads(stamp.read_text()).get("settings") == settings:
