@@ -1,5 +1,6 @@
 """The command line: help texts, start-up without torch, one-line errors with non-zero exit."""
 
+import argparse
 import subprocess
 import sys
 
@@ -23,6 +24,13 @@ def test_every_command_has_help(capsys):
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert f"usage: etalage {name}" in out and len(out) > 200, name
+        nested = [a for a in commands[name]._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested[0].choices if nested else ():
+            with pytest.raises(SystemExit) as exc:
+                main([name, action, "--help"])
+            assert exc.value.code == 0
+            out = capsys.readouterr().out
+            assert f"usage: etalage {name} {action}" in out and len(out) > 200, (name, action)
 
 
 def test_data_commands_do_not_import_torch(synth_dir):
