@@ -265,7 +265,7 @@ def cmd_specialists_fit(args: argparse.Namespace) -> int:
         tax = _taxonomy_for(Path(args.train), None)
     if tax is None:
         raise EtalageError(f"{args.train}: pass --taxonomy category_names.csv (none beside the file)")
-    ensure_indexed(args.train, tax)
+    ensure_indexed(args.train, tax, progress=not args.quiet)
     train = Catalog.open(args.train)
     train.require_labels()
     exclude = None

@@ -66,12 +66,13 @@ def fusion_workers() -> int:
     return int(os.environ.get("ETALAGE_FUSION_WORKERS", 0)) or (os.cpu_count() or 1)
 
 
-def ensure_indexed(path: str | Path, taxonomy: Taxonomy | None = None) -> Catalog:
+def ensure_indexed(path: str | Path, taxonomy: Taxonomy | None = None, progress: bool = False) -> Catalog:
     """Stage 1 for one file: the offset index and picture MD5s (each skipped when up to date)."""
-    idx = ensure_index(path, known_category_ids=None if taxonomy is None else taxonomy.category_ids)
+    idx = ensure_index(path, known_category_ids=None if taxonomy is None else taxonomy.category_ids,
+                       progress=progress)
     md5 = md5_path_for(path)
     if not md5.exists() or np.load(md5, mmap_mode="r").shape[0] != len(idx.pictures):  # missing or stale
-        hash_pictures(path, index=idx)
+        hash_pictures(path, index=idx, progress=progress)
     return Catalog.open(path)
 
 
@@ -134,7 +135,7 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
         raise StageOutputError(f"{val_path}: the run has no validation products; train with "
                                f"`etalage train --val-fraction 0.05 ...` (fusion trains on them)")
     taxonomy = Taxonomy.load(run / "category_names.csv")
-    catalog = ensure_indexed(train, taxonomy)
+    catalog = ensure_indexed(train, taxonomy, progress)
     catalog.require_labels()
     val = np.sort(np.load(val_path))
     labels = taxonomy.indices_of(catalog.category_ids)
@@ -248,8 +249,8 @@ def predict_file(plan: PredictPlan, data: str | Path, work: str | Path, shard: t
     taxonomy = Taxonomy.load(Path(plan.run) / "category_names.csv")
     label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
     report(f"[1/4] index + picture hashes: {data.name}, {Path(plan.train).name}")
-    catalog = ensure_indexed(data)
-    train = ensure_indexed(plan.train, taxonomy)
+    catalog = ensure_indexed(data, progress=progress)
+    train = ensure_indexed(plan.train, taxonomy, progress)
     log.info("peak RSS so far %.0f MB", _peak_rss_mb())
     report(f"[2/4] core predictions{label} -> {work / 'core'}")
     predictor = CorePredictor(plan.run, device=device, batch_size=batch_size, workers=workers, tta=tta)
