@@ -187,7 +187,8 @@ def _pipeline_arguments(sp: argparse.ArgumentParser, data_flag: str) -> None:
                     help="products per resumable part (a killed job redoes at most one; shards are whole parts)")
     sp.add_argument("--ocr-cache", help="SQLite OCR cache (unset: ocr-cache.sqlite beside the data)")
     sp.add_argument("--topk", type=int, default=20, help="core top-K (core-only submissions)")
-    sp.add_argument("--tta", default="none", choices=("none", "flip"))
+    sp.add_argument("--tta", choices=("none", "flip"),
+                    help="core test-time augmentation (unset: the fusion model's, else none)")
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--workers", type=int)
     sp.add_argument("--device", default="auto")
@@ -209,8 +210,11 @@ def _run_pipeline(args: argparse.Namespace, command: str) -> bool:
     except ValueError as exc:
         raise EtalageError(str(exc)) from None
     plan = PredictPlan.from_model(args.fusion, args.run, args.train, args.specialists)
+    if args.tta is not None and args.tta != plan.tta:
+        raise EtalageError(f"{args.fusion} was fitted on core probabilities with --tta {plan.tta}; predict with the "
+                           f"same (drop --tta) or refit with `etalage fusion fit --tta {args.tta}`")
     return predict_file(plan, args.data, _work_dir(args), shard=shard, command=command, ocr_cache=args.ocr_cache,
-                        device=args.device, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
+                        device=args.device, batch_size=args.batch_size, workers=args.workers,
                         chunk=args.chunk, progress=not args.quiet, report=print)
 
 
@@ -222,7 +226,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise EtalageError("submit: pass --fusion FUSION (full pipeline) or --run RUN (core only)")
         if args.merge or args.shard != "0/1":
             raise EtalageError("submit: --shard and --merge need --fusion (core only: `etalage predict --shard`)")
-        res = submit_core(args.run, args.data, args.out, pred_dir=args.work, topk=args.topk, tta=args.tta,
+        res = submit_core(args.run, args.data, args.out, pred_dir=args.work, topk=args.topk, tta=args.tta or "none",
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           progress=not args.quiet)
         print(f"{res['submission']}: {res['products']} products (core predictions in {res['predictions']})")
@@ -288,6 +292,7 @@ def cmd_fusion_fit(args: argparse.Namespace) -> int:
     from etalage.fusion.stages import fit_fusion
 
     fit = fit_fusion(args.run, args.train, args.out, specialists=args.specialists, kind=args.kind, topk=args.topk,
+                     tta=args.tta,
                      ocr_cache=args.ocr_cache, seed=args.seed, device=args.device, batch_size=args.batch_size,
                      workers=args.workers, progress=not args.quiet)
     kinds = ", ".join(f"{k} {v:.4f}" for k, v in fit["valid_top1_by_kind"].items())
@@ -587,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--specialists", metavar="SPECS", help="fitted specialists (`etalage specialists fit`)")
     sp.add_argument("--kind", default="auto", choices=("auto", "ranker", "binary"))
     sp.add_argument("--topk", type=int, default=20, help="core candidates per product")
+    sp.add_argument("--tta", default="none", choices=("none", "flip"),
+                    help="core test-time augmentation; submit then uses the same")
     sp.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--batch-size", type=int, default=64)

@@ -120,7 +120,7 @@ def _specialist_rankings(folder: Path, names: list[str], rows: tuple[int, int] |
 
 
 def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists: str | Path | None = None,
-               kind: str = "auto", topk: int = 20, ocr_cache: str | Path | None = None, seed: int = 0,
+               kind: str = "auto", topk: int = 20, tta: str = "none", ocr_cache: str | Path | None = None, seed: int = 0,
                device: str = "auto", batch_size: int = 64, workers: int | None = None, progress: bool = True,
                report=print) -> dict:
     """Fit the fusion model on the core run's validation products of ``train`` (the core never trained
@@ -142,7 +142,7 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
     command = f"etalage fusion fit --run {run} --train {train} --out {out}"
     t0 = time.perf_counter()
     report(f"[1/4] core predictions on the {len(val)} validation products of {train.name}")
-    predictor = CorePredictor(run, device=device, batch_size=batch_size, workers=workers)
+    predictor = CorePredictor(run, device=device, batch_size=batch_size, workers=workers, tta=tta)
     ranking = predictor.predict_catalog(catalog, out / "core_val", topk=topk, positions=val, chunk=CHUNK,
                                         producer=command, progress=progress)
     names: list[str] = []
@@ -169,7 +169,7 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
     kinds = ("ranker", "binary") if kind == "auto" else (kind,)
     model, by_kind = FusionModel.fit_best(table, truth, feature_names, kinds=kinds, seed=seed)
     model.config = {"run": str(run), "train": str(train), "specialists": None if specialists is None else
-                    str(specialists), "specialist_names": names, "topk": topk, "ks": signals.ks,
+                    str(specialists), "specialist_names": names, "topk": topk, "tta": tta, "ks": signals.ks,
                     "train_stamp": file_stamp(train)}
     model.save(out)
     fit = {"products": len(val), "rows": len(table.owner), "features": len(feature_names), "kind": model.kind,
@@ -219,13 +219,14 @@ class PredictPlan:
     specialist_names: list[str]
     topk: int
     ks: list[int]
+    tta: str  # the core's test-time augmentation: the model saw its probabilities, test must match
 
     @classmethod
     def from_model(cls, model_dir: str | Path, run=None, train=None, specialists=None) -> PredictPlan:
         cfg = FusionModel.load(model_dir).config
         return cls(str(model_dir), str(run or cfg["run"]), str(train or cfg["train"]),
                    str(specialists) if specialists else cfg.get("specialists"), cfg.get("specialist_names", []),
-                   int(cfg["topk"]), list(cfg["ks"]))
+                   int(cfg["topk"]), list(cfg["ks"]), cfg.get("tta", "none"))
 
 
 def _check_work(work: Path, data: Path, plan: PredictPlan, chunk: int) -> None:
@@ -236,7 +237,7 @@ def _check_work(work: Path, data: Path, plan: PredictPlan, chunk: int) -> None:
 
 def predict_file(plan: PredictPlan, data: str | Path, work: str | Path, shard: tuple[int, int] = (0, 1),
                  command: str = "etalage submit", ocr_cache: str | Path | None = None, device: str = "auto",
-                 batch_size: int = 64, workers: int | None = None, tta: str = "none", chunk: int = CHUNK,
+                 batch_size: int = 64, workers: int | None = None, chunk: int = CHUNK,
                  progress: bool = True, report=print) -> bool:
     """Stages 1-4 for shard ``i/n`` of ``data`` into ``work``. True when every chunk of every shard
     is fused (the merge can run)."""
@@ -253,7 +254,7 @@ def predict_file(plan: PredictPlan, data: str | Path, work: str | Path, shard: t
     train = ensure_indexed(plan.train, taxonomy, progress)
     log.info("peak RSS so far %.0f MB", _peak_rss_mb())
     report(f"[2/4] core predictions{label} -> {work / 'core'}")
-    predictor = CorePredictor(plan.run, device=device, batch_size=batch_size, workers=workers, tta=tta)
+    predictor = CorePredictor(plan.run, device=device, batch_size=batch_size, workers=workers, tta=plan.tta)
     predictor.predict_catalog(catalog, work / "core", topk=plan.topk, shard=shard, chunk=chunk, producer=command,
                               progress=progress)
     chunks = shard_chunk_ranges(len(catalog), chunk, shard)

@@ -109,6 +109,8 @@ def test_missing_or_mismatched_stage_outputs_are_clear_errors(fitted, synth_dir,
     assert "etalage specialists fit" in capsys.readouterr().err
     assert main(["fusion", "report", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r.md")]) == 1
     assert "etalage fusion fit" in capsys.readouterr().err
+    assert _submit(fitted, synth_dir, tmp_path / "t.csv", "--tta", "flip") == 1
+    assert "etalage fusion fit --tta flip" in capsys.readouterr().err, "the core must be read as the model saw it"
     # one work folder belongs to one job
     work = tmp_path / "w"
     assert _submit(fitted, synth_dir, tmp_path / "z.csv", "--work", str(work)) == 0
