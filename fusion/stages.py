@@ -60,10 +60,12 @@ def map_forked(fn, items: list, workers: int):
 
 
 def fusion_workers() -> int:
-    """Processes for the fusion stage: every core (``ETALAGE_FUSION_WORKERS`` overrides)."""
+    """Processes for the fusion stage: every core this process may use (``ETALAGE_FUSION_WORKERS``
+    overrides)."""
     import os
 
-    return int(os.environ.get("ETALAGE_FUSION_WORKERS", 0)) or (os.cpu_count() or 1)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return int(os.environ.get("ETALAGE_FUSION_WORKERS", 0)) or usable
 
 
 def ensure_indexed(path: str | Path, taxonomy: Taxonomy | None = None, progress: bool = False) -> Catalog:
