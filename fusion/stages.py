@@ -78,10 +78,12 @@ def ensure_indexed(path: str | Path, taxonomy: Taxonomy | None = None, progress:
     return Catalog.open(path)
 
 
-def training_signals(train: Catalog, taxonomy: Taxonomy, ks: list[int] | None = None) -> TrainingSignals:
+def training_signals(train: Catalog, taxonomy: Taxonomy, ks: list[int] | None = None,
+                     md5: np.ndarray | None = None) -> TrainingSignals:
+    """``md5``: the training file's picture MD5s when the caller already holds them."""
     train.require_labels()
-    return TrainingSignals.build(train.product_ids, taxonomy.indices_of(train.category_ids), load_md5(train.path),
-                                 train.n_pictures, taxonomy.n_classes, ks)
+    return TrainingSignals.build(train.product_ids, taxonomy.indices_of(train.category_ids),
+                                 load_md5(train.path) if md5 is None else md5, train.n_pictures, taxonomy.n_classes, ks)
 
 
 def _engine_of(specialists_dir: Path) -> tuple[str, dict]:
@@ -158,9 +160,10 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
     else:
         report("[2/4] specialists: none (pass --specialists DIR from `etalage specialists fit`)")
     report("[3/4] table: candidates and features (hash and id signals exclude each product itself)")
-    signals = training_signals(catalog, taxonomy)
+    train_md5 = load_md5(train)
+    signals = training_signals(catalog, taxonomy, md5=train_md5)
     pic_rows, pic_owner = catalog.picture_rows(val)
-    table = assemble(ranking, taxonomy, signals, load_md5(train)[pic_rows], pic_owner,
+    table = assemble(ranking, taxonomy, signals, train_md5[pic_rows], pic_owner,
                      _specialist_rankings(out / "specialists_val", names), training_queries=True,
                      own_classes=labels[val])
     truth = labels[val]
@@ -310,18 +313,12 @@ def _fuse_chunk(chunk: tuple[int, int]) -> tuple[int, int]:
     work = st["work"]
     part = CoreRanking.load(work / "core", (a, b))
     pic_rows, pic_owner = st["catalog"].picture_rows(np.arange(a, b))
-    specs = [_chunk_ranking(work / "specialists" / n, a, b) for n in st["specialists"]]
+    specs = _specialist_rankings(work / "specialists", st["specialists"], (a, b))
     table = assemble(part, st["taxonomy"], st["signals"], st["md5"][pic_rows], pic_owner, specs)
     classes, scores = st["model"].rank(table, b - a, FUSED_TOPK)
     save_npz_atomic(part_path(work / "fused", a, b), product_ids=part.product_ids, topk_class=classes,
                     topk_score=scores, core_top1=part.top1())
     return a, b
-
-
-def _chunk_ranking(folder: Path, a: int, b: int):
-    from etalage.specialists.runner import SpecialistRanking
-
-    return SpecialistRanking.load(folder, (a, b))
 
 
 def load_fused(work: str | Path, n_products: int | None = None, command: str = "etalage submit --shard i/n"
@@ -386,7 +383,7 @@ def ablation(table: CandidateTable, truth: np.ndarray, core_top1: np.ndarray, ki
         pred = np.full(n, -1, np.int32)
         for f in range(folds):
             held = fold == f
-            sub, sub_truth, renum = _subtable(table, truth, ~held)
+            sub, sub_truth, _ = _subtable(table, truth, ~held)
             model = FusionModel.fit(sub, sub_truth, names, kind, seed=seed)
             test, _, test_rows = _subtable(table, truth, held)
             pred[test_rows] = model.predict(test, len(test_rows))

@@ -157,35 +157,51 @@ def score_catalog(specialists: list[Specialist], predictions, catalog: Catalog, 
         meta = json.loads((Path(predictions) / "meta.json").read_text())
         chunk_of = lambda a, b: CoreRanking.load(predictions, (a, b))  # noqa: E731
     n_products, chunk = int(meta["n_products"]), int(meta["chunk"])
+    shard_chunks = shard_chunk_ranges(n_products, chunk, shard)
+    todo = {}  # specialist name -> its chunks still to score
     for spec in specialists:
-        folder = out_dir / spec.name
-        folder.mkdir(parents=True, exist_ok=True)
-        done = list_parts(folder)
-        todo = [c for c in shard_chunk_ranges(n_products, chunk, shard) if c not in done]
-        names = list(spec.feature_names)
-        with tqdm(total=sum(b - a for a, b in todo), unit="product", desc=f"specialist {spec.name}",
-                  disable=not progress, leave=False, dynamic_ncols=True) as bar:
-            for a, b in todo:
-                rows = np.flatnonzero(spec.gate(chunk_of(a, b), taxonomy))
-                readings = read_products(catalog, positions[a + rows], engine, cache, md5)
-                result = safe_predict(spec, readings) if len(rows) else None
-                if result is None:  # nothing gated, or the plugin failed (already warned): an empty part
-                    rows = rows[:0]
-                    top_c, top_s = np.zeros((0, SPECIALIST_TOPK), np.int32), np.zeros((0, SPECIALIST_TOPK), np.float32)
-                    feats = np.zeros((0, len(names)), np.float32)
-                    ocr = np.zeros((0, len(OCR_SUMMARY_NAMES)), np.float32)
-                else:
-                    top_c, top_s = result.topk(SPECIALIST_TOPK)
-                    feats, ocr = result.features.astype(np.float32), ocr_summary(readings)
-                    if list(result.feature_names) != names:
-                        raise ConfigError(f"specialist {spec.name!r} returned features {list(result.feature_names)} "
-                                          f"but declares feature_names {names}; fusion needs the same columns "
-                                          f"for every product")
-                save_npz_atomic(part_path(folder, a, b), rows=(a + rows).astype(np.int64),
-                                topk_class=top_c.astype(np.int32), topk_score=top_s.astype(np.float32),
-                                features=feats, ocr=ocr)
-                bar.update(b - a)
-        _write_meta(folder, spec, n_products, chunk, names, producer)
+        (out_dir / spec.name).mkdir(parents=True, exist_ok=True)
+        done = list_parts(out_dir / spec.name)
+        todo[spec.name] = {c for c in shard_chunks if c not in done}
+    chunks = [c for c in shard_chunks if any(c in t for t in todo.values())]
+    with tqdm(total=sum(b - a for a, b in chunks), unit="product", desc="specialists", disable=not progress,
+              leave=False, dynamic_ncols=True) as bar:
+        for a, b in chunks:
+            part = chunk_of(a, b)  # one load of the core's chunk, and one reading per product, for all
+            read: dict[int, ProductReading] = {}
+            for spec in specialists:
+                if (a, b) not in todo[spec.name]:
+                    continue
+                rows = np.flatnonzero(spec.gate(part, taxonomy))
+                wanted = positions[a + rows]
+                new = np.array([p for p in wanted if int(p) not in read], np.int64)
+                read.update(zip(new.tolist(), read_products(catalog, new, engine, cache, md5), strict=True))
+                _score_chunk(spec, [read[int(p)] for p in wanted], a + rows, out_dir / spec.name, a, b)
+            bar.update(b - a)
+    for spec in specialists:
+        _write_meta(out_dir / spec.name, spec, n_products, chunk, list(spec.feature_names), producer)
+
+
+def _score_chunk(spec: Specialist, readings: list[ProductReading], rows: np.ndarray, folder: Path, a: int,
+                 b: int) -> None:
+    """One part file: the specialist's top classes, features and OCR summary for the gated ``rows``
+    of products a..b (an empty part when nothing was gated or the plugin failed, already warned)."""
+    names = list(spec.feature_names)
+    result = safe_predict(spec, readings) if len(rows) else None
+    if result is None:
+        rows = rows[:0]
+        top_c, top_s = np.zeros((0, SPECIALIST_TOPK), np.int32), np.zeros((0, SPECIALIST_TOPK), np.float32)
+        feats = np.zeros((0, len(names)), np.float32)
+        ocr = np.zeros((0, len(OCR_SUMMARY_NAMES)), np.float32)
+    else:
+        top_c, top_s = result.topk(SPECIALIST_TOPK)
+        feats, ocr = result.features.astype(np.float32), ocr_summary(readings)
+        if list(result.feature_names) != names:
+            raise ConfigError(f"specialist {spec.name!r} returned features {list(result.feature_names)} "
+                              f"but declares feature_names {names}; fusion needs the same columns "
+                              f"for every product")
+    save_npz_atomic(part_path(folder, a, b), rows=np.asarray(rows, np.int64), topk_class=top_c.astype(np.int32),
+                    topk_score=top_s.astype(np.float32), features=feats, ocr=ocr)
 
 
 def _write_meta(folder: Path, spec: Specialist, n_products: int, chunk: int, names: list[str],
