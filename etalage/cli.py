@@ -254,7 +254,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_specialists_fit(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from etalage.catalog import Catalog, Taxonomy
+    from etalage.catalog import Taxonomy
     from etalage.catalog.bsonindex import load_md5
     from etalage.fusion.stages import ensure_indexed
     from etalage.ocr import load_engine
@@ -269,8 +269,7 @@ def cmd_specialists_fit(args: argparse.Namespace) -> int:
         tax = _taxonomy_for(Path(args.train), None)
     if tax is None:
         raise EtalageError(f"{args.train}: pass --taxonomy category_names.csv (none beside the file)")
-    ensure_indexed(args.train, tax, progress=not args.quiet)
-    train = Catalog.open(args.train)
+    train = ensure_indexed(args.train, tax, progress=not args.quiet)
     train.require_labels()
     exclude = None
     if args.run:
@@ -292,8 +291,7 @@ def cmd_fusion_fit(args: argparse.Namespace) -> int:
     from etalage.fusion.stages import fit_fusion
 
     fit = fit_fusion(args.run, args.train, args.out, specialists=args.specialists, kind=args.kind, topk=args.topk,
-                     tta=args.tta,
-                     ocr_cache=args.ocr_cache, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                     tta=args.tta, ocr_cache=args.ocr_cache, seed=args.seed, device=args.device, batch_size=args.batch_size,
                      workers=args.workers, progress=not args.quiet)
     kinds = ", ".join(f"{k} {v:.4f}" for k, v in fit["valid_top1_by_kind"].items())
     print(f"{args.out}: {fit['kind']} over {fit['products']} products ({fit['rows']:,} rows, {fit['features']} "

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
-from etalage.catalog.bsonindex import ensure_index, hash_pictures, md5_path_for
 from etalage.catalog.io import atomic_write
 from etalage.catalog.submission import write_submission
 
@@ -67,7 +66,7 @@ def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: 
     from etalage.catalog.submission import read_id_category_csv
     from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
     from etalage.core.train import TrainConfig, train
-    from etalage.fusion.stages import PredictPlan, fit_fusion, merge_submission, predict_file
+    from etalage.fusion.stages import PredictPlan, ensure_indexed, fit_fusion, merge_submission, predict_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,9 +91,7 @@ def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: 
     t0 = time.perf_counter()
     tax = Taxonomy.load(out / "category_names.csv")
     for name in ("train.bson", "test.bson"):
-        idx = ensure_index(out / name, known_category_ids=tax.category_ids)
-        if not md5_path_for(out / name).exists():
-            hash_pictures(out / name, index=idx)
+        ensure_indexed(out / name, tax)
     step(2, "index: train.bson, test.bson (+ picture MD5s)")
     timings["index_s"] = time.perf_counter() - t0
 
