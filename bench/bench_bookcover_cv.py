@@ -27,19 +27,20 @@ LISTING = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "book
 
 
 def main() -> None:
-    from etalage.ocr import load_engine
-    from etalage.ocr.cache import OcrCache
-    from etalage.specialists import create_specialist
-    from etalage.specialists.bookcover import (
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from etalage.bench.covers import (
         cover_pictures,
         genre_taxonomy,
         ocr_readings,
         read_listing,
         text_readings,
     )
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    from etalage.ocr import load_engine
+    from etalage.ocr.cache import OcrCache
+    from etalage.specialists import create_specialist
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--listing", default=str(LISTING))

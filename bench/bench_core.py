@@ -28,7 +28,7 @@ REAL_TEST_PICTURES = 3_095_080
 
 def ensure_catalogue(work: Path, products: int) -> Path:
     from etalage.catalog.bsonindex import build_index
-    from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
+    from etalage.synth import SynthConfig, write_synthetic_catalogue
 
     data = work / f"synth_{products}"
     if not (data / "test.bson").exists():

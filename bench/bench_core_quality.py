@@ -28,20 +28,20 @@ import torch
 
 VARIANTS = {
     "gate": {},
-    "prob-mean": {"fusion": "prob-mean"},
+    "prob-mean": {"picture_fusion": "prob-mean"},
     "random-init": {"weights": "none"},
     "no-levels": {"level1_weight": 0.0, "level2_weight": 0.0},
 }
-MORE = {"mean": {"fusion": "mean"}, "max": {"fusion": "max"}, "attention": {"fusion": "attention"}}
+MORE = {"mean": {"picture_fusion": "mean"}, "max": {"picture_fusion": "max"}, "attention": {"picture_fusion": "attention"}}
 
 
 def main() -> None:
     from etalage.catalog import Catalog, Taxonomy
     from etalage.catalog.bsonindex import build_index
     from etalage.catalog.submission import read_id_category_csv
-    from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
     from etalage.core.predict import CorePredictor
     from etalage.core.train import TrainConfig, train
+    from etalage.synth import SynthConfig, write_synthetic_catalogue
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")

@@ -28,7 +28,8 @@ import numpy as np
 
 def make_big_file(work: Path, gb: float) -> Path:
     import bson
-    from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
+
+    from etalage.synth import SynthConfig, write_synthetic_catalogue
 
     seed_dir = work / "seed"
     if not (seed_dir / "train.bson").exists():

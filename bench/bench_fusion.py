@@ -55,7 +55,7 @@ def make_training(tax, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 def make_ranking(tax, n: int, ids: np.ndarray, truth: np.ndarray, rng):
     """A CoreRanking of the real shape where the truth is the top-1 about 70% of the time."""
-    from etalage.core.predict import CoreRanking
+    from etalage.core.ranking import CoreRanking
 
     k, kp = 20, 5
     top = rng.integers(0, tax.n_classes, size=(n, k)).astype(np.int32)
@@ -88,7 +88,7 @@ def throughput(args) -> dict:
     from etalage.catalog import Taxonomy
     from etalage.fusion.model import FusionModel, assemble
     from etalage.fusion.signals import TrainingSignals
-    from etalage.fusion.stages import map_forked
+    from etalage.pipeline.stages import map_forked
 
     rng = np.random.default_rng(0)
     tax = Taxonomy.load(SHARED)

@@ -44,7 +44,7 @@ def title_words(title: str) -> set[str]:
 
 
 def render_books(listing: Path, n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
-    from etalage.catalog.synth import draw_cover
+    from etalage.synth import draw_cover
 
     with open(listing, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
@@ -74,6 +74,7 @@ _POOL_ENGINE = {}
 
 def _pool_init(options: dict) -> None:
     import torch
+
     from etalage.ocr import load_engine
 
     torch.set_num_threads(1)
@@ -104,6 +105,7 @@ def timed(fn, pictures):
 
 def main() -> None:
     import torch
+
     from etalage.ocr import load_engine
     from etalage.ocr.easyocr_engine import default_model_dir
 

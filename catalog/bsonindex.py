@@ -1,17 +1,19 @@
 """Offset index over a Cdiscount BSON dump: where each product and each picture lies in the file.
 
-Every later stage reads products through this index, so a 58 GB ``train.bson`` is opened with
-``mmap`` and a product is a slice, never a scan. Building the index walks the chain of document
+Every later stage reads products through this index, so a product of a 58 GB ``train.bson`` is
+one read at a known offset, never a scan. Building the index walks the chain of document
 lengths in Python (one ``unpack_from`` per product) and then reads the fields of all documents
 at once with numpy gathers on the Kaggle layout (``_id`` int32, ``imgs`` array of
 ``{picture: binary}``, optional ``category_id`` int32). A document in any other layout (int64
 ids, extra fields, other field order) falls back to a per-document walker, which is also what
 turns malformed input into a message naming the offset, product and field.
 
-Files: ``FILE.bson.idx.npz`` holds ``products`` and ``pictures`` (structured arrays, dtypes
-below) and ``meta`` (JSON: format version, size and mtime of the BSON file it describes).
-``FILE.bson.md5.npy`` (see :func:`hash_pictures`) holds the MD5 of every picture, aligned with
-``pictures``.
+Files (beside the dump, or in a cache folder when its folder is read-only: see ``catalog.derived``):
+``FILE.bson.idx.npz`` holds ``products`` and ``pictures`` (structured arrays, dtypes below) and
+``meta`` (JSON: format version, size and mtime of the BSON file it describes).
+``FILE.bson.md5.npz`` (see :func:`hash_pictures`) holds the MD5 of every picture, aligned with
+``pictures``, and the same stamp. A derived file that is stale (the dump changed), truncated or
+inconsistent with the dump is never trusted: it is rebuilt.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from etalage.catalog.io import atomic_write, save_npz_atomic
 
+from etalage.catalog.derived import derived_candidates, derived_path
 from etalage.errors import DataError
+from etalage.files import save_npz_atomic
+from etalage.progress import bar as progress_bar
 
 INDEX_VERSION = 1
+MD5_VERSION = 1
 NO_CATEGORY = -1
 
 PRODUCT_DTYPE = np.dtype([
@@ -59,11 +64,13 @@ HASH_RANGE_BYTES = 256 << 20
 
 
 def index_path_for(bson_path: str | Path) -> Path:
-    return Path(f"{bson_path}.idx.npz")
+    """Where ``build_index`` writes the index of ``bson_path``."""
+    return derived_path(bson_path, f"{Path(bson_path).name}.idx.npz")
 
 
 def md5_path_for(bson_path: str | Path) -> Path:
-    return Path(f"{bson_path}.md5.npy")
+    """Where ``hash_pictures`` writes the picture MD5s of ``bson_path``."""
+    return derived_path(bson_path, f"{Path(bson_path).name}.md5.npz")
 
 
 def file_stamp(path: Path) -> dict:
@@ -88,32 +95,61 @@ class BsonIndex:
 
     @classmethod
     def load(cls, bson_path: str | Path) -> BsonIndex:
-        """Load the index of ``bson_path``; a missing or stale index names ``etalage index``."""
+        """Load the index of ``bson_path``; a missing, stale or damaged index names ``etalage index``."""
         bson_path = Path(bson_path)
-        idx_path = index_path_for(bson_path)
         if not bson_path.exists():
             raise DataError(f"{bson_path}: no such file")
-        if not idx_path.exists():
-            raise DataError(f"{bson_path}: no index; run `etalage index {bson_path}`")
-        try:
-            with np.load(idx_path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                products, pictures = z["products"], z["pictures"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"{idx_path}: unreadable index ({exc}); run `etalage index {bson_path}`") from None
-        if meta.get("version") != INDEX_VERSION or meta.get("bson") != file_stamp(bson_path):
-            raise DataError(f"{idx_path}: index is stale (the BSON file changed); run `etalage index {bson_path}`")
-        return cls(bson_path, products, pictures)
+        problem = "no index"
+        for idx_path in derived_candidates(bson_path, f"{bson_path.name}.idx.npz"):
+            if not idx_path.exists():
+                continue
+            try:
+                with np.load(idx_path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    products, pictures = z["products"], z["pictures"]
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is one case: rebuild
+                problem = f"{idx_path}: unreadable index ({type(exc).__name__})"
+                continue
+            if meta.get("version") != INDEX_VERSION or meta.get("bson") != file_stamp(bson_path):
+                problem = f"{idx_path}: index is stale (the BSON file changed)"
+                continue
+            if not _consistent(bson_path, products, pictures):
+                problem = f"{idx_path}: index does not match the file's documents"
+                continue
+            return cls(bson_path, products, pictures)
+        raise DataError(f"{bson_path}: {problem}; run `etalage index {bson_path}`")
 
     @classmethod
-    def open(cls, bson_path: str | Path, progress: bool = False) -> BsonIndex:
-        """Load the index, building it first when it is missing or stale."""
+    def open(cls, bson_path: str | Path, known_category_ids: np.ndarray | None = None, progress: bool = False
+             ) -> BsonIndex:
+        """The index of ``bson_path``: loaded when up to date, else built (the one way every stage
+        indexes a dump). ``known_category_ids`` (sorted): a category outside them is an error."""
         try:
-            return cls.load(bson_path)
+            idx = cls.load(bson_path)
         except DataError:
             if not Path(bson_path).exists():
                 raise
-            return build_index(bson_path, progress=progress)
+            return build_index(bson_path, progress=progress, known_category_ids=known_category_ids)
+        if known_category_ids is not None:
+            check_categories(Path(bson_path), idx.products, known_category_ids)
+        return idx
+
+
+def _consistent(bson_path: Path, products: np.ndarray, pictures: np.ndarray) -> bool:
+    """A cheap content check beyond the file stamp: array lengths agree, and the first and last
+    documents start where the index says, with the length it says."""
+    if len(products) == 0 or len(pictures) != int(products["n_pictures"].sum(dtype=np.int64)):
+        return False
+    try:
+        with bson_path.open("rb") as fh:
+            for row in (products[0], products[-1]):
+                fh.seek(int(row["offset"]))
+                head = fh.read(4)
+                if len(head) != 4 or _INT32.unpack(head)[0] != int(row["length"]):
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,11 +178,25 @@ def build_index(bson_path: str | Path, progress: bool = False, known_category_id
         products, pictures = _scan(mm, size, bson_path, progress)
     if len(products) == 0:
         raise DataError(f"{bson_path}: no documents")
+    check_unique_ids(bson_path, products)
     if known_category_ids is not None:
         check_categories(bson_path, products, known_category_ids)
     meta = json.dumps({"version": INDEX_VERSION, "bson": file_stamp(bson_path)})
     save_npz_atomic(index_path_for(bson_path), products=products, pictures=pictures, meta=np.array(meta))
     return BsonIndex(bson_path, products, pictures)
+
+
+def check_unique_ids(bson_path: Path, products: np.ndarray) -> None:
+    """A ``DataError`` naming the products whose ``_id`` occurs more than once: every later stage
+    (predictions, submissions, id neighbours) identifies a product by its id."""
+    ids = products["product_id"]
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1]
+        shown = ", ".join(str(int(d)) for d in dup[:5]) + (f" and {len(dup) - 5} more" if len(dup) > 5 else "")
+        first = products[np.flatnonzero(ids == dup[0])[1]]
+        raise DataError(f"{bson_path}: duplicate _id {shown} (the second {int(dup[0])} at offset "
+                        f"{int(first['offset'])}); every product needs its own id")
 
 
 def check_categories(bson_path: Path, products: np.ndarray, known_category_ids: np.ndarray) -> None:
@@ -161,27 +211,12 @@ def check_categories(bson_path: Path, products: np.ndarray, known_category_ids: 
                         f"category_id {row['category_id']} is not in the taxonomy")
 
 
-def ensure_index(bson_path: str | Path, known_category_ids: np.ndarray | None = None, progress: bool = False
-                 ) -> BsonIndex:
-    """The index of ``bson_path``: loaded when up to date (categories still checked, in memory), else built."""
-    try:
-        idx = BsonIndex.load(bson_path)
-    except DataError:
-        return build_index(bson_path, progress=progress, known_category_ids=known_category_ids)
-    if known_category_ids is not None:
-        check_categories(Path(bson_path), idx.products, known_category_ids)
-    return idx
-
-
 def _scan(mm: mmap.mmap, size: int, path: Path, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    from tqdm import tqdm
-
     buf = np.frombuffer(mm, dtype=np.uint8)
     product_parts, picture_parts = [], []
     n_pictures_so_far = 0
     pos = 0
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"index {path.name}", leave=False,
-              disable=not progress) as bar:
+    with progress_bar(total=size, unit="B", unit_scale=True, desc=f"index {path.name}", enabled=progress) as bar:
         while pos < size:
             starts, lengths, end = _follow_lengths(mm, pos, size, path)
             if (buf[starts + lengths - 1] != 0).any():
@@ -404,10 +439,11 @@ def _elements(mm, pos: int, end: int, where: str) -> dict[str, tuple[int, int]]:
 
 def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: bool = False,
                   index: BsonIndex | None = None) -> np.ndarray:
-    """MD5 of every picture's JPEG bytes, ``(n_pictures, 16)`` uint8, saved to ``FILE.bson.md5.npy``.
+    """MD5 of every picture's JPEG bytes, ``(n_pictures, 16)`` uint8, saved to ``FILE.bson.md5.npz``
+    with the dump's stamp.
 
     Exact-duplicate matching (the 2017 winners' hash signal) needs these for train and test.
-    Pictures are hashed straight from the memory map (no copy), split over ``workers`` processes.
+    Pictures are hashed straight from memory-mapped ranges (no copy), split over ``workers`` processes.
     """
     bson_path = Path(bson_path)
     index = index or BsonIndex.open(bson_path)
@@ -419,38 +455,55 @@ def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: b
     n_jobs = max(workers * 8, int(pics["length"].sum(dtype=np.int64) // HASH_RANGE_BYTES) + 1)
     bounds = np.linspace(0, len(pics), n_jobs + 1).astype(np.int64)
     jobs = [(str(bson_path), int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(pics), unit="pic", desc=f"md5 {bson_path.name}", leave=False)
-
-    def done(a: int, b: int, digests: bytes) -> None:
-        out[a:b] = np.frombuffer(digests, np.uint8).reshape(-1, 16)
-        if bar is not None:
+    with progress_bar(total=len(pics), unit="pic", desc=f"md5 {bson_path.name}", enabled=progress) as bar:
+        def done(a: int, b: int, digests: bytes) -> None:
+            out[a:b] = np.frombuffer(digests, np.uint8).reshape(-1, 16)
             bar.update(b - a)
 
-    if workers == 1:
-        _hash_range_into(jobs, pics, done)
-    else:
-        from concurrent.futures import ProcessPoolExecutor
+        if workers == 1:
+            _hash_range_into(jobs, pics, done)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, initializer=_init_hash_worker, initargs=(pics,)) as pool:
-            for (a, b, digests) in pool.map(_hash_range_job, jobs):
-                done(a, b, digests)
-    if bar is not None:
-        bar.close()
-    with atomic_write(md5_path_for(bson_path), "wb") as fh:
-        np.save(fh, out)
+            with ProcessPoolExecutor(workers, initializer=_init_hash_worker, initargs=(pics,)) as pool:
+                for (a, b, digests) in pool.map(_hash_range_job, jobs):
+                    done(a, b, digests)
+    meta = json.dumps({"version": MD5_VERSION, "bson": file_stamp(bson_path), "pictures": len(pics)})
+    save_npz_atomic(md5_path_for(bson_path), md5=out, meta=np.array(meta))
     return out
 
 
 def load_md5(bson_path: str | Path) -> np.ndarray:
-    """Picture MD5s ``(n_pictures, 16)`` uint8, written by :func:`hash_pictures` (``etalage hash``)."""
-    path = md5_path_for(bson_path)
-    if not path.exists():
-        raise DataError(f"{path}: no picture hashes; run `etalage hash {bson_path}`")
-    return np.load(path)
+    """Picture MD5s ``(n_pictures, 16)`` uint8 written by :func:`hash_pictures` (``etalage hash``); a
+    missing, stale or damaged file names the command that rebuilds it."""
+    bson_path = Path(bson_path)
+    problem = "no picture hashes"
+    for path in derived_candidates(bson_path, f"{bson_path.name}.md5.npz"):
+        if not path.exists():
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta, md5 = json.loads(str(z["meta"])), z["md5"]
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is one case: rehash
+            problem = f"{path}: unreadable picture hashes ({type(exc).__name__})"
+            continue
+        if meta.get("version") != MD5_VERSION or meta.get("bson") != file_stamp(bson_path) or \
+                md5.shape != (meta.get("pictures"), 16):
+            problem = f"{path}: picture hashes are stale (the BSON file changed)"
+            continue
+        return md5
+    raise DataError(f"{bson_path}: {problem}; run `etalage hash {bson_path}`")
+
+
+def picture_md5(bson_path: str | Path, index: BsonIndex | None = None, progress: bool = False) -> np.ndarray:
+    """The picture MD5s of ``bson_path``: loaded when up to date, else computed (and saved)."""
+    try:
+        md5 = load_md5(bson_path)
+    except DataError:
+        return hash_pictures(bson_path, index=index, progress=progress)
+    if index is not None and len(md5) != len(index.pictures):
+        return hash_pictures(bson_path, index=index, progress=progress)
+    return md5
 
 
 _WORKER_PICS: np.ndarray | None = None

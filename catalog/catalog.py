@@ -1,8 +1,8 @@
 """Random access to the products of a BSON dump through its offset index.
 
 A ``Catalog`` is what every stage holds: ``catalog[i]`` is the i-th product in file order, with
-its id, category and JPEG bytes, sliced from a memory map. It is safe in DataLoader workers:
-the map is opened lazily in each process and never pickled.
+its id, category and JPEG bytes, read with ``os.pread`` at the offsets of the index. It is safe in
+DataLoader workers: each process opens the file itself, and the descriptor is never pickled.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from etalage.catalog.bsonindex import NO_CATEGORY, BsonIndex, ranks_within
-from etalage.catalog.pictures import CorruptPicture, DecodeStats, decode_picture
 
+from etalage.catalog.bsonindex import NO_CATEGORY, BsonIndex, picture_md5, ranks_within
+from etalage.catalog.pictures import CorruptPicture, DecodeStats, decode_picture
 from etalage.errors import DataError
 
 
@@ -25,17 +25,6 @@ class Product:
     product_id: int
     category_id: int | None
     pictures: list[bytes]
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n; a malformed spec raises ``ValueError``."""
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {spec!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"shard {spec!r}: need 0 <= i < n")
-    return i, n
 
 
 class Catalog:
@@ -47,18 +36,33 @@ class Catalog:
         self._fd: int | None = None
         self._pid = -1
         self._position_of: dict[int, int] | None = None
+        self._md5: np.ndarray | None = None
 
     @classmethod
-    def open(cls, bson_path: str | Path, progress: bool = False) -> Catalog:
-        """Open ``bson_path``, building its index first when missing or stale."""
-        return cls(BsonIndex.open(bson_path, progress=progress))
+    def open(cls, bson_path: str | Path, taxonomy=None, md5: bool = False, progress: bool = False) -> Catalog:
+        """Open ``bson_path``: its index is loaded, or built when missing, stale or damaged (the one way
+        every stage indexes a dump). ``taxonomy``: a category outside it is an error naming the product;
+        ``md5``: also make sure the picture hashes exist (computed now, with a progress bar)."""
+        known = None if taxonomy is None else taxonomy.category_ids
+        catalog = cls(BsonIndex.open(bson_path, known, progress=progress))
+        if md5:
+            catalog._md5 = picture_md5(catalog.path, catalog.index, progress=progress)
+        return catalog
+
+    @property
+    def md5(self) -> np.ndarray:
+        """(n_pictures, 16) uint8: the MD5 of every picture in file order (``etalage hash``), loaded or
+        computed on first use."""
+        if self._md5 is None:
+            self._md5 = picture_md5(self.path, self.index)
+        return self._md5
 
     # pickling: workers reopen the file themselves
     def __getstate__(self) -> dict:
         return {"index": self.index}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["index"])
+        self.__init__(state["index"])  # the MD5s, if needed there, are loaded again
 
     def _file(self) -> int:
         """This process's descriptor of the dump. Pictures are read with ``os.pread`` rather than
@@ -119,7 +123,7 @@ class Catalog:
 
     def picture_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The pictures of the products at ``positions``: their rows in the file's picture table
-        (and in ``FILE.bson.md5.npy``), and the index into ``positions`` of each one's product."""
+        (and in ``Catalog.md5``), and the index into ``positions`` of each one's product."""
         positions = np.asarray(positions, np.int64)
         counts = self.index.products["n_pictures"][positions].astype(np.int64)
         first = self.index.products["first_picture"][positions].astype(np.int64)

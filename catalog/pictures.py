@@ -52,14 +52,6 @@ def random_crop(picture: np.ndarray, size: int, rng: np.random.Generator, flip: 
     return out
 
 
-def center_crop(picture: np.ndarray, size: int) -> np.ndarray:
-    h, w = picture.shape[:2]
-    if h < size or w < size:
-        return random_crop(picture, size, np.random.default_rng(0), flip=False)
-    y, x = (h - size) // 2, (w - size) // 2
-    return picture[y:y + size, x:x + size]
-
-
 @dataclass
 class DecodeStats:
     """Counts decoded and corrupt pictures; remembers the first few corrupt product ids to report."""

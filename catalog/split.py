@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from etalage.errors import ConfigError
+
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
     """Boolean mask (True = validation) over products, stratified by class and deterministic.
@@ -14,7 +16,7 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> np.n
     """
     labels = np.asarray(labels)
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
     n = len(labels)
     if n == 0 or fraction == 0.0:
         return np.zeros(n, bool)

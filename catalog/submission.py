@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from etalage.catalog.io import atomic_write
-from etalage.catalog.taxonomy import Taxonomy
 
+from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import DataError
+from etalage.files import atomic_write
 
 HEADER = ("_id", "category_id")
 

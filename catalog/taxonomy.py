@@ -97,7 +97,7 @@ class Taxonomy:
 
     def save(self, path: str | Path) -> None:
         """Write as ``category_names.csv`` (atomically)."""
-        from etalage.catalog.io import atomic_write
+        from etalage.files import atomic_write
 
         with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from etalage.catalog import Catalog
-from etalage.catalog.pictures import DecodeStats, center_crop, random_crop
 from PIL import Image
+
+from etalage.catalog import Catalog
+from etalage.catalog.pictures import DecodeStats, random_crop
 
 BLANK = np.full((8, 8, 3), 255, np.uint8)  # stands in for a product whose pictures are all corrupt
 
@@ -38,10 +39,8 @@ class ProductDataset(torch.utils.data.Dataset):
     def _prepare(self, pic: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         if pic.shape[0] != self.picture_size or pic.shape[1] != self.picture_size:
             pic = np.asarray(Image.fromarray(pic).resize((self.picture_size, self.picture_size), Image.BILINEAR))
-        if self.crop is not None and rng is not None:
+        if rng is not None:  # training: a random crop; evaluation sees the whole picture
             pic = random_crop(pic, self.crop, rng)
-        elif self.crop is not None:
-            pic = center_crop(pic, self.crop)
         return np.ascontiguousarray(pic.transpose(2, 0, 1))
 
     def __getitem__(self, key) -> dict:

@@ -12,15 +12,25 @@ Fusion choices (2017 evidence in DESIGN.md):
 
 The class head is shared between the fused embedding and each picture, which is what gives the
 per-picture rankings; level-1 and level-2 heads sit on the fused embedding.
+
+``build_model`` makes the network from a small description (``spec``) that ``model.pt`` stores
+beside the weights, and ``load_model`` rebuilds a finished run's network from ``model.pt`` alone,
+refusing any file that would run code when loaded (``UnsafeFileError``).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FUSIONS = ("gate", "attention", "mean", "max", "prob-mean")
+from etalage.core.backbones import create_backbone
+from etalage.errors import DataError, UnsafeFileError
+from etalage.options import PICTURE_FUSIONS, check_choice
+
+FUSIONS = PICTURE_FUSIONS
 
 
 def _segment_sum(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
@@ -39,8 +49,7 @@ class MultiImageNet(nn.Module):
     def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, n_level1: int, n_level2: int,
                  fusion: str = "gate", dropout: float = 0.2):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        check_choice(fusion, FUSIONS, "picture fusion")
         self.backbone = backbone
         self.fusion = fusion
         self.num_features = num_features
@@ -89,3 +98,44 @@ class MultiImageNet(nn.Module):
         emb_d = self.dropout(emb)
         return {"logits": logits, "picture_logits": picture_logits, "level1": self.level1_head(emb_d),
                 "level2": self.level2_head(emb_d), "embedding": emb}
+
+
+def build_model(n_classes: int, n_level1: int, n_level2: int, backbone: str, weights: str | None, fusion: str,
+                dropout: float = 0.2) -> tuple[MultiImageNet, dict]:
+    """The core network and the description ``model.pt`` stores to rebuild it without weight files."""
+    bb = create_backbone(backbone, weights)
+    model = MultiImageNet(bb.model, bb.num_features, n_classes, n_level1, n_level2, fusion, dropout)
+    spec = {"backbone": backbone, "num_features": bb.num_features, "n_classes": n_classes, "n_level1": n_level1,
+            "n_level2": n_level2, "fusion": fusion, "dropout": dropout, "mean": list(bb.mean), "std": list(bb.std)}
+    return model, spec
+
+
+def safe_torch_load(path: str | Path, what: str, rebuild: str, trust_pickle: bool = False):
+    """``torch.load`` of tensors and plain values only (``weights_only=True``): a file that asks to run
+    code is refused with one line naming it and ``rebuild`` (the command that makes a clean one).
+    ``trust_pickle=True`` (``--trust-pickle``) loads it as a full pickle instead: only for files
+    you made yourself."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as exc:  # noqa: BLE001 - any refusal or damage is reported the same way
+        refused = not trust_pickle and "Weights only load failed" in str(exc)
+        if not refused:
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise DataError(f"{path}: cannot read the {what} ({type(exc).__name__}: {first}); {rebuild}") from None
+        raise UnsafeFileError(f"{path}: refused: the {what} holds more than tensors and plain values, and loading "
+                              f"it would run code; {rebuild} (or pass --trust-pickle if you made it yourself)"
+                              ) from None
+
+
+def load_model(model_file: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False
+               ) -> tuple[MultiImageNet, dict]:
+    """The finished network saved in ``model_file`` (``RUN/model.pt``) and its spec, in eval mode."""
+    blob = safe_torch_load(model_file, "trained model", f"retrain with `etalage train --out {Path(model_file).parent}`",
+                           trust_pickle)
+    spec = blob["spec"]
+    model, _ = build_model(spec["n_classes"], spec["n_level1"], spec["n_level2"], spec["backbone"], None,
+                           spec["fusion"], spec.get("dropout", 0.2))
+    model.load_state_dict(blob["state_dict"])
+    model.to(device).eval()
+    return model, spec

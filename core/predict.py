@@ -3,80 +3,29 @@ probabilities and (optionally) the fused embedding, written in resumable shards.
 
 Never an N x 5270 matrix: each batch's probabilities are reduced to top-K on the device, and a
 chunk of products becomes one ``part-START-END.npz`` (written atomically) as soon as it is done,
-so a killed run redoes at most one chunk and memory stays flat whatever N is. ``CoreRanking``
-is the one reader every later stage (specialists, fusion, submission) uses.
-
-Dtypes: class indices int32 (-1 = no picture), probabilities float16, product ids int64.
+so a killed run redoes at most one chunk and memory stays flat whatever N is. The parts are read
+back as a ``CoreRanking`` (``etalage.core.ranking``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
-from etalage.catalog.io import (
-    claim_folder,
-    list_parts,
-    load_chunked,
-    part_path,
-    save_npz_atomic,
-    shard_chunk_ranges,
-)
+from etalage.chunks import DEFAULT_CHUNK, list_parts, part_path, shard_chunk_ranges
 from etalage.core.data import ProductDataset, collate, default_workers, to_device
-from etalage.core.train import DistInfo, load_trained, resolve_device
-
-from etalage.errors import ConfigError, StageOutputError
-
-PREDICTION_VERSION = 1
-MAX_PICTURES = 4
-TTA_MODES = ("none", "flip")
-
-
-@dataclass
-class CoreRanking:
-    """The core's ranking of every product of one BSON file, in file order."""
-
-    product_ids: np.ndarray          # (N,) int64
-    topk_class: np.ndarray           # (N, K) int32, best first
-    topk_prob: np.ndarray            # (N, K) float16
-    n_pictures: np.ndarray           # (N,) int8
-    picture_topk_class: np.ndarray   # (N, 4, KP) int32, -1 where the product has fewer pictures
-    picture_topk_prob: np.ndarray    # (N, 4, KP) float16
-    level1_prob: np.ndarray          # (N, L1) float16
-    embedding: np.ndarray | None     # (N, F) float16 when predicted with embeddings
-    meta: dict
-
-    def __len__(self) -> int:
-        return len(self.product_ids)
-
-    @classmethod
-    def load(cls, pred_dir: str | Path, rows: tuple[int, int] | None = None) -> CoreRanking:
-        """Read all shards of ``pred_dir`` (or only the chunk ``rows`` = (start, end)); a gap names the
-        command that fills it."""
-        def command(meta):
-            if meta is None:
-                return f"etalage predict --out {pred_dir} ..."
-            return f"etalage predict --run {meta['run']} --data {meta['data']} --out {pred_dir}"
-
-        meta, cat = load_chunked(pred_dir, rows, "core predictions", command)
-        return cls(cat["product_ids"], cat["topk_class"], cat["topk_prob"], cat["n_pictures"],
-                   cat["picture_topk_class"], cat["picture_topk_prob"], cat["level1_prob"], cat.get("embedding"),
-                   meta)
-
-    def take(self, rows: np.ndarray) -> CoreRanking:
-        """The ranking of some products only (e.g. the core's validation products)."""
-        emb = None if self.embedding is None else self.embedding[rows]
-        return CoreRanking(self.product_ids[rows], self.topk_class[rows], self.topk_prob[rows], self.n_pictures[rows],
-                           self.picture_topk_class[rows], self.picture_topk_prob[rows], self.level1_prob[rows], emb,
-                           self.meta)
-
-    def top1(self) -> np.ndarray:
-        """Best class index per product (int32)."""
-        return self.topk_class[:, 0]
+from etalage.core.model import load_model
+from etalage.core.ranking import MAX_PICTURES, PREDICTION_VERSION, CoreRanking
+from etalage.core.rundir import RunDir
+from etalage.core.runtime import resolve_device
+from etalage.errors import StageOutputError
+from etalage.files import claim_folder, save_npz_atomic
+from etalage.options import TTA_MODES, check_choice
+from etalage.progress import bar as progress_bar
 
 
 def _digest(positions: np.ndarray) -> str:
@@ -93,20 +42,20 @@ class CorePredictor:
     >>> ranking.topk_class[:3]
     """
 
-    def __init__(self, run: str | Path, device: str = "auto", batch_size: int = 64, workers: int | None = None,
-                 tta: str = "none", compile: bool = False, channels_last: bool = False):
-        if tta not in TTA_MODES:
-            raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-        self.run = Path(run)
-        self.device = resolve_device(device, DistInfo())
-        self.model, self.spec, self.taxonomy = load_trained(run, self.device)
+    def __init__(self, run: str | Path | RunDir, device: str = "auto", batch_size: int = 64,
+                 workers: int | None = None, tta: str = "none", compile: bool = False, channels_last: bool = False,
+                 trust_pickle: bool = False):
+        self.tta = check_choice(tta, TTA_MODES, "--tta")
+        self.run = run if isinstance(run, RunDir) else RunDir(run)
+        self.device = resolve_device(device)
+        self.model, self.spec = load_model(self.run.require_model(), self.device, trust_pickle)
+        self.taxonomy = self.run.taxonomy()
         self.channels_last = channels_last and self.device.type == "cuda"  # see TrainConfig.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile else self.model
         self.batch_size = batch_size
         self.workers = workers if workers is not None else default_workers(self.device)
-        self.tta = tta
 
     @torch.no_grad()
     def predict_batch(self, batch, topk: int, picture_topk: int, embedding: bool) -> dict[str, np.ndarray]:
@@ -140,7 +89,7 @@ class CorePredictor:
         return {k: v.cpu().numpy() for k, v in out.items()}
 
     def predict_catalog(self, catalog: Catalog, out_dir: str | Path, topk: int = 20, picture_topk: int = 5,
-                        shard: tuple[int, int] = (0, 1), embedding: bool = False, chunk: int = 4096,
+                        shard: tuple[int, int] = (0, 1), embedding: bool = False, chunk: int = DEFAULT_CHUNK,
                         positions: np.ndarray | None = None, producer: str | None = None,
                         progress: bool = True) -> CoreRanking | None:
         """Predict shard ``i/n`` of ``catalog`` into ``out_dir``; finished chunks are not redone.
@@ -152,7 +101,7 @@ class CorePredictor:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         positions = np.arange(len(catalog)) if positions is None else np.asarray(positions, np.int64)
-        meta = {"version": PREDICTION_VERSION, "run": str(self.run), "data": str(catalog.path),
+        meta = {"version": PREDICTION_VERSION, "run": str(self.run.path), "data": str(catalog.path),
                 "data_stamp": file_stamp(Path(catalog.path)), "n_products": len(positions),
                 "positions_digest": _digest(positions), "producer": producer, "chunk": chunk,
                 "topk": topk, "picture_topk": picture_topk, "tta": self.tta, "embedding": embedding,
@@ -161,11 +110,9 @@ class CorePredictor:
         done = list_parts(out_dir)
         todo = [c for c in shard_chunk_ranges(len(positions), chunk, shard) if c not in done]
         ds = ProductDataset(catalog, positions, None, self.spec.get("picture_size", 180), None)
-        from tqdm import tqdm
-
         total = sum(b - a for a, b in todo)
-        with tqdm(total=total, unit="product", desc=f"predict {Path(catalog.path).name}", disable=not progress,
-                  leave=False, dynamic_ncols=True) as bar:
+        with progress_bar(total=total, unit="product", desc=f"predict {Path(catalog.path).name}",
+                          enabled=progress) as bar:
             for a, b in todo:
                 sub = torch.utils.data.Subset(ds, range(a, b))
                 loader = torch.utils.data.DataLoader(sub, batch_size=self.batch_size, collate_fn=collate,

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from etalage.catalog.bsonindex import ranks_within
-from etalage.catalog.io import atomic_write
+from etalage.errors import ConfigError, StageOutputError
+from etalage.files import atomic_write, write_json_atomic
+from etalage.fusion.folder import FusionDir
 from etalage.fusion.signals import (
     HASH_FEATURE_NAMES,
     PictureHashIndex,
@@ -33,8 +36,7 @@ from etalage.fusion.table import (
     specialist_candidates,
     specialist_features,
 )
-
-from etalage.errors import ConfigError, StageOutputError
+from etalage.options import RERANKER_KINDS, check_choice
 
 HASH_CANDIDATE_MAX_CLASSES = 5  # a picture seen with more classes is a placeholder: no candidates from it
 
@@ -76,7 +78,7 @@ def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarra
     pic_own = None
     if training_queries:
         if own_classes is None:
-            raise ValueError("training_queries needs own_classes")
+            raise ConfigError("training_queries needs own_classes")
         pic_own = np.asarray(own_classes)[picture_owner]
     feats.update(signals.hash_index.features(picture_md5, picture_owner, owner, cls, pic_own))
     feats.update(signals.id_prior.features(ranking.product_ids[owner], cls, signals.ks, exclude_self=training_queries))
@@ -85,10 +87,13 @@ def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarra
     return CandidateTable(owner, cls, feats)
 
 
-def feature_groups(names) -> dict[str, list[str]]:
+def feature_groups(names, specialist_names: list[str] | tuple[str, ...] = ()) -> dict[str, list[str]]:
     """The table's columns by signal, for the ablation: core, hash, id (with the class frequency),
-    specialists (scores, their own features, OCR summary)."""
+    specialists (scores, their own features, OCR summary), and each specialist's own columns under
+    ``specialist:NAME`` (its score and rank of the class and its features)."""
     groups: dict[str, list[str]] = {"core": [], "hash": [], "id": [], "specialists": []}
+    for name in specialist_names:
+        groups[f"specialist:{name}"] = []
     for n in names:
         if n in CORE_FEATURE_NAMES:
             groups["core"].append(n)
@@ -98,11 +103,16 @@ def feature_groups(names) -> dict[str, list[str]]:
             groups["id"].append(n)
         else:
             groups["specialists"].append(n)
+            for name in specialist_names:
+                if n.startswith(f"{name}_"):
+                    groups[f"specialist:{name}"].append(n)
     return groups
 
 
-MODEL_FILE, META_FILE = "fusion.lgb.txt", "fusion.json"
-KINDS = ("ranker", "binary")
+KINDS = RERANKER_KINDS
+# LightGBM's settings; `etalage fusion fit --lgb KEY=VALUE` overrides any of them.
+DEFAULT_LGB = {"n_estimators": 500, "learning_rate": 0.1, "num_leaves": 31, "min_child_samples": 10,
+               "early_stopping_rounds": 30}
 
 
 @dataclass
@@ -119,36 +129,42 @@ class FusionModel:
 
     @classmethod
     def fit(cls, table: CandidateTable, truth: np.ndarray, feature_names: tuple[str, ...], kind: str = "ranker",
-            valid_fraction: float = 0.2, seed: int = 0, n_estimators: int = 500,
-            valid_products: np.ndarray | None = None, learning_rate: float = 0.1) -> FusionModel:
+            valid_fraction: float = 0.2, seed: int = 0, valid_products: np.ndarray | None = None,
+            lgb_params: dict | None = None) -> FusionModel:
         """``truth``: the class of each product row. Products are split for early stopping
-        (``valid_products``: a boolean mask over product rows, else a random ``valid_fraction``)."""
+        (``valid_products``: a boolean mask over product rows, else a random ``valid_fraction``).
+        ``lgb_params`` override ``DEFAULT_LGB`` (any LightGBM scikit-learn parameter)."""
         import lightgbm as lgb
 
-        if kind not in KINDS:
-            raise ConfigError(f"fusion model kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        check_choice(kind, KINDS, "fusion model kind")
+        params = {**DEFAULT_LGB, **(lgb_params or {})}
+        stopping = int(params.pop("early_stopping_rounds"))
+        params.update(random_state=seed, verbose=-1, n_jobs=-1)
         y = (table.classes == np.asarray(truth)[table.owner]).astype(np.int32)
         X = table.matrix(feature_names)
         n_products = int(table.owner.max()) + 1
         if valid_products is None:
             valid_products = np.random.default_rng(seed).random(n_products) < valid_fraction
         va = valid_products[table.owner]
-        params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=31, min_child_samples=10,
-                      random_state=seed, verbose=-1, n_jobs=-1)
-        callbacks = [lgb.early_stopping(30, verbose=False)]
-        if kind == "ranker":
-            model = lgb.LGBMRanker(objective="lambdarank", **params)
-            model.fit(X[~va], y[~va], group=_group_sizes(table.owner[~va]), eval_X=(X[va],), eval_y=(y[va],),
-                      eval_group=[_group_sizes(table.owner[va])], eval_at=[5], callbacks=callbacks)
-        else:
-            model = lgb.LGBMClassifier(objective="binary", **params)
-            model.fit(X[~va], y[~va], eval_X=(X[va],), eval_y=(y[va],), callbacks=callbacks)
-        return cls(kind, tuple(feature_names), model.booster_, int(model.best_iteration_ or n_estimators))
+        callbacks = [lgb.early_stopping(stopping, verbose=False)]
+        names = list(feature_names)  # saved in the model file, so other tools see named columns
+        try:
+            if kind == "ranker":
+                model = lgb.LGBMRanker(objective="lambdarank", **params)
+                model.fit(X[~va], y[~va], group=_group_sizes(table.owner[~va]), eval_X=(X[va],), eval_y=(y[va],),
+                          eval_group=[_group_sizes(table.owner[va])], eval_at=[5], callbacks=callbacks,
+                          feature_name=names)
+            else:
+                model = lgb.LGBMClassifier(objective="binary", **params)
+                model.fit(X[~va], y[~va], eval_X=(X[va],), eval_y=(y[va],), callbacks=callbacks, feature_name=names)
+        except (TypeError, ValueError, lgb.basic.LightGBMError) as exc:
+            raise ConfigError(f"LightGBM refused the settings {params}: {exc}") from None
+        return cls(kind, tuple(feature_names), model.booster_, int(model.best_iteration_ or params["n_estimators"]))
 
     @classmethod
     def fit_best(cls, table: CandidateTable, truth: np.ndarray, feature_names: tuple[str, ...],
-                 kinds: tuple[str, ...] = KINDS, valid_fraction: float = 0.2, seed: int = 0
-                 ) -> tuple[FusionModel, dict[str, float]]:
+                 kinds: tuple[str, ...] = KINDS, valid_fraction: float = 0.2, seed: int = 0,
+                 lgb_params: dict | None = None) -> tuple[FusionModel, dict[str, float]]:
         """Fit each kind with the same early-stopping products and keep the one with the best product
         top-1 on them (ties, common on small sets: the better mean reciprocal rank of the truth in the
         top 5); returns the model and every kind's validation top-1."""
@@ -157,7 +173,8 @@ class FusionModel:
         truth = np.asarray(truth)
         scores, keys, models = {}, {}, {}
         for kind in kinds:
-            models[kind] = cls.fit(table, truth, feature_names, kind, seed=seed, valid_products=valid)
+            models[kind] = cls.fit(table, truth, feature_names, kind, seed=seed, valid_products=valid,
+                                   lgb_params=lgb_params)
             top = models[kind].rank(table, n_products, 5)[0][valid]
             hit = top == truth[valid][:, None]
             mrr = float((hit / np.arange(1, 6)).sum(1).mean())
@@ -199,28 +216,35 @@ class FusionModel:
         pairs = sorted(zip(self.feature_names, gain.tolist(), strict=True), key=lambda kv: -kv[1])
         return dict(pairs)
 
-    def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(folder / MODEL_FILE, "w") as fh:
+    def save(self, folder: str | Path | FusionDir) -> None:
+        folder = folder if isinstance(folder, FusionDir) else FusionDir(folder)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        with atomic_write(folder.model_file, "w") as fh:
             fh.write(self.booster.model_to_string(num_iteration=self.best_iteration or None))
-        with atomic_write(folder / META_FILE, "w") as fh:
-            json.dump({"kind": self.kind, "features": list(self.feature_names), "config": self.config}, fh, indent=2)
+        write_json_atomic(folder.meta_file, {"kind": self.kind, "features": list(self.feature_names),
+                                             "config": self.config})
 
     @classmethod
-    def load(cls, folder: str | Path, expected_features: tuple[str, ...] | None = None) -> FusionModel:
+    def load(cls, folder: str | Path | FusionDir, expected_features: tuple[str, ...] | None = None) -> FusionModel:
         import lightgbm as lgb
 
-        folder = Path(folder)
-        if not (folder / META_FILE).exists() or not (folder / MODEL_FILE).exists():
+        folder = folder if isinstance(folder, FusionDir) else FusionDir(folder)
+        if not folder.exists:
             raise StageOutputError(f"{folder}: no fusion model; run `etalage fusion fit --out {folder} ...`")
-        meta = json.loads((folder / META_FILE).read_text())
-        names = tuple(meta["features"])
+        try:
+            meta = json.loads(folder.meta_file.read_text())
+            names = tuple(meta["features"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StageOutputError(f"{folder.meta_file}: unreadable ({exc}); refit with `etalage fusion fit`") from None
         if expected_features is not None and set(names) - set(expected_features):
             missing = sorted(set(names) - set(expected_features))
             raise ConfigError(f"{folder}: the model needs features the table lacks ({', '.join(missing[:5])}); "
                               f"rebuild the table with the same signals or retrain with `etalage fusion fit`")
-        booster = lgb.Booster(model_str=(folder / MODEL_FILE).read_text())
+        try:
+            booster = lgb.Booster(model_str=folder.model_file.read_text())
+        except lgb.basic.LightGBMError as exc:
+            raise StageOutputError(f"{folder.model_file}: unreadable LightGBM model ({exc}); refit with "
+                                   f"`etalage fusion fit`") from None
         return cls(meta["kind"], names, booster, 0, meta.get("config", {}))
 
 

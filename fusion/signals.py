@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from etalage.catalog.bsonindex import ranks_within
 
 _SHIFT = np.int64(2**40)  # product ids are < 2**40; class indices < 2**23

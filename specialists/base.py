@@ -1,46 +1,52 @@
-"""The specialist plugin API: what a specialist sees, what it returns, and how it is found.
+"""The specialist plugin API: what a specialist sees, what it returns, and what the base class does
+for it.
 
-A specialist looks at the products the core routes to it (``gate``), reads their text (OCR boxes
-of every picture, through ``etalage.ocr``), and scores its own classes. Built-in and third-party
-specialists are found the same way, through the ``etalage.specialists`` entry-point group:
+A specialist scores the classes of some level-1 groups for the products the core routes to it. A
+minimal plugin sets ``groups`` (and ``feature_names`` if it gives fusion features) and writes two
+methods, as scikit-learn estimators do:
 
-    [project.entry-points."etalage.specialists"]
-    books = "etalage.specialists.books:BooksSpecialist"
+- ``fit(readings, labels, taxonomy) -> self``: learned attributes end in ``_``;
+- ``predict(readings) -> SpecialistOutput``.
 
-Discovery is cached, duplicate names warn (the first wins, built-ins first), and a plugin whose
-import fails becomes a named warning, never a crash. ``ETALAGE_DISABLE_PLUGIN_AUTOLOAD=1`` keeps
-only the built-ins (for reproducible benchmarks), like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD.
+Its name is its entry-point name (``etalage.specialists.plugins``); the base class saves and loads
+it as data only (constructor parameters as JSON, learned attributes through skops with a trusted-types
+check: ``etalage.specialists.persist``), stamped with the etalage and plugin versions. A specialist
+that reads gets each product's OCR boxes; one that looks sets ``needs = ("pictures",)`` (or both) and
+gets the decoded pictures too.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata as md
-import logging
-import os
-import warnings
+import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from etalage.errors import ConfigError
+from etalage.core.ranking import ROUTING_THRESHOLD, CoreRanking
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from etalage.catalog.taxonomy import Taxonomy
+    from etalage.ocr.base import TextBox
 
-ENTRY_POINT_GROUP = "etalage.specialists"
-AUTOLOAD_SWITCH = "ETALAGE_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_DISTRIBUTION = "etalage"
+NEEDS = ("text", "pictures")
 
 
 @dataclass
 class ProductReading:
-    """What a specialist gets for one product: the text read on each of its pictures."""
+    """What a specialist gets for one product.
+
+    ``boxes``: per readable picture, the OCR boxes found on it (empty lists when the specialist does
+    not read); ``picture_features``: per picture, the ``etalage.ocr.features.PICTURE_FEATURE_NAMES``
+    vector; ``pictures``: the decoded (H, W, 3) uint8 RGB pictures, for specialists that need them.
+    """
 
     product_id: int
-    boxes: list[list]          # per picture, a list of etalage.ocr.TextBox
-    picture_features: np.ndarray  # (n_pictures, len(PICTURE_FEATURE_NAMES)) float32, see etalage.ocr.features
+    boxes: list[list[TextBox]]
+    picture_features: np.ndarray
+    pictures: list[np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def text(self) -> str:
@@ -69,121 +75,64 @@ class SpecialistOutput:
 
 
 class Specialist(ABC):
-    """Base class of specialists. Subclasses set ``name`` and ``groups`` and implement
-    ``fit``, ``predict``, ``save`` and ``load``; ``gate`` has a default."""
+    """Base class of specialists (see the module docstring; docs/plugins.md has a full example).
+
+    Class attributes a plugin may set: ``groups`` (level-1 names whose classes it scores),
+    ``feature_names`` (of ``SpecialistOutput.features``, the same for every product: fusion needs fixed
+    columns even for chunks it scored nothing in), ``needs`` (``"text"``, ``"pictures"``),
+    ``gate_threshold``, ``trusted_types`` (extra types its learned attributes hold, for the data-only
+    loader). ``name`` is set from the entry point. Constructor arguments are its options
+    (``etalage specialists fit --option NAME.KEY=VALUE``); keep each as an attribute of the same name.
+    """
 
     name: str = ""
-    groups: tuple[str, ...] = ()      # level-1 names whose classes the specialist scores
-    gate_threshold: float = 0.3       # core probability mass on the groups that sends a product here
-    feature_names: tuple[str, ...] = ()  # names of SpecialistOutput.features, the same for every product:
-    #                                     fusion needs fixed columns even for chunks it scored nothing in
+    groups: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ("text",)
+    gate_threshold: float = ROUTING_THRESHOLD
+    trusted_types: tuple[str, ...] = ()
 
-    def classes(self, taxonomy) -> np.ndarray:
+    def classes(self, taxonomy: Taxonomy) -> np.ndarray:
         """Taxonomy class indices (int32) the specialist scores: all classes under its groups."""
         return np.concatenate([taxonomy.classes_under(g) for g in self.groups]).astype(np.int32)
 
-    def gate(self, ranking, taxonomy) -> np.ndarray:
-        """Boolean mask over ``ranking``'s products: which ones this specialist looks at.
-
-        Default: the core's level-1 probability on the groups reaches ``gate_threshold``, or the
-        core's best class is in them.
-        """
-        ids = [taxonomy.level1_index(g) for g in self.groups]
-        mass = ranking.level1_prob[:, ids].astype(np.float32).sum(1)
-        return (mass >= self.gate_threshold) | np.isin(taxonomy.level1_of[ranking.top1()], ids)
+    def gate(self, ranking: CoreRanking, taxonomy: Taxonomy) -> np.ndarray:
+        """Boolean mask over ``ranking``'s products: which ones this specialist looks at. Default: the
+        core's routing rule (``CoreRanking.routed_to``) for the specialist's groups."""
+        return ranking.routed_to([taxonomy.level1_index(g) for g in self.groups], taxonomy.level1_of,
+                                 self.gate_threshold)
 
     @abstractmethod
-    def fit(self, readings: list[ProductReading], labels: np.ndarray, taxonomy) -> None:
-        """Learn from training products' readings and their taxonomy class indices."""
+    def fit(self, readings: list[ProductReading], labels: np.ndarray, taxonomy: Taxonomy) -> Specialist:
+        """Learn from training products' readings and their taxonomy class indices; return self."""
 
     @abstractmethod
     def predict(self, readings: list[ProductReading]) -> SpecialistOutput:
         """Score the specialist's classes for each product."""
 
-    @abstractmethod
+    # -- parameters and persistence (data only) ---------------------------------------------------
+    def get_params(self) -> dict:
+        """The constructor's arguments, read back from the attributes of the same name."""
+        params = {}
+        for p in inspect.signature(type(self).__init__).parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            params[p.name] = getattr(self, p.name, p.default)
+        return params
+
+    def learned_state(self) -> dict:
+        """Learned attributes: public names ending in ``_`` (scikit-learn's convention)."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
     def save(self, folder: str | Path) -> None:
-        ...
+        """Write ``folder/specialist.json`` (manifest: versions, parameters) and ``folder/state.skops``."""
+        from etalage.specialists.persist import save_specialist
+
+        save_specialist(self, folder)
 
     @classmethod
-    @abstractmethod
     def load(cls, folder: str | Path) -> Specialist:
-        ...
+        """A fitted specialist from ``save``'s folder; nothing in the folder can run code."""
+        from etalage.specialists.persist import load_specialist
 
-
-# ---------------------------------------------------------------------------------------------
-# discovery
-
-
-@dataclass(frozen=True)
-class SpecialistEntry:
-    name: str
-    origin: str        # the distribution that provides it ("etalage" for built-ins)
-    target: str        # "module:Class"
-    factory: type | None
-    error: str | None = None
-
-    @property
-    def groups(self) -> tuple[str, ...]:
-        return tuple(getattr(self.factory, "groups", ())) if self.factory else ()
-
-
-@functools.cache
-def discover() -> dict[str, SpecialistEntry]:
-    """Name -> entry for every specialist registered under the entry-point group (cached).
-
-    Built-ins come first and keep their names; a plugin that fails to import is kept with its error
-    (``etalage specialists list`` shows it) and a warning names it.
-    """
-    autoload = os.environ.get(AUTOLOAD_SWITCH, "") not in ("1", "true", "yes")
-    found: dict[str, SpecialistEntry] = {}
-    eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP),
-                 key=lambda ep: (_origin(ep) != BUILTIN_DISTRIBUTION, ep.name))
-    for ep in eps:
-        origin = _origin(ep)
-        if origin != BUILTIN_DISTRIBUTION and not autoload:
-            continue
-        if ep.name in found:
-            warnings.warn(f"specialist {ep.name!r} from {origin} ignored: the name is taken by "
-                          f"{found[ep.name].origin}", stacklevel=2)
-            continue
-        try:
-            factory = ep.load()
-            if not (isinstance(factory, type) and issubclass(factory, Specialist)):
-                raise TypeError(f"{ep.value} is not a Specialist subclass")
-            found[ep.name] = SpecialistEntry(ep.name, origin, ep.value, factory)
-        except Exception as exc:  # noqa: BLE001 - any broken plugin is reported, not fatal
-            warnings.warn(f"specialist plugin {ep.name!r} from {origin} failed to load and is skipped: "
-                          f"{type(exc).__name__}: {exc}", stacklevel=2)
-            found[ep.name] = SpecialistEntry(ep.name, origin, ep.value, None, f"{type(exc).__name__}: {exc}")
-    return found
-
-
-def _origin(ep) -> str:
-    dist = getattr(ep, "dist", None)
-    return dist.metadata["Name"] if dist is not None else "?"
-
-
-def available() -> dict[str, SpecialistEntry]:
-    """The specialists that loaded."""
-    return {k: v for k, v in discover().items() if v.factory is not None}
-
-
-def create_specialist(name: str, **options) -> Specialist:
-    entries = available()
-    if name not in entries:
-        raise ConfigError(f"unknown specialist {name!r}; available: {', '.join(sorted(entries)) or 'none'}")
-    return entries[name].factory(**options)
-
-
-def safe_predict(specialist: Specialist, readings: list[ProductReading]) -> SpecialistOutput | None:
-    """``predict`` that turns a plugin's exception into a warning naming it (the pipeline goes on)."""
-    try:
-        out = specialist.predict(readings)
-        if out.scores.shape[0] != len(readings):
-            raise ValueError(f"returned {out.scores.shape[0]} rows for {len(readings)} products")
-        return out
-    except Exception as exc:  # noqa: BLE001
-        warnings.warn(f"specialist {specialist.name!r} failed and is skipped: {type(exc).__name__}: {exc}",
-                      stacklevel=2)
-        log.warning("specialist %s failed: %s", specialist.name, exc)
-        return None
+        return load_specialist(cls, folder)

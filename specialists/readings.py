@@ -1,42 +1,35 @@
-"""From catalog products to ``ProductReading``s: decode, OCR through the cache, box features."""
+"""From catalogue products to ``ProductReading``s: their readable pictures (``etalage.ocr.pictures``),
+the text on them through the OCR cache (each picture read once, ever, per engine), the per-picture
+box features and, for specialists that look, the decoded pictures."""
 
 from __future__ import annotations
 
 import numpy as np
+
 from etalage.catalog import Catalog
-from etalage.catalog.pictures import CorruptPicture, decode_picture
 from etalage.ocr.base import OcrEngine
 from etalage.ocr.cache import OcrCache, read_cached
 from etalage.ocr.features import PICTURE_FEATURE_NAMES, picture_features
+from etalage.ocr.pictures import product_pictures
+from etalage.progress import bar as progress_bar
 from etalage.specialists.base import ProductReading
 
 
-def read_products(catalog: Catalog, positions: np.ndarray, engine: OcrEngine, cache: OcrCache, md5: np.ndarray,
-                  batch: int = 32, progress: bool = False) -> list[ProductReading]:
-    """Readings of the products at ``positions`` (pictures read once, ever, per engine)."""
-    from tqdm import tqdm
-
-    first = catalog.index.products["first_picture"]
+def read_products(catalog: Catalog, positions: np.ndarray, engine: OcrEngine | None, cache: OcrCache | None,
+                  needs: tuple[str, ...] = ("text",), batch: int = 32, progress: bool = False) -> list[ProductReading]:
+    """Readings of the products at ``positions``: with ``"text"`` in ``needs`` their pictures are read
+    by ``engine`` through ``cache``; with ``"pictures"`` the decoded pictures come along."""
+    reads = "text" in needs
     out = []
-    for start in tqdm(range(0, len(positions), batch), desc=f"read {engine.name}", unit="batch",
-                      disable=not progress, leave=False):
-        part = positions[start:start + batch]
-        pics, keys, owner = [], [], []
-        for j, pos in enumerate(part):
-            for k, data in enumerate(catalog.picture_bytes(int(pos))):
-                try:
-                    pic = decode_picture(data)
-                except CorruptPicture:
-                    continue
-                if min(pic.shape[:2]) < 8:
-                    continue
-                pics.append(pic)
-                keys.append(md5[first[pos] + k].tobytes())
-                owner.append(j)
-        boxes = read_cached(engine, cache, pics, keys) if pics else []
-        for j, pos in enumerate(part):
-            mine = [i for i, o in enumerate(owner) if o == j]
-            feats = np.stack([picture_features(boxes[i], *pics[i].shape[:2]) for i in mine]) if mine else \
+    desc = f"read {engine.name}" if reads and engine is not None else "pictures"
+    for start in progress_bar(range(0, len(positions), batch), desc=desc, unit="batch", enabled=progress):
+        pp = product_pictures(catalog, positions[start:start + batch])
+        boxes = read_cached(engine, cache, pp.pictures, pp.md5) if reads and pp.pictures else \
+            [[] for _ in pp.pictures]
+        for j, pos in enumerate(positions[start:start + batch]):
+            mine = pp.of(j)
+            feats = np.stack([picture_features(boxes[i], *pp.pictures[i].shape[:2]) for i in mine]) if mine else \
                 np.zeros((1, len(PICTURE_FEATURE_NAMES)), np.float32)
-            out.append(ProductReading(int(catalog.product_ids[pos]), [boxes[i] for i in mine], feats))
+            out.append(ProductReading(int(catalog.product_ids[pos]), [boxes[i] for i in mine], feats,
+                                      [pp.pictures[i] for i in mine] if "pictures" in needs else None))
     return out

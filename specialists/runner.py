@@ -1,76 +1,75 @@
-"""Specialists over a catalogue, for fusion: fit them on training products, then score the products
-the core routes to them, chunk by chunk, into files the fusion stage reads.
+"""Specialists over a catalogue: fit them on training products, then score the products the core
+routes to them, chunk by chunk, into files fusion reads.
 
 Fitting leaves out the core's validation products: fusion trains on those, and a specialist that had
 seen them would look better there than on the test set. Scoring follows the core's chunks
-(``part-START-END.npz`` per specialist, written atomically), so a killed run redoes at most one chunk
-and ``--shard i/n`` splits the work the same way as the core's predictions.
+(``NAME/part-START-END.npz``, written atomically), so a killed run redoes at most one chunk and
+``--shard i/n`` splits the work the same way as the core's predictions. Every call into a plugin goes
+through ``etalage.specialists.guard``: a chunk where a plugin failed gets no part but a
+``NAME/failed-START-END.json`` note, so fusion goes on without it there, the stage's summary counts
+it, and the next run tries it again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from etalage.catalog import Catalog
-from etalage.catalog.io import (
-    atomic_write,
-    list_parts,
-    load_chunked,
-    part_path,
-    save_npz_atomic,
-    shard_chunk_ranges,
-)
-from etalage.ocr.features import SUMMARY_NAMES
-from etalage.specialists.base import ProductReading, Specialist, available, create_specialist, safe_predict
 
+from etalage.catalog import Catalog
+from etalage.chunks import list_parts, load_chunked, part_path, shard_chunk_ranges
+from etalage.core.ranking import CoreRanking
 from etalage.errors import ConfigError, StageOutputError
+from etalage.files import save_npz_atomic, write_json_atomic
+from etalage.ocr.features import OCR_SUMMARY_NAMES, text_summary
+from etalage.progress import bar as progress_bar
+from etalage.specialists.base import ProductReading, Specialist
+from etalage.specialists.guard import check_fitted, guarded_gate, guarded_predict
+from etalage.specialists.persist import load_specialist
+from etalage.specialists.plugins import available, create_specialist, uses_old_contract
+from etalage.specialists.readings import read_products
 
 log = logging.getLogger(__name__)
 
 SPECIALIST_TOPK = 10   # classes kept per product and specialist (all later stages need)
-OCR_SUMMARY_NAMES = ("ocr_text_length", "ocr_box_count", "ocr_confidence_mean")
+FIT_STAMP = "fit.json"
 
 
-def ocr_summary(readings: list[ProductReading]) -> np.ndarray:
-    """``OCR_SUMMARY_NAMES`` per product (float32): characters and boxes over all its pictures,
-    confidence averaged over its boxes."""
-    i_len, i_box, i_conf = (SUMMARY_NAMES.index(n) for n in ("text_length", "box_count", "confidence_mean"))
-    out = np.zeros((len(readings), len(OCR_SUMMARY_NAMES)), np.float32)
-    for j, r in enumerate(readings):
-        f = r.picture_features
-        boxes = f[:, i_box].sum()
-        out[j] = (f[:, i_len].sum(), boxes, (f[:, i_conf] * f[:, i_box]).sum() / boxes if boxes else 0.0)
-    return out
+def needs_of(specialists) -> tuple[str, ...]:
+    """What readings must carry for all of ``specialists`` together."""
+    return tuple(sorted({n for s in specialists for n in s.needs}))
 
 
 # ---------------------------------------------------------------------------------------------
 # fitting
 
 
-def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path, engine, cache, md5: np.ndarray,
+def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path, engine, cache,
                     exclude: np.ndarray | None = None, max_train: int = 2000, seed: int = 0,
-                    progress: bool = True) -> list[dict]:
+                    options: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
     """Fit each named specialist on (up to ``max_train``) training products of its groups, leaving out
-    the positions in ``exclude``; saved under ``out/NAME``. A specialist already fitted with the same
-    settings is kept (a rerun only fits what is missing)."""
-    from etalage.specialists.readings import read_products
-
+    the positions in ``exclude``; saved under ``out/NAME``. ``options``: constructor arguments per
+    name. A specialist already fitted with the same settings is kept (a rerun only fits what is
+    missing). A plugin that fails on its own training products is refused here (``ConfigError``)."""
     out = Path(out)
     labels = taxonomy.indices_of(train.category_ids)
     allowed = np.ones(len(train), bool)
     if exclude is not None:
         allowed[np.asarray(exclude, np.int64)] = False
+    options = options or {}
     rows = []
     for name in names:
-        spec = create_specialist(name)
-        settings = {"train": str(train.path), "max_train": max_train, "seed": seed, "engine": engine.name,
-                    "engine_key": engine.cache_key, "engine_options": engine.options, "excluded": int((~allowed).sum())}
+        spec = create_specialist(name, **options.get(name, {}))
+        settings = {"train": str(train.path), "max_train": max_train, "seed": seed, "excluded": int((~allowed).sum()),
+                    "options": options.get(name, {}), "needs": list(spec.needs)}
+        if "text" in spec.needs:
+            settings.update(engine=engine.name, engine_key=engine.cache_key, engine_options=engine.options)
         folder = out / name
-        stamp = folder / "fit.json"
+        stamp = folder / FIT_STAMP
         if stamp.exists() and json.loads(stamp.read_text()).get("settings") == settings:
             rows.append(json.loads(stamp.read_text()))
             log.info("specialist %s: reusing %s", name, folder)
@@ -81,19 +80,31 @@ def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path,
                               f"of {train.path}; it needs at least 2")
         rng = np.random.default_rng(seed)
         pos = np.sort(rng.choice(pos, min(max_train, len(pos)), replace=False))
-        spec.fit(read_products(train, pos, engine, cache, md5, progress=progress), labels[pos], taxonomy)
+        readings = read_products(train, pos, engine, cache, spec.needs, progress=progress)
+        if spec.fit(readings, labels[pos], taxonomy) is None:
+            warnings.warn(f"specialist {name!r}: fit returned None; it should return self (the pre-0.2 contract, "
+                          f"deprecated)", DeprecationWarning, stacklevel=2)
+        check_fitted(spec, readings, taxonomy)
         spec.save(folder)
         row = {"specialist": name, "groups": list(spec.groups), "train_products": int(len(pos)), "settings": settings}
-        with atomic_write(stamp, "w") as fh:
-            json.dump(row, fh, indent=2)
+        write_json_atomic(stamp, row)
         rows.append(row)
     return rows
 
 
-def load_fitted(folder: str | Path, names: list[str] | None = None) -> list[Specialist]:
+def fitted_names(folder: str | Path) -> list[str]:
+    return sorted(p.parent.name for p in Path(folder).glob(f"*/{FIT_STAMP}"))
+
+
+def fit_settings(folder: str | Path) -> list[dict]:
+    """The settings every specialist under ``folder`` was fitted with (``fit.json``)."""
+    return [json.loads((Path(folder) / n / FIT_STAMP).read_text())["settings"] for n in fitted_names(folder)]
+
+
+def load_fitted(folder: str | Path, names: list[str] | None = None, trust_pickle: bool = False) -> list[Specialist]:
     """The specialists fitted under ``folder`` (one sub-folder each, as ``fit_specialists`` writes)."""
     folder = Path(folder)
-    found = sorted(p.parent.name for p in folder.glob("*/fit.json"))
+    found = fitted_names(folder)
     if names is not None:
         missing = [n for n in names if n not in found]
         if missing:
@@ -107,12 +118,20 @@ def load_fitted(folder: str | Path, names: list[str] | None = None) -> list[Spec
     for name in found:
         if name not in entries:
             raise ConfigError(f"{folder / name}: specialist {name!r} is not installed (see `etalage specialists list`)")
-        out.append(entries[name].factory.load(folder / name))
+        factory = entries[name].factory
+        if uses_old_contract(factory):
+            out.append(factory.load(folder / name))
+        else:
+            out.append(load_specialist(factory, folder / name, trust_pickle))
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # scoring
+
+
+def failed_path(folder: str | Path, start: int, end: int) -> Path:
+    return Path(folder) / f"failed-{start:09d}-{end:09d}.json"
 
 
 @dataclass
@@ -129,25 +148,50 @@ class SpecialistRanking:
 
     @classmethod
     def load(cls, folder: str | Path, rows: tuple[int, int] | None = None) -> SpecialistRanking:
-        """All parts of ``folder`` (or only the chunk ``rows`` = (start, end), renumbered from 0)."""
+        """All parts of ``folder`` (or only the chunk ``rows`` = (start, end), renumbered from 0). A chunk
+        where the plugin failed reads as one where it looked at nothing."""
+        folder = Path(folder)
+        if rows is not None and failed_path(folder, *rows).exists() and (rows not in list_parts(folder)):
+            meta = json.loads((folder / "meta.json").read_text())
+            return cls.empty(meta["name"], tuple(meta["feature_names"]))
         meta, cat = load_chunked(folder, rows, "specialist scores",
                                  lambda _meta: "etalage submit --fusion FUSION ... (or etalage fusion fit)")
         row = cat["rows"] - (rows[0] if rows is not None else 0)
         return cls(meta["name"], row, cat["topk_class"], cat["topk_score"], cat["features"],
                    tuple(meta["feature_names"]), cat["ocr"])
 
+    @classmethod
+    def empty(cls, name: str, feature_names: tuple[str, ...]) -> SpecialistRanking:
+        return cls(name, np.zeros(0, np.int64), np.zeros((0, SPECIALIST_TOPK), np.int32),
+                   np.zeros((0, SPECIALIST_TOPK), np.float32), np.zeros((0, len(feature_names)), np.float32),
+                   feature_names, np.zeros((0, len(OCR_SUMMARY_NAMES)), np.float32))
+
+
+@dataclass
+class ScoringSummary:
+    """What a scoring stage did, per specialist: products scored, chunks where the plugin failed
+    (retried by the next run), and the chunks that were failed before and now succeeded."""
+
+    scored: dict[str, int] = field(default_factory=dict)
+    failed_chunks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    recovered_chunks: list[tuple[int, int]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        for name in self.scored:
+            failed = self.failed_chunks.get(name, [])
+            note = f", failed on {len(failed)} chunk(s) (retried by the next run)" if failed else ""
+            out.append(f"{name}: {self.scored[name]} products scored{note}")
+        return out
+
 
 def score_catalog(specialists: list[Specialist], predictions, catalog: Catalog, positions: np.ndarray, taxonomy,
-                  engine, cache, md5: np.ndarray, out_dir: str | Path, shard: tuple[int, int] = (0, 1),
-                  producer: str | None = None, progress: bool = True) -> None:
+                  engine, cache, out_dir: str | Path, shard: tuple[int, int] = (0, 1), producer: str | None = None,
+                  progress: bool = True) -> ScoringSummary:
     """Score the products of the core's ``predictions`` (a ``CoreRanking``, or its folder: then one
     chunk at a time is loaded) that each specialist's gate lets through, into
     ``out_dir/NAME/part-*.npz``. Ranking row r is the product at ``positions[r]`` of ``catalog``.
-    Finished chunks are skipped."""
-    from etalage.core.predict import CoreRanking
-    from etalage.specialists.readings import read_products
-    from tqdm import tqdm
-
+    Finished chunks are skipped; failed ones are tried again."""
     out_dir = Path(out_dir)
     positions = np.asarray(positions, np.int64)
     if isinstance(predictions, CoreRanking):
@@ -158,55 +202,73 @@ def score_catalog(specialists: list[Specialist], predictions, catalog: Catalog, 
         chunk_of = lambda a, b: CoreRanking.load(predictions, (a, b))  # noqa: E731
     n_products, chunk = int(meta["n_products"]), int(meta["chunk"])
     shard_chunks = shard_chunk_ranges(n_products, chunk, shard)
+    summary = ScoringSummary()
     todo = {}  # specialist name -> its chunks still to score
     for spec in specialists:
         (out_dir / spec.name).mkdir(parents=True, exist_ok=True)
+        _write_meta(out_dir / spec.name, spec, n_products, chunk, producer)
         done = list_parts(out_dir / spec.name)
         todo[spec.name] = {c for c in shard_chunks if c not in done}
+        summary.scored[spec.name] = 0
+    needs = needs_of(specialists)
     chunks = [c for c in shard_chunks if any(c in t for t in todo.values())]
-    with tqdm(total=sum(b - a for a, b in chunks), unit="product", desc="specialists", disable=not progress,
-              leave=False, dynamic_ncols=True) as bar:
+    with progress_bar(total=sum(b - a for a, b in chunks), unit="product", desc="specialists",
+                      enabled=progress) as bar:
         for a, b in chunks:
             part = chunk_of(a, b)  # one load of the core's chunk, and one reading per product, for all
             read: dict[int, ProductReading] = {}
             for spec in specialists:
                 if (a, b) not in todo[spec.name]:
                     continue
-                rows = np.flatnonzero(spec.gate(part, taxonomy))
-                wanted = positions[a + rows]
-                new = np.array([p for p in wanted if int(p) not in read], np.int64)
-                read.update(zip(new.tolist(), read_products(catalog, new, engine, cache, md5), strict=True))
-                _score_chunk(spec, [read[int(p)] for p in wanted], a + rows, out_dir / spec.name, a, b)
+                folder = out_dir / spec.name
+                mask = guarded_gate(spec, part, taxonomy)
+                result = None
+                if mask is not None:
+                    rows = np.flatnonzero(mask)
+                    wanted = positions[a + rows]
+                    new = np.array([p for p in wanted if int(p) not in read], np.int64)
+                    read.update(zip(new.tolist(), read_products(catalog, new, engine, cache, needs), strict=True))
+                    readings = [read[int(p)] for p in wanted]
+                    result = _score_chunk(spec, readings, a + rows, folder, a, b, taxonomy)
+                if result is None:
+                    write_json_atomic(failed_path(folder, a, b), {"specialist": spec.name, "chunk": [a, b]})
+                    summary.failed_chunks.setdefault(spec.name, []).append((a, b))
+                    continue
+                summary.scored[spec.name] += result
+                if failed_path(folder, a, b).exists():
+                    failed_path(folder, a, b).unlink()
+                    summary.recovered_chunks.append((a, b))
             bar.update(b - a)
-    for spec in specialists:
-        _write_meta(out_dir / spec.name, spec, n_products, chunk, list(spec.feature_names), producer)
+    return summary
 
 
-def _score_chunk(spec: Specialist, readings: list[ProductReading], rows: np.ndarray, folder: Path, a: int,
-                 b: int) -> None:
+def _score_chunk(spec: Specialist, readings: list[ProductReading], rows: np.ndarray, folder: Path, a: int, b: int,
+                 taxonomy) -> int | None:
     """One part file: the specialist's top classes, features and OCR summary for the gated ``rows``
-    of products a..b (an empty part when nothing was gated or the plugin failed, already warned)."""
+    of products a..b. Returns the products scored, or None when the plugin failed (already warned)."""
     names = list(spec.feature_names)
-    result = safe_predict(spec, readings) if len(rows) else None
-    if result is None:
-        rows = rows[:0]
+    if len(rows):
+        result = guarded_predict(spec, readings, taxonomy)
+        if result is None:
+            return None
+        top_c, top_s = result.topk(SPECIALIST_TOPK)
+        feats = result.features
+        ocr = np.stack([text_summary(r.boxes) for r in readings])
+    else:
         top_c, top_s = np.zeros((0, SPECIALIST_TOPK), np.int32), np.zeros((0, SPECIALIST_TOPK), np.float32)
         feats = np.zeros((0, len(names)), np.float32)
         ocr = np.zeros((0, len(OCR_SUMMARY_NAMES)), np.float32)
-    else:
-        top_c, top_s = result.topk(SPECIALIST_TOPK)
-        feats, ocr = result.features.astype(np.float32), ocr_summary(readings)
-        if list(result.feature_names) != names:
-            raise ConfigError(f"specialist {spec.name!r} returned features {list(result.feature_names)} "
-                              f"but declares feature_names {names}; fusion needs the same columns "
-                              f"for every product")
+    k = SPECIALIST_TOPK
+    if top_c.shape[1] < k:  # a specialist with fewer classes than k: pad so every part has k columns
+        pad = k - top_c.shape[1]
+        top_c = np.pad(top_c, ((0, 0), (0, pad)), constant_values=-1)
+        top_s = np.pad(top_s, ((0, 0), (0, pad)), constant_values=0)
     save_npz_atomic(part_path(folder, a, b), rows=np.asarray(rows, np.int64), topk_class=top_c.astype(np.int32),
                     topk_score=top_s.astype(np.float32), features=feats, ocr=ocr)
+    return int(len(rows))
 
 
-def _write_meta(folder: Path, spec: Specialist, n_products: int, chunk: int, names: list[str],
-                producer: str | None) -> None:
-    meta = {"name": spec.name, "n_products": n_products, "chunk": chunk, "feature_names": names,
+def _write_meta(folder: Path, spec: Specialist, n_products: int, chunk: int, producer: str | None) -> None:
+    meta = {"name": spec.name, "n_products": n_products, "chunk": chunk, "feature_names": list(spec.feature_names),
             "producer": producer}
-    with atomic_write(folder / "meta.json", "w") as fh:
-        json.dump(meta, fh, indent=2)
+    write_json_atomic(folder / "meta.json", meta)

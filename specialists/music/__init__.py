@@ -4,7 +4,6 @@ from etalage.specialists.text import TextSpecialist
 
 
 class MusicSpecialist(TextSpecialist):
-    name = "music"
     groups = ("MUSIQUE",)
 
 

@@ -3,9 +3,9 @@ import hashlib
 import bson
 import numpy as np
 import pytest
+
 from etalage.catalog.bsonindex import BsonIndex, build_index, hash_pictures, index_path_for, load_md5
 from etalage.catalog.catalog import Catalog
-
 from etalage.errors import DataError
 
 
@@ -91,10 +91,39 @@ def test_stale_index_is_detected(tmp_path):
     path = _write(tmp_path / "s.bson", [{"_id": 1, "imgs": [{"picture": b"a"}], "category_id": 1}])
     build_index(path)
     BsonIndex.load(path)
-    _write(path, [{"_id": 1, "imgs": [{"picture": b"a"}], "category_id": 1}] * 2)
+    _write(path, [{"_id": i, "imgs": [{"picture": b"a"}], "category_id": 1} for i in (1, 2)])
     with pytest.raises(DataError, match="stale"):
         BsonIndex.load(path)
     assert len(BsonIndex.open(path)) == 2, "open() rebuilds a stale index"
+
+
+def test_damaged_derived_files_are_rebuilt_never_trusted(tmp_path):
+    path = _write(tmp_path / "d.bson", [{"_id": i, "imgs": [{"picture": bytes([i]) * 9}], "category_id": 1}
+                                        for i in range(3)])
+    idx = build_index(path)
+    md5 = hash_pictures(path, workers=1)
+    index_file = index_path_for(path)
+    index_file.write_bytes(index_file.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match="unreadable index"):
+        BsonIndex.load(path)
+    assert np.array_equal(BsonIndex.open(path).products, idx.products)
+    # the dump edited in place with the same picture count: the old hashes describe other pictures
+    import os
+
+    _write(path, [{"_id": i, "imgs": [{"picture": bytes([i + 7]) * 9}], "category_id": 1} for i in range(3)])
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(DataError, match="stale"):
+        load_md5(path)
+    fresh = Catalog.open(path, md5=True).md5
+    assert not np.array_equal(fresh, md5) and np.array_equal(load_md5(path), fresh)
+
+
+def test_duplicate_ids_are_rejected_by_name(tmp_path):
+    path = _write(tmp_path / "dup.bson", [{"_id": i, "imgs": [{"picture": b"a"}], "category_id": 1}
+                                          for i in (5, 6, 5, 7, 6)])
+    with pytest.raises(DataError, match=r"duplicate _id 5, 6 \(the second 5 at offset \d+\)"):
+        build_index(path)
+    assert not index_path_for(path).exists(), "nothing written"
 
 
 def test_md5_matches_hashlib_with_any_worker_count(synth_dir, tmp_path):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+
 from etalage.catalog import Taxonomy
 from etalage.catalog.submission import read_id_category_csv, score_submission, write_submission
-
 from etalage.errors import DataError
 
 

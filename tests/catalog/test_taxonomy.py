@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from etalage.catalog.taxonomy import Taxonomy
 
+from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import TaxonomyError
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
 from etalage.core.train import TrainConfig, train
 
 train_bson, out = sys.argv[1], Path(sys.argv[2])

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from etalage.core.backbones import OFFLINE_WEIGHTS, create_backbone, load_state_dict_checked
 from PIL import Image
 
+from etalage.core.backbones import OFFLINE_WEIGHTS, create_backbone, load_state_dict_checked
 from etalage.errors import ConfigError
 
 

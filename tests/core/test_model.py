@@ -1,7 +1,8 @@
 import pytest
 import torch
-from etalage.core.model import FUSIONS, MultiImageNet
 from torch import nn
+
+from etalage.core.model import FUSIONS, MultiImageNet
 
 
 class Flat(nn.Module):

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
-from etalage.catalog import Catalog
-from etalage.core.predict import CorePredictor, CoreRanking
 
+from etalage.catalog import Catalog
+from etalage.core.predict import CorePredictor
+from etalage.core.ranking import CoreRanking
 from etalage.errors import ConfigError, StageOutputError
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from etalage.core.train import TrainConfig, accumulation_at, lr_at, train
 
 from etalage.cli import main
+from etalage.core.train import TrainConfig, accumulation_at, lr_at, train
 from etalage.errors import ConfigError, DataError, TaxonomyError
 from tests.conftest import TINY
 

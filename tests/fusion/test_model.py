@@ -3,14 +3,14 @@ beat the core on the test set, where product-id runs and duplicate pictures carr
 
 import numpy as np
 import pytest
+
 from etalage.catalog import Catalog, Taxonomy
 from etalage.catalog.submission import read_id_category_csv
 from etalage.core.predict import CorePredictor
+from etalage.errors import ConfigError
 from etalage.fusion.model import FusionModel, assemble, feature_groups
 from etalage.fusion.signals import TrainingSignals
 from etalage.fusion.table import CORE_FEATURE_NAMES, CandidateTable
-
-from etalage.errors import ConfigError
 
 
 def _pictures(catalog, md5, rows_positions):

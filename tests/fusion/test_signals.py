@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from etalage.fusion.signals import IdNeighbourPrior, PictureHashIndex, neighbour_ks
 
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from etalage.catalog import Catalog, Taxonomy
 from etalage.core.predict import CorePredictor
 from etalage.fusion.table import CORE_FEATURE_NAMES, CandidateTable, candidates, core_features
@@ -41,7 +42,8 @@ def test_candidates_and_core_features(ranking, synth_dir):
 
 def test_specialist_features_match_a_direct_lookup():
     from etalage.fusion.table import specialist_candidates, specialist_features
-    from etalage.specialists.runner import OCR_SUMMARY_NAMES, SpecialistRanking
+    from etalage.ocr.features import OCR_SUMMARY_NAMES
+    from etalage.specialists.runner import SpecialistRanking
 
     rng = np.random.default_rng(0)
     n_products, k = 30, 4
@@ -74,6 +76,13 @@ def test_specialist_features_match_a_direct_lookup():
             if len(hit):
                 best, rank = max(best, o.topk_score[j, hit[0]]), min(rank, float(hit[0]))
         assert f["specialist_score"][i] == pytest.approx(best) and f["specialist_rank"][i] == rank
+        own = [o for o in looked if o.name == "books"]
+        if own:
+            j = int(np.flatnonzero(own[0].rows == p)[0])
+            hit = np.flatnonzero(own[0].topk_class[j] == c)
+            assert f["books_score"][i] == pytest.approx(own[0].topk_score[j, hit[0]] if len(hit) else 0.0)
+        else:
+            assert np.isnan(f["books_score"][i])
         books = outs[0]
         if p in books.rows:
             assert f["books_a"][i] == books.features[np.flatnonzero(books.rows == p)[0], 0]

@@ -2,8 +2,9 @@ import io
 
 import numpy as np
 import pytest
-from etalage.catalog.synth import draw_cover
 from PIL import Image
+
+from etalage.synth import draw_cover
 
 TITLES = [("Basics of Video Lighting", "Des Lyver"), ("Watercolor Solutions", "Charles Reid"),
           ("Aircraft The Jet as Art", "Jeffrey Milstein"), ("Pattern Book of New Orleans", "Roulhac Toledano")]
@@ -27,6 +28,13 @@ def easyocr_engine():
     from etalage.ocr import load_engine
 
     return load_engine("easyocr")
+
+
+@pytest.fixture(scope="session")
+def rapidocr_engine():
+    from etalage.ocr import load_engine
+
+    return load_engine("rapidocr")
 
 
 @pytest.fixture(scope="session")

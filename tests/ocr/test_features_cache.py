@@ -1,8 +1,10 @@
 import multiprocessing as mp
 
 import numpy as np
+import pytest
+
 from etalage.ocr.base import OcrEngine, TextBox, box_quad
-from etalage.ocr.cache import OcrCache, decode_boxes, encode_boxes, read_cached
+from etalage.ocr.cache import OcrCache, read_cached
 from etalage.ocr.features import PICTURE_FEATURE_NAMES, SUMMARY_NAMES, picture_features
 
 
@@ -23,14 +25,39 @@ def test_picture_features_layout_and_values():
     assert v["crnn_5"] == 0.0, "features of the two boxes cancel in the mean"
 
 
-def test_boxes_roundtrip_through_the_cache_encoding():
-    back = decode_boxes(encode_boxes(_boxes()))
+def test_boxes_roundtrip_through_the_cache_in_plain_columns(tmp_path):
+    import sqlite3
+
+    with OcrCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many([(b"a" * 16, _boxes()), (b"b" * 16, [TextBox("é", 1.0, box_quad(1, 2, 3, 4), None)]),
+                        (b"c" * 16, [])], "engine/x")
+        got = cache.get_many([b"a" * 16, b"b" * 16, b"c" * 16, b"d" * 16], "engine/x")
+    back = got[b"a" * 16]
     assert [b.text for b in back] == ["ABC 12", "roman"]
     assert np.array_equal(back[1].features, -np.arange(256, dtype=np.float32))
     assert np.array_equal(back[0].quad, box_quad(0, 0, 90, 18))
-    plain = decode_boxes(encode_boxes([TextBox("é", 1.0, box_quad(1, 2, 3, 4), None)]))
-    assert plain[0].text == "é" and plain[0].features is None
-    assert decode_boxes(encode_boxes([])) == []
+    assert got[b"b" * 16][0].text == "é" and got[b"b" * 16][0].features is None
+    assert got[b"c" * 16] == [] and b"d" * 16 not in got, "read with no text is not the same as never read"
+    rows = sqlite3.connect(tmp_path / "c.sqlite").execute(
+        "SELECT text, confidence, x0, y2 FROM boxes WHERE engine = 'engine/x' ORDER BY md5, box").fetchall()
+    assert rows == [("ABC 12", pytest.approx(0.9), 0.0, 18.0), ("roman", 0.5, 0.0, 180.0), ("é", 1.0, 1.0, 4.0)]
+
+
+def test_a_cache_of_the_older_layout_is_converted(tmp_path):
+    import json
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE boxes (md5 BLOB NOT NULL, engine TEXT NOT NULL, payload BLOB NOT NULL, "
+               "PRIMARY KEY (md5, engine)) WITHOUT ROWID")
+    head = {"text": ["old"], "conf": [0.8], "quad": [[0, 0, 1, 0, 1, 1, 0, 1]], "dim": 0}
+    db.execute("INSERT INTO boxes VALUES (?, ?, ?)", (b"m" * 16, "e/1", json.dumps(head).encode() + b"\0"))
+    db.commit()
+    db.close()
+    with OcrCache(path) as cache:
+        assert [b.text for b in cache.get_many([b"m" * 16], "e/1")[b"m" * 16]] == ["old"]
+        assert cache.count("e/1") == 1
 
 
 class CountingEngine(OcrEngine):

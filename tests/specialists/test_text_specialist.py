@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
-from etalage.catalog.synth import default_taxonomy
+
+from etalage.errors import ConfigError
 from etalage.ocr.base import TextBox, box_quad
 from etalage.ocr.features import PICTURE_FEATURE_NAMES
 from etalage.specialists import ProductReading, create_specialist
 from etalage.specialists.text import normalise
-
-from etalage.errors import ConfigError
+from etalage.synth import default_taxonomy
 
 VOCAB = {0: "dragon chateau royaume", 1: "cuisine recettes gateaux", 2: "physics chemistry lessons",
          3: "voyage ocean island"}

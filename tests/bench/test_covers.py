@@ -1,8 +1,8 @@
 import json
 
 import pytest
-from etalage.specialists.bookcover import genre_taxonomy, read_listing
 
+from etalage.bench.covers import genre_taxonomy, read_listing
 from etalage.cli import main
 from etalage.errors import DataError
 

@@ -3,15 +3,15 @@
 import json
 
 import numpy as np
+
 from etalage.catalog import Catalog
 from etalage.catalog.submission import read_id_category_csv
-
 from etalage.cli import main
 
 
 def test_submit_covers_every_test_product_in_order(tiny_run, synth_dir, tmp_path, capsys):
     out = tmp_path / "submission.csv"
-    assert main(["submit", "--run", str(tiny_run), "--test", str(synth_dir / "test.bson"), "--out", str(out),
+    assert main(["submit", "--run", str(tiny_run), "--data", str(synth_dir / "test.bson"), "--out", str(out),
                  "--workers", "0", "-q"]) == 0
     ids, cats = read_id_category_csv(out)
     assert np.array_equal(ids, Catalog.open(synth_dir / "test.bson").product_ids)
@@ -42,8 +42,8 @@ def test_demo_end_to_end(tmp_path, capsys):
         "submission.csv is the fused one"
     rows = {r["specialist"]: r for r in report["specialists"]}
     assert set(rows) == {"books", "music"} and all(r["train_products"] > 0 for r in rows.values())
-    assert (out / "specialists" / "books" / "specialist.joblib").exists()
+    assert (out / "specialists" / "books" / "state.skops").exists(), "saved as data, not a pickle"
     assert (out / "fusion" / "fusion.lgb.txt").exists()
     # a second run reuses every finished stage
-    assert main(argv) == 0
-    assert "reusing" in capsys.readouterr().out
+    assert main([a for a in argv if a != "-q"]) == 0
+    assert capsys.readouterr().err.count("reusing") >= 3

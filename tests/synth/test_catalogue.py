@@ -5,9 +5,10 @@ from collections import defaultdict
 import bson
 import numpy as np
 import pytest
+
 from etalage.catalog import Catalog, Taxonomy
 from etalage.catalog.pictures import decode_picture
-from etalage.catalog.synth import SynthConfig, write_synthetic_catalogue
+from etalage.synth import SynthConfig, write_synthetic_catalogue
 
 
 def _ids(path):

@@ -14,7 +14,6 @@ gives the same bytes with any number of worker processes.
 
 from __future__ import annotations
 
-import colorsys
 import csv
 import functools
 import io
@@ -24,13 +23,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from etalage.catalog.fonts import load_font
-from etalage.catalog.io import atomic_write
-from etalage.catalog.taxonomy import Taxonomy
-from etalage.catalog.words import ENGLISH, FILLER, FIRST_NAMES, FRENCH, LAST_NAMES
 from PIL import Image, ImageDraw
 
-SIZE = 180
+from etalage.catalog.taxonomy import Taxonomy
+from etalage.errors import ConfigError
+from etalage.files import atomic_write
+from etalage.progress import bar as progress_bar
+from etalage.synth.covers import SIZE, draw_cover, hsv_rgb
+from etalage.synth.fonts import load_font
+from etalage.synth.words import ENGLISH, FILLER, FIRST_NAMES, FRENCH, LAST_NAMES
+
 BOOKS, MUSIC = "LIBRAIRIE", "MUSIQUE"
 PICTURES_PER_PRODUCT_P = (0.62, 0.15, 0.09, 0.14)  # 1.75 pictures per product, as in train.bson
 
@@ -88,13 +90,13 @@ class SynthConfig:
 
     def check(self) -> None:
         if self.products < 1:
-            raise ValueError("products must be >= 1")
+            raise ConfigError("products must be >= 1")
         for name in ("test_fraction", "noise", "text_strength", "duplicate_rate", "placeholder_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
+                raise ConfigError(f"{name} must be in [0, 1], got {v}")
         if self.id_run_length < 1:
-            raise ValueError("id_run_length must be >= 1")
+            raise ConfigError("id_run_length must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,11 +172,6 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
-def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
-    r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1))
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
 
 
@@ -211,7 +208,7 @@ def _shape_polygon(shape: int, cx: float, cy: float, r: float, rot: float) -> li
 
 
 def _background(rng: np.random.Generator, noise: float) -> np.ndarray:
-    base = np.array(_rgb(rng.random(), 0.15 * noise * rng.random(), 0.85 + 0.15 * rng.random()), np.float32)
+    base = np.array(hsv_rgb(rng.random(), 0.15 * noise * rng.random(), 0.85 + 0.15 * rng.random()), np.float32)
     grad = (rng.normal(0, 25 * noise) * (_YY / SIZE - 0.5))[..., None]
     return np.clip(base + grad, 0, 255)
 
@@ -219,8 +216,8 @@ def _background(rng: np.random.Generator, noise: float) -> np.ndarray:
 def _draw_generic(style: _ClassStyle, rng: np.random.Generator, noise: float) -> Image.Image:
     canvas = _background(rng, noise)
     hue = style.hue + rng.normal(0, 0.025 * noise)
-    fg = np.array(_rgb(hue, 0.75 + 0.2 * rng.random(), 0.55 + 0.4 * rng.random()), np.float32)
-    fg2 = np.array(_rgb(hue + 0.5, 0.3, 0.95), np.float32)
+    fg = np.array(hsv_rgb(hue, 0.75 + 0.2 * rng.random(), 0.55 + 0.4 * rng.random()), np.float32)
+    fg2 = np.array(hsv_rgb(hue + 0.5, 0.3, 0.95), np.float32)
     pattern = _texture_mask(style.texture, rng)
     r = SIZE * (0.28 + 0.12 * rng.random() * (0.5 + noise))
     cx = SIZE / 2 + rng.normal(0, 18 * noise)
@@ -234,7 +231,7 @@ def _draw_generic(style: _ClassStyle, rng: np.random.Generator, noise: float) ->
     draw = ImageDraw.Draw(img)
     for _ in range(rng.poisson(3 * noise)):  # clutter: small shapes of any colour
         x, y, s = rng.integers(0, SIZE, 2).tolist() + [int(rng.integers(6, 22))]
-        draw.ellipse([x, y, x + s, y + s], fill=_rgb(rng.random(), rng.random(), rng.random()))
+        draw.ellipse([x, y, x + s, y + s], fill=hsv_rgb(rng.random(), rng.random(), rng.random()))
     arr = np.asarray(img).astype(np.float32) + rng.normal(0, 10 * noise, (SIZE, SIZE, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
@@ -250,66 +247,6 @@ def _cover_words(style: _ClassStyle, rng: np.random.Generator, strength: float) 
     person = str(rng.choice(style.people)) if rng.random() < strength else \
         f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
     return " ".join(words), person
-
-
-def _fit_lines(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        trial = f"{line} {word}".strip()
-        if line and draw.textlength(trial, font=font) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = trial
-    return lines + ([line] if line else [])
-
-
-def draw_cover(title: str, person: str, rng: np.random.Generator, kind: str = "book") -> Image.Image:
-    """A 180x180 product photo of a book (portrait) or CD (square, disc showing) cover.
-
-    Colours, fonts and layouts are random but drawn from one distribution per kind, so only the
-    printed words tell two classes apart. Also used to render covers for the OCR benchmarks.
-    """
-    img = Image.new("RGB", (SIZE, SIZE), _rgb(0, 0, 0.93 + 0.07 * rng.random()))
-    draw = ImageDraw.Draw(img)
-    if kind == "music":
-        side = int(rng.integers(140, 168))
-        x0, y0 = int(rng.integers(2, SIZE - side - 1)), int(rng.integers(2, SIZE - side - 1))
-        w, h = side, side
-        dx = x0 + side - side // 3
-        draw.ellipse([dx, y0 + 8, dx + side - 16, y0 + side - 8], fill=(200, 200, 205), outline=(120, 120, 120))
-    else:
-        w, h = int(rng.integers(108, 132)), int(rng.integers(158, 176))
-        x0, y0 = int(rng.integers(2, SIZE - w - 1)), int(rng.integers(2, SIZE - h - 1))
-    dark = rng.random() < 0.5
-    bg = _rgb(rng.random(), 0.3 + 0.5 * rng.random(), 0.15 + 0.25 * rng.random() if dark else 0.8 + 0.2 * rng.random())
-    ink = _rgb(rng.random(), 0.2 * rng.random(), 0.95 if dark else 0.08)
-    draw.rectangle([x0, y0, x0 + w, y0 + h], fill=bg, outline=(60, 60, 60))
-    if rng.random() < 0.5:  # a decorative band
-        by = y0 + int(rng.integers(h // 3, 2 * h // 3))
-        draw.rectangle([x0, by, x0 + w, by + int(rng.integers(8, 24))], fill=_rgb(rng.random(), 0.5, 0.7))
-    font_id = int(rng.integers(0, 64))
-    title_size = int(rng.integers(15, 22))
-    person_font = load_font(font_id + int(rng.integers(0, 3)), int(rng.integers(12, 16)))
-    title = title.upper() if rng.random() < 0.4 else title
-    while True:  # shrink the title until its longest word and all its lines fit the cover
-        title_font = load_font(font_id, title_size)
-        title_lines = _fit_lines(draw, title, title_font, w - 10)
-        fits_width = max(draw.textlength(t, font=title_font) for t in title_lines) <= w - 10
-        fits_height = len(title_lines) * (title_size + 3) <= 0.65 * h
-        if title_size <= 10 or (fits_width and fits_height):
-            break
-        title_size -= 1
-    title_lines = title_lines[: max(1, int(0.65 * h) // (title_size + 3))]  # a long subtitle is cut, as on covers
-    layout = rng.integers(0, 3)  # title top, middle or bottom; the name opposite
-    line_h = title_font.size + 3
-    ty = {0: y0 + 8, 1: y0 + h // 2 - line_h * len(title_lines) // 2, 2: y0 + h - 8 - line_h * len(title_lines)}[
-        int(layout)]
-    for k, line in enumerate(title_lines):
-        draw.text((x0 + 5, ty + k * line_h), line, font=title_font, fill=ink)
-    py = y0 + h - person_font.size - 8 if layout == 0 else y0 + 6
-    draw.text((x0 + 5, py), person, font=person_font, fill=ink)
-    return img
 
 
 def _placeholders(quality: int) -> list[bytes]:
@@ -388,11 +325,7 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
     jobs = [(i, int(plan["labels"][i]), int(plan["n_pics"][i]), plan["kind"][i], plan["stock"][i])
             for i in range(cfg.products)]
     workers = max(1, cfg.workers or os.cpu_count() or 1)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.products, unit="product", desc="synth", leave=False)
+    bar = progress_bar(total=cfg.products, unit="product", desc="synth", enabled=progress)
     counts = {"train": 0, "test": 0, "pictures": 0}
     cat_ids = tax.category_ids
     with atomic_write(out_dir / "train.bson") as train_fh, atomic_write(out_dir / "test.bson") as test_fh:
@@ -417,14 +350,12 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
                     train_fh.write(bson.encode(doc))
                     counts["train"] += 1
                 counts["pictures"] += len(pictures)
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
         finally:
             if pool is not None:
                 pool.close()
                 pool.join()
-            if bar is not None:
-                bar.close()
+            bar.close()
     tax.save(out_dir / "category_names.csv")
     test_rows = np.flatnonzero(plan["is_test"])
     with atomic_write(out_dir / "test_labels.csv", "w", newline="") as fh:

@@ -12,15 +12,15 @@ probabilities averaged).
 from __future__ import annotations
 
 import csv
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from etalage.catalog.taxonomy import Taxonomy
 
+from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import DataError
+from etalage.progress import bar as progress_bar
 
 PUBLISHED = {  # top-1 on BookCover30's test set; all trained on 51,300 books
     "Iwana et al. AlexNet (cover)": 0.247,
@@ -76,8 +76,9 @@ def genre_taxonomy(books: list[Book]) -> Taxonomy:
 
 def cover_pictures(books: list[Book], images: str | Path | None, seed: int = 0) -> list[np.ndarray]:
     """Covers as 180x180 RGB arrays: the real files from ``images``, or rendered (JPEG quality 75)."""
-    from etalage.catalog.synth import SIZE, draw_cover
     from PIL import Image
+
+    from etalage.synth.covers import SIZE, render_cover
 
     out = []
     for i, b in enumerate(books):
@@ -92,10 +93,7 @@ def cover_pictures(books: list[Book], images: str | Path | None, seed: int = 0) 
             canvas.paste(img, ((SIZE - img.width) // 2, (SIZE - img.height) // 2))
             out.append(np.asarray(canvas))
         else:
-            img = draw_cover(b.title, b.author, np.random.default_rng([seed, i]))
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=75)
-            out.append(np.asarray(Image.open(buf).convert("RGB")))
+            out.append(render_cover(b.title, b.author, np.random.default_rng([seed, i])))
     return out
 
 
@@ -116,10 +114,9 @@ def ocr_readings(pictures: list[np.ndarray], engine, cache, progress: bool = Fal
     from etalage.ocr.cache import read_cached
     from etalage.ocr.features import picture_features
     from etalage.specialists.base import ProductReading
-    from tqdm import tqdm
 
     out = []
-    for start in tqdm(range(0, len(pictures), 32), desc="ocr covers", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(pictures), 32), desc="ocr covers", enabled=progress):
         part = pictures[start:start + 32]
         keys = [hashlib.md5(p.tobytes()).digest() for p in part]
         for j, (pic, boxes) in enumerate(zip(part, read_cached(engine, cache, part, keys), strict=True)):
@@ -130,8 +127,8 @@ def ocr_readings(pictures: list[np.ndarray], engine, cache, progress: bool = Fal
 def image_features(pictures: list[np.ndarray], batch: int = 64, progress: bool = False) -> np.ndarray:
     """Pooled ImageNet features of efficientnet_lite0 (offline weights), one row per cover."""
     import torch
+
     from etalage.core.backbones import create_backbone
-    from tqdm import tqdm
 
     bb = create_backbone("efficientnet_lite0", "imagenet")
     model = bb.model.eval()
@@ -139,7 +136,7 @@ def image_features(pictures: list[np.ndarray], batch: int = 64, progress: bool =
     std = torch.tensor(bb.std).view(1, 3, 1, 1)
     out = []
     with torch.no_grad():
-        for i in tqdm(range(0, len(pictures), batch), desc="cnn covers", disable=not progress, leave=False):
+        for i in progress_bar(range(0, len(pictures), batch), desc="cnn covers", enabled=progress):
             x = torch.from_numpy(np.stack(pictures[i:i + batch])).permute(0, 3, 1, 2).float() / 255
             out.append(model((x - mean) / std).numpy())
     return np.concatenate(out).astype(np.float32)
@@ -155,11 +152,12 @@ def topk_scores(proba: np.ndarray, classes: np.ndarray, truth: np.ndarray) -> di
 def run_bookcover(train: list[Book], test: list[Book], images: str | Path | None, work: str | Path,
                   ocr_engine: str = "easyocr", seed: int = 0, progress: bool = True) -> dict:
     """Train on ``train`` and score ``test``; returns the report (without writing it)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     from etalage.ocr import load_engine
     from etalage.ocr.cache import OcrCache
     from etalage.specialists import create_specialist
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

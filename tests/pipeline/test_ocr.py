@@ -1,18 +1,18 @@
 import bson
 import numpy as np
 import pytest
-from etalage.catalog import Catalog, Taxonomy
-from etalage.ocr.cache import OcrCache
-from etalage.ocr.runner import run_ocr, select_products
 
+from etalage.catalog import Catalog, Taxonomy
 from etalage.cli import main
 from etalage.errors import ConfigError
+from etalage.ocr.cache import OcrCache
+from etalage.pipeline.ocr import run_ocr, select_products
 
 
 def test_ocr_command_fills_the_cache_and_resumes(synth_dir, tmp_path, capsys):
     cache = tmp_path / "ocr.sqlite"
     argv = ["ocr", "--data", str(synth_dir / "train.bson"), "--engine", "tesseract", "--groups", "MUSIQUE",
-            "--cache", str(cache), "-q"]
+            "--ocr-cache", str(cache), "-q"]
     assert main(argv) == 0
     first = capsys.readouterr().out
     tax = Taxonomy.load(synth_dir / "category_names.csv")
@@ -33,7 +33,7 @@ def test_corrupt_pictures_are_counted(tmp_path, synth_dir):
     docs = [{"_id": 5, "imgs": [{"picture": b"\xff\xd8 broken"}, {"picture": good}], "category_id": int(books[0])}]
     path = tmp_path / "t.bson"
     path.write_bytes(b"".join(bson.encode(d) for d in docs))
-    s = run_ocr(path, "tesseract", ["LIBRAIRIE"], tmp_path / "c.sqlite", tax, progress=False)
+    s = run_ocr(path, ["LIBRAIRIE"], tax, engine_name="tesseract", cache_path=tmp_path / "c.sqlite", progress=False)
     assert (s.products, s.pictures, s.read, s.unreadable) == (1, 2, 1, 1)
     assert s.unreadable_examples == [(5, 0)]
 

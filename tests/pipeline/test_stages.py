@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+
 from etalage.catalog import Catalog
 from etalage.catalog.submission import read_id_category_csv
-
 from etalage.cli import main
 
 
@@ -25,7 +25,7 @@ def fitted(tiny_run, synth_dir, tmp_path_factory):
 
 
 def _submit(fitted, synth_dir, out, *extra):
-    return main(["submit", "--fusion", str(fitted / "fusion"), "--test", str(synth_dir / "test.bson"), "--out",
+    return main(["submit", "--fusion", str(fitted / "fusion"), "--data", str(synth_dir / "test.bson"), "--out",
                  str(out), "--ocr-cache", str(fitted / "ocr.sqlite"), "--workers", "0", "-q", *extra])
 
 
@@ -63,7 +63,7 @@ def test_submit_whole_equals_shards_and_beats_the_core(fitted, tiny_run, synth_d
     assert _submit(fitted, synth_dir, sharded, "--chunk", "20", "--merge") == 0
     assert sharded.read_text() == whole.read_text()
     core = tmp_path / "core.csv"
-    assert main(["submit", "--run", str(tiny_run), "--test", str(synth_dir / "test.bson"), "--out", str(core),
+    assert main(["submit", "--run", str(tiny_run), "--data", str(synth_dir / "test.bson"), "--out", str(core),
                  "--workers", "0", "-q"]) == 0
     fused_acc, core_acc = _accuracy(whole, synth_dir), _accuracy(core, synth_dir)
     print(f"core {core_acc:.3f} fusion {fused_acc:.3f}")
@@ -100,47 +100,49 @@ def test_merge_before_every_shard_names_the_command(fitted, synth_dir, tmp_path,
 
 
 def test_missing_or_mismatched_stage_outputs_are_clear_errors(fitted, synth_dir, tmp_path, capsys):
-    assert main(["submit", "--fusion", str(tmp_path / "nope"), "--test", str(synth_dir / "test.bson"),
+    assert main(["submit", "--fusion", str(tmp_path / "nope"), "--data", str(synth_dir / "test.bson"),
                  "--out", str(tmp_path / "x.csv"), "-q"]) == 1
     assert "etalage fusion fit" in capsys.readouterr().err
     empty = tmp_path / "no_specs"
     empty.mkdir()
     assert _submit(fitted, synth_dir, tmp_path / "y.csv", "--specialists", str(empty)) == 1
     assert "etalage specialists fit" in capsys.readouterr().err
-    assert main(["fusion", "report", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r.md")]) == 1
+    assert main(["fusion", "report", "--fusion", str(tmp_path / "nope"), "--out", str(tmp_path / "r.md")]) == 1
     assert "etalage fusion fit" in capsys.readouterr().err
     assert _submit(fitted, synth_dir, tmp_path / "t.csv", "--tta", "flip") == 1
     assert "etalage fusion fit --tta flip" in capsys.readouterr().err, "the core must be read as the model saw it"
     # one work folder belongs to one job
     work = tmp_path / "w"
     assert _submit(fitted, synth_dir, tmp_path / "z.csv", "--work", str(work)) == 0
-    assert main(["submit", "--fusion", str(fitted / "fusion"), "--test", str(synth_dir / "train.bson"),
+    assert main(["submit", "--fusion", str(fitted / "fusion"), "--data", str(synth_dir / "train.bson"),
                  "--out", str(tmp_path / "z2.csv"), "--work", str(work), "-q"]) == 1
     assert "holds outputs made with other settings" in capsys.readouterr().err
 
 
 def test_fusion_report_ablation_and_chart(fitted, tmp_path, capsys):
     md = tmp_path / "report.md"
-    assert main(["fusion", "report", "--model", str(fitted / "fusion"), "--out", str(md), "--folds", "2",
+    assert main(["fusion", "report", "--fusion", str(fitted / "fusion"), "--out", str(md), "--folds", "2",
                  "-q"]) == 0
     text = md.read_text()
-    for label in ("core top-1 (no reranker)", "| core |", "core + hash", "core + id", "core + specialists", "| all |"):
+    for label in ("core top-1 (no reranker)", "| core |", "core + hash", "core + id", "core + specialists",
+                  "core + books", "core + music", "all but id", "| all |"):
         assert label in text, label
     assert "Feature importance" in text
     png = md.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    rows = {ln[:28].strip(): float(ln.split()[-1]) for ln in printed.splitlines()[1:6]}
+    rows = {ln[:28].strip(): float(ln.split()[-1]) for ln in printed.splitlines()[1:10]}
     assert all(0 <= v <= 1 for v in rows.values())
 
 
 def test_fusion_predict_writes_ranked_top5(fitted, synth_dir, tmp_path):
-    from etalage.fusion.stages import load_fused
+    from etalage.pipeline.stages import load_fused
+    from etalage.pipeline.workdir import WorkDir
 
     work = tmp_path / "w"
     assert main(["fusion", "predict", "--fusion", str(fitted / "fusion"), "--data", str(synth_dir / "test.bson"),
                  "--work", str(work), "--ocr-cache", str(fitted / "ocr.sqlite"), "--workers", "0", "-q"]) == 0
-    fused = load_fused(work)
+    fused = load_fused(WorkDir(work))
     assert np.array_equal(fused["product_ids"], Catalog.open(synth_dir / "test.bson").product_ids)
     top, score = fused["topk_class"], fused["topk_score"]
     assert top.shape == (len(fused["product_ids"]), 5) and (top[:, 0] >= 0).all()

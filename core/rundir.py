@@ -1,0 +1,97 @@
+"""The run folder of a trained core, as an object: every stage that reads or writes one goes through
+``RunDir``, so its layout is written down once.
+
+``config.json`` (the training settings), ``category_names.csv`` (the taxonomy the class indices refer
+to), ``val_positions.npy`` (the held-out products: fusion trains on them), ``metrics.jsonl`` (one line
+per epoch), ``checkpoint.pt`` (resume state) and, once finished, ``model.pt``. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from etalage.catalog.taxonomy import Taxonomy
+from etalage.errors import ConfigError, StageOutputError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # -- files -----------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def taxonomy_file(self) -> Path:
+        return self.path / "category_names.csv"
+
+    @property
+    def val_file(self) -> Path:
+        return self.path / "val_positions.npy"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / "model.pt"
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.model_file.exists()
+
+    def require_model(self) -> Path:
+        """``model.pt``, or a ``ConfigError`` saying how to make it."""
+        if not self.model_file.exists():
+            hint = " (the run is unfinished: continue it with `etalage train --resume`)" if \
+                self.checkpoint_file.exists() else ""
+            raise ConfigError(f"{self.model_file}: no trained model; run `etalage train --out {self.path}` first{hint}")
+        return self.model_file
+
+    def taxonomy(self) -> Taxonomy:
+        if not self.taxonomy_file.exists():
+            raise StageOutputError(f"{self.taxonomy_file}: not found; is {self.path} a run of `etalage train`?")
+        return Taxonomy.load(self.taxonomy_file)
+
+    def val_positions(self) -> np.ndarray:
+        """The held-out products' positions in the training file (int64, ascending)."""
+        if not self.val_file.exists():
+            raise StageOutputError(f"{self.val_file}: not found; is {self.path} a run of `etalage train` "
+                                   f"(with --val-fraction > 0: fusion trains on those products)?")
+        return np.sort(np.load(self.val_file, allow_pickle=False).astype(np.int64))
+
+    def config(self) -> dict:
+        if not self.config_file.exists():
+            raise StageOutputError(f"{self.config_file}: not found; is {self.path} a run of `etalage train`?")
+        return json.loads(self.config_file.read_text())
+
+    def metrics(self) -> list[dict]:
+        """The lines of ``metrics.jsonl`` (one per evaluation), oldest first."""
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(ln) for ln in self.metrics_file.read_text().splitlines() if ln.strip()]
+
+    def last_metrics(self) -> dict:
+        lines = self.metrics()
+        return lines[-1] if lines else {}

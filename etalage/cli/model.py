@@ -1,0 +1,180 @@
+"""Model commands: train, predict, submit (torch imported inside)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from etalage.cli.data import leaf
+from etalage.cli.options import alias, save_resolved
+from etalage.options import PICTURE_FUSIONS, SCHEDULES, TTA_MODES
+
+
+def register(sub, handlers: dict) -> None:
+    _train(leaf(sub, handlers, ("train",), cmd_train,
+                "train the multi-picture CNN on a labelled BSON dump (one process or torchrun)",
+                "Train the core: a timm backbone on every picture, fusion over each product's 1-4 pictures, a class "
+                "head over the taxonomy plus level-1/level-2 heads. Writes RUN/config.json, RUN/config.yaml (these "
+                "options, for --config), RUN/metrics.jsonl (validation product top-1 per epoch), RUN/checkpoint.pt "
+                "and, when done, RUN/model.pt. Several GPUs or machines: torchrun --nproc_per_node N -m etalage.cli "
+                "train ... (DDP)."))
+    p = leaf(sub, handlers, ("predict",), cmd_predict,
+             "rank every class for each product of a BSON dump (resumable shards)",
+             "Write PRED/part-*.npz: per product the top-K class indices (int32) and probabilities (float16), per "
+             "picture its own top-K, level-1 probabilities and optionally the fused embedding; and PRED/ranking.parquet "
+             "(product id, rank, category id, class index, probability) for pandas, polars or duckdb. Finished "
+             "chunks are not redone after a kill; --shard i/n runs one slice (one machine each, same --out).")
+    p.add_argument("--run", required=True, help="trained run directory (RUN/model.pt)")
+    p.add_argument("--data", required=True, metavar="FILE.bson", help="the dump to predict")
+    p.add_argument("--out", required=True, metavar="PRED", help="prediction directory")
+    p.add_argument("--topk", type=int, default=20, help="classes kept per product")
+    p.add_argument("--picture-topk", type=int, default=5, help="classes kept for each picture")
+    p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
+    p.add_argument("--shard", default="0/1", help="i/n: predict only slice i of n")
+    p.add_argument("--embedding", action="store_true", help="also store the fused embedding (float16)")
+    compute_options(p)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+    p = leaf(sub, handlers, ("submit",), cmd_submit, "write a Kaggle submission (_id,category_id) for a test dump",
+             "With --fusion: the full pipeline, index -> core predictions -> specialists on gated products -> "
+             "fusion -> submission.csv, every stage resumable in WORK. --shard i/n runs one slice (one machine "
+             "each, same WORK on shared storage) and --merge writes the submission once every slice is done. "
+             "Without --fusion: core only (--run). The submission is checked (every test product once, in file "
+             "order, categories of the taxonomy) and written atomically.")
+    pipeline_options(p)
+    p.add_argument("--out", required=True, metavar="submission.csv", help="the submission to write")
+    p.add_argument("--merge", action="store_true", help="only assemble the slices' outputs into --out")
+
+
+def compute_options(p) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="products per batch")
+    p.add_argument("--workers", type=int, help="decoding processes (default: none on CPU, most cores on CUDA)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load model files that hold more than tensors (older etalage); they can run code: only "
+                        "for files you made yourself")
+
+
+def pipeline_options(p) -> None:
+    """Options of the jobs that run a dump through the whole pipeline (submit, fusion predict)."""
+    alias(p, "--data", "--test", required=True, metavar="FILE.bson", help="the dump to predict")
+    p.add_argument("--fusion", metavar="FUSION", help="fusion model (`etalage fusion fit`); it names the run, "
+                                                     "training file and specialists it was fitted with")
+    p.add_argument("--run", help="core run (unset: the fusion model's; required without --fusion)")
+    p.add_argument("--train", metavar="FILE.bson", help="training dump for the hash and id signals (unset: the "
+                                                       "fusion model's)")
+    p.add_argument("--specialists", metavar="SPECS", help="fitted specialists (unset: the fusion model's)")
+    p.add_argument("--work", metavar="WORK", help="stage outputs (unset: OUT_work beside --out, or DATA.work)")
+    p.add_argument("--shard", default="0/1", help="i/n: run slice i of n only")
+    p.add_argument("--chunk", type=int, default=4096,
+                   help="products per resumable part (a killed job redoes at most one; shards are whole parts)")
+    p.add_argument("--ocr-cache", help="SQLite OCR cache (unset: ocr-cache.sqlite beside the data)")
+    p.add_argument("--topk", type=int, default=20, help="core top-K (core-only submissions)")
+    p.add_argument("--tta", choices=TTA_MODES, help="core test-time augmentation (unset: the fusion model's, "
+                                                    "else none)")
+    compute_options(p)
+
+
+def _train(p) -> None:
+    from etalage.core.config import TrainConfig
+
+    d = TrainConfig(train="", out="")
+    p.add_argument("--train", required=True, metavar="FILE.bson", help="labelled training dump")
+    p.add_argument("--taxonomy", help="category_names.csv (default: the one beside the training file)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--backbone", default=d.backbone, help="any timm model name")
+    p.add_argument("--weights", default=d.weights,
+                   help="'imagenet' (offline package weights), 'none' (random init) or a state-dict file")
+    alias(p, "--picture-fusion", "--fusion", default=d.picture_fusion, choices=PICTURE_FUSIONS,
+          help="how a product's pictures are combined (prob-mean: average per-picture probabilities)")
+    p.add_argument("--picture-size", type=int, default=d.picture_size, help="pictures are resized to this side")
+    p.add_argument("--crop", type=int, default=d.crop, help="random training crop; evaluation uses the whole picture")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="products per batch and process")
+    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the training products")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget; the schedule (warm-up included) is fitted "
+                                                     "into it")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (not on biases)")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="share of the steps spent warming the rate up")
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
+                   help="cosine decay, or keep the rate and grow the batch (1x, 2x, 4x by accumulation)")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="of the class loss, 0-1")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="before the heads, 0-1")
+    p.add_argument("--level1-weight", type=float, default=d.level1_weight, help="weight of the level-1 head's loss "
+                                                                               "(0: off)")
+    p.add_argument("--level2-weight", type=float, default=d.level2_weight, help="weight of the level-2 head's loss "
+                                                                               "(0: off)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="held-out products, stratified by class (fusion trains on them)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (split, order, augmentation)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: none on CPU, most cores on "
+                                               "CUDA)")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC layout on CUDA (off by default: slower with varying pictures per batch)")
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
+                   help="checkpoint at least this often")
+    p.add_argument("--stop-after-steps", type=int,
+                   help="checkpoint and stop after this many steps of this call (run again with --resume to go on: "
+                        "a long job in slices)")
+    p.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
+
+
+def cmd_train(args) -> int:
+    from dataclasses import fields
+
+    from etalage.core.config import TrainConfig
+    from etalage.core.train import train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    res = train(cfg, resume=args.resume, progress=not args.quiet)
+    save_resolved(args, Path(args.out) / "config.yaml")
+    m = res.metrics
+    if res.status == "paused":
+        print("paused; continue with the same command and --resume")
+    elif m:
+        print(f"{args.out}: epoch {m.get('epoch')} validation top-1 {m.get('val_top1', float('nan')):.4f} "
+              f"(level-1 {m.get('val_level1_top1', float('nan')):.4f}); model in {Path(args.out) / 'model.pt'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import time
+
+    from etalage.chunks import parse_shard
+    from etalage.pipeline.stages import predict_core_file
+
+    t0 = time.perf_counter()
+    ranking = predict_core_file(args.run, args.data, args.out, topk=args.topk, picture_topk=args.picture_topk,
+                                tta=args.tta, shard=parse_shard(args.shard), embedding=args.embedding,
+                                batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                compile=args.compile, trust_pickle=args.trust_pickle, progress=not args.quiet)
+    dt = time.perf_counter() - t0
+    if ranking is None:
+        print(f"{args.out}: shard {args.shard} done in {dt:.1f}s; other shards still to run")
+    else:
+        print(f"{args.out}: {len(ranking)} products ranked (top-{ranking.topk_class.shape[1]}) in {dt:.1f}s; "
+              f"{Path(args.out) / 'ranking.parquet'}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    import time
+
+    from etalage.chunks import parse_shard
+    from etalage.pipeline.submit import submit
+
+    t0 = time.perf_counter()
+    res = submit(args.data, args.out, fusion=args.fusion, run=args.run, train=args.train, specialists=args.specialists,
+                 work=args.work, shard=parse_shard(args.shard), merge=args.merge, tta=args.tta, topk=args.topk,
+                 ocr_cache=args.ocr_cache, chunk=args.chunk, device=args.device, batch_size=args.batch_size,
+                 workers=args.workers, trust_pickle=args.trust_pickle, progress=not args.quiet)
+    if res.work.path.exists():
+        save_resolved(args, res.work.path / "config.yaml")
+    if res.submission is None:
+        print(f"{res.work}: shard {args.shard} done in {time.perf_counter() - t0:.1f}s; other shards still to run, "
+              f"then `etalage submit ... --merge`")
+        return 0
+    detail = "fused; stage outputs in" if res.mode == "fused" else "core only; predictions in"
+    print(f"{res.submission}: {res.products} products ({detail} {res.work})")
+    return 0

@@ -1,0 +1,214 @@
+"""Second-level commands: ocr, specialists (list, fit), fusion (fit, predict, report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jsonargparse import ArgumentParser
+
+from etalage.cli.data import leaf, taxonomy_beside
+from etalage.cli.model import compute_options, pipeline_options
+from etalage.cli.options import add_common, alias, parse_key_values, save_resolved
+from etalage.errors import EtalageError
+from etalage.options import DEFAULT_OCR_ENGINE, OCR_ENGINES, TTA_MODES
+
+
+def group(sub, name: str, help_: str, description: str, dest: str = "action"):
+    p = ArgumentParser(prog=f"etalage {name}", description=description)
+    sub.add_subcommand(name, p, help=help_)
+    add_common(p, config=False)
+    return p.add_subcommands(dest=dest, required=True, metavar=dest.upper())
+
+
+def register(sub, handlers: dict) -> None:
+    p = leaf(sub, handlers, ("ocr",), cmd_ocr, "read the text on the pictures of some level-1 groups into the OCR cache",
+             "Run an OCR engine over every distinct picture of the products of --groups: by label in a training "
+             "file, by the core's routing of its predictions (--predictions) in a test file. Results go to an SQLite "
+             "cache keyed by picture MD5 and engine (plain tables: SELECT text, confidence FROM boxes); cached "
+             "pictures are skipped, so a killed run resumes, and with nothing left to read the engine never loads.")
+    p.add_argument("--data", required=True, metavar="FILE.bson", help="the dump whose pictures to read")
+    p.add_argument("--engine", default=DEFAULT_OCR_ENGINE, choices=OCR_ENGINES, help="OCR engine")
+    p.add_argument("--groups", default="LIBRAIRIE,MUSIQUE", help="comma-separated level-1 names")
+    p.add_argument("--taxonomy", help="category_names.csv (default: the one beside the data file)")
+    p.add_argument("--predictions", metavar="PRED", help="core predictions choosing the products of an unlabelled "
+                                                         "file")
+    p.add_argument("--threshold", type=float, default=0.3,
+                   help="with --predictions: minimum level-1 probability on the groups")
+    alias(p, "--ocr-cache", "--cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside the data file)")
+    p.add_argument("--workers", type=int, default=1, help="reading processes")
+    p.add_argument("--batch", type=int, default=32, help="pictures per engine call")
+    p.add_argument("--scale", type=float,
+                   help="easyocr: read in one pass, crops cut from the picture upscaled this much (unset: the "
+                        "engine's two passes); tesseract: upscaling before reading")
+    p.add_argument("--lang", help="tesseract languages (default fra+eng)")
+
+    spec = group(sub, "specialists", "specialist plugins: list them, fit them",
+                 "Specialists score the classes of some level-1 groups from the text on covers (OCR) and, if they "
+                 "ask, the pictures. They are found through the entry-point group etalage.specialists; "
+                 "ETALAGE_DISABLE_PLUGIN_AUTOLOAD=1 keeps only the built-ins. See docs/plugins.md.")
+    leaf(spec, handlers, ("specialists", "list"), cmd_specialists_list,
+         "list the specialist plugins (built-in and installed), their status, and shadowed ones", config=False)
+    p = leaf(spec, handlers, ("specialists", "fit"), cmd_specialists_fit,
+             "fit specialists on the training products of their groups",
+             "Read the covers of (up to --max-train) training products of each specialist's groups through the OCR "
+             "cache and fit it; saved as OUT/NAME (data only: manifest + skops state). Each is checked on a few of "
+             "its own training products before anything long runs. With --run, the core run's validation products "
+             "are left out: fusion trains on them. A rerun only fits what is missing.")
+    p.add_argument("--train", required=True, metavar="FILE.bson", help="labelled training dump")
+    p.add_argument("--out", required=True, metavar="SPECS", help="folder of fitted specialists")
+    p.add_argument("--run", help="core run whose validation products are left out (recommended)")
+    p.add_argument("--taxonomy", help="category_names.csv (default: the run's, else the one beside --train)")
+    p.add_argument("--names", default="books,music", help="comma-separated specialist names")
+    p.add_argument("--max-train", type=int, default=2000, help="training products per specialist (OCR cost)")
+    p.add_argument("--ocr-engine", default=DEFAULT_OCR_ENGINE, choices=OCR_ENGINES, help="OCR engine for the covers")
+    p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
+    p.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="a specialist's constructor option, e.g. books.C=4 (repeat; values read as JSON when they "
+                        "parse)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (which training products)")
+
+    fusion = group(sub, "fusion", "the second level: fit, predict, report",
+                   "A LightGBM ranker over candidate classes (core top-K, picture-hash matches, specialists' top-k) "
+                   "with core, picture-hash, product-id-neighbour and specialist/OCR features.")
+    p = leaf(fusion, handlers, ("fusion", "fit"), cmd_fusion_fit, "fit the fusion model on the core run's validation "
+             "products",
+             "Predict the core on the run's validation products of --train (the core never trained on them), score "
+             "them with the fitted specialists, build the table (hash and id signals leave each product itself out) "
+             "and fit LightGBM (lambdarank and binary; the better on held-out products is kept). Writes "
+             "OUT/fusion.lgb.txt (with feature names), OUT/fusion.json, OUT/table.npz, OUT/fit_report.json.")
+    p.add_argument("--run", required=True, help="trained core run")
+    p.add_argument("--train", required=True, metavar="FILE.bson", help="the run's training dump")
+    p.add_argument("--out", required=True, metavar="FUSION", help="fusion model folder")
+    p.add_argument("--specialists", metavar="SPECS", help="fitted specialists (`etalage specialists fit`)")
+    p.add_argument("--names", help="comma-separated specialists to use (default: every one fitted in SPECS)")
+    p.add_argument("--kind", default="auto", choices=("auto", "ranker", "binary"),
+                   help="LightGBM objective (auto: both, the better on held-out products kept)")
+    p.add_argument("--lgb", action="append", default=[], metavar="KEY=VALUE",
+                   help="a LightGBM setting, e.g. num_leaves=63 or learning_rate=0.05 (repeat; defaults: "
+                        "n_estimators=500 learning_rate=0.1 num_leaves=31 min_child_samples=10 "
+                        "early_stopping_rounds=30)")
+    p.add_argument("--topk", type=int, default=20, help="core candidates per product")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="core test-time augmentation; submit then uses the same")
+    p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (early-stopping split, LightGBM)")
+    compute_options(p)
+    p = leaf(fusion, handlers, ("fusion", "predict"), cmd_fusion_predict,
+             "fused top-5 classes for every product of a BSON dump (resumable)",
+             "Run index -> core predictions -> specialists -> fusion for --data into WORK, chunk by chunk "
+             "(WORK/fused/part-*.npz: product ids, top-5 classes and scores). --shard i/n runs one slice "
+             "(one machine each, same WORK on shared storage).")
+    pipeline_options(p)
+    p = leaf(fusion, handlers, ("fusion", "report"), cmd_fusion_report,
+             "feature importance and the ablation table (markdown + PNG)",
+             "Cross-validate the reranker over the fitted model's products with each group of signals (core, + hash, "
+             "+ id neighbours, + specialists, + each specialist, all but id, all) and list the features by gain.")
+    alias(p, "--fusion", "--model", required=True, metavar="FUSION", help="fusion model folder")
+    p.add_argument("--out", required=True, metavar="REPORT.md", help="markdown report (the chart goes beside, .png)")
+    p.add_argument("--folds", type=int, default=3, help="cross-validation folds")
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def cmd_ocr(args) -> int:
+    import time
+
+    from etalage.pipeline.ocr import run_ocr
+
+    tax = taxonomy_beside(args.data, args.taxonomy)
+    if tax is None:
+        raise EtalageError(f"{args.data}: pass --taxonomy category_names.csv (none beside the file)")
+    options = {}
+    if args.scale is not None:
+        options["scale"] = args.scale
+    if args.lang and args.engine == "tesseract":
+        options["lang"] = args.lang
+    t0 = time.perf_counter()
+    s = run_ocr(args.data, _names(args.groups), tax, engine_name=args.engine, cache_path=args.ocr_cache,
+                predictions=args.predictions, threshold=args.threshold, workers=args.workers, batch=args.batch,
+                engine_options=options, progress=not args.quiet)
+    print(f"{s.products} products of {args.groups}: {s.pictures} distinct pictures, {s.already_cached} already "
+          f"cached, {s.read} read in {time.perf_counter() - t0:.1f}s, {s.unreadable} unreadable -> {s.cache} "
+          f"({s.engine})")
+    if s.unreadable_examples:
+        print("  unreadable (product#picture): " + ", ".join(f"{p}#{k}" for p, k in s.unreadable_examples[:10]))
+    return 0
+
+
+def cmd_specialists_list(args) -> int:
+    import warnings
+
+    from etalage.specialists import discover, shadowed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # failures are listed below, with their reason
+        entries = list(discover().values()) + shadowed()
+    print(f"{'name':<16}{'origin':<32}{'groups':<24}status")
+    for e in sorted(entries, key=lambda e: (e.name, e.shadowed_by is not None)):
+        print(f"{e.name:<16}{e.origin:<32}{','.join(e.groups) or '-':<24}{e.status}")
+    return 0
+
+
+def cmd_specialists_fit(args) -> int:
+    from etalage.pipeline.fit import fit_specialists_job
+    from etalage.specialists.plugins import parse_options
+
+    names = _names(args.names)
+    rows = fit_specialists_job(args.train, args.out, names, run=args.run, taxonomy=args.taxonomy,
+                               max_train=args.max_train, ocr_engine=args.ocr_engine, ocr_cache=args.ocr_cache,
+                               options=parse_options(args.option, names), seed=args.seed, progress=not args.quiet)
+    save_resolved(args, Path(args.out) / "config.yaml")
+    for r in rows:
+        print(f"{Path(args.out) / r['specialist']}: fitted on {r['train_products']} products of "
+              f"{'+'.join(r['groups'])}")
+    return 0
+
+
+def cmd_fusion_fit(args) -> int:
+    from etalage.pipeline.fit import fit_fusion
+
+    fit = fit_fusion(args.run, args.train, args.out, specialists=args.specialists, names=_names(args.names) or None,
+                     kind=args.kind, topk=args.topk, tta=args.tta, ocr_cache=args.ocr_cache, seed=args.seed,
+                     device=args.device, batch_size=args.batch_size, workers=args.workers,
+                     lgb_params=parse_key_values(args.lgb, "--lgb"), trust_pickle=args.trust_pickle,
+                     progress=not args.quiet)
+    save_resolved(args, Path(args.out) / "config.yaml")
+    kinds = ", ".join(f"{k} {v:.4f}" for k, v in fit["valid_top1_by_kind"].items())
+    print(f"{args.out}: {fit['kind']} over {fit['products']} products ({fit['rows']:,} rows, {fit['features']} "
+          f"features); candidate coverage {fit['candidate_coverage']:.4f}; core top-1 {fit['core_top1']:.4f}; "
+          f"held-out top-1 by kind: {kinds}")
+    return 0
+
+
+def cmd_fusion_predict(args) -> int:
+    from etalage.chunks import parse_shard
+    from etalage.errors import ConfigError
+    from etalage.pipeline.stages import PredictPlan, predict_file
+    from etalage.pipeline.workdir import WorkDir
+
+    if args.fusion is None:
+        raise ConfigError("fusion predict: pass --fusion FUSION (from `etalage fusion fit`)")
+    work = WorkDir(args.work) if args.work else WorkDir.beside(None, args.data)
+    plan = PredictPlan.from_model(args.fusion, args.run, args.train, args.specialists)
+    plan.check_tta(args.tta)
+    complete = predict_file(plan, args.data, work, shard=parse_shard(args.shard),
+                            command=f"etalage fusion predict --fusion {args.fusion} --data {args.data} --work {work} "
+                                    f"--shard i/n", ocr_cache=args.ocr_cache, device=args.device,
+                            batch_size=args.batch_size, workers=args.workers, chunk=args.chunk,
+                            trust_pickle=args.trust_pickle, progress=not args.quiet)
+    save_resolved(args, work.path / "config.yaml")
+    print(f"{work.fused}: shard {args.shard} done ({'all shards done' if complete else 'other shards still to run'})")
+    return 0
+
+
+def cmd_fusion_report(args) -> int:
+    from etalage.fusion.report import write_report
+
+    rep = write_report(args.fusion, args.out, folds=args.folds, progress=not args.quiet)
+    print(f"{'signals':<28}{'features':>9}{'top-1':>9}")
+    for r in rep["ablation"]:
+        print(f"{r['signals']:<28}{r['features']:>9}{r['top1']:>9.4f}")
+    print(f"report {rep['markdown']}, chart {rep['png']}")
+    return 0

@@ -1,0 +1,151 @@
+"""``etalage demo``: the whole job on a synthetic catalogue, every stage skipped when its outputs are
+there (a rerun resumes): synth -> index -> train (time-boxed) -> specialists -> fusion fit -> full
+submission -> score per stage and per level-1 group."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from etalage.catalog import Catalog, Taxonomy
+from etalage.catalog.submission import read_id_category_csv
+from etalage.core.rundir import RunDir
+from etalage.files import write_json_atomic
+from etalage.fusion.folder import FusionDir
+from etalage.options import DEFAULT_OCR_ENGINE
+from etalage.pipeline.stages import PredictPlan, load_fused, merge_submission, predict_file
+from etalage.pipeline.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+STEPS = 7
+
+
+def stage_top1(work: WorkDir, taxonomy: Taxonomy, specialist_names: list[str]) -> dict[str, np.ndarray]:
+    """Product top-1 (class index) of each stage, from a finished ``submit`` work folder: the core alone,
+    the core with its specialists (where the core places the product in a specialist's level-1 group,
+    the specialist's best class wins) and fusion."""
+    from etalage.specialists.runner import SpecialistRanking
+
+    fused = load_fused(work)
+    core = fused["core_top1"].astype(np.int32)
+    with_specs = core.copy()
+    for name in specialist_names:
+        spec = SpecialistRanking.load(work.specialist(name))
+        best = spec.topk_class[:, 0]
+        agree = taxonomy.level1_of[best] == taxonomy.level1_of[core[spec.rows]]
+        with_specs[spec.rows[agree]] = best[agree]
+    return {"core": core, "core+specialists": with_specs, "fusion": fused["topk_class"][:, 0].astype(np.int32)}
+
+
+def score_stages(stages: dict[str, np.ndarray], truth: np.ndarray, taxonomy: Taxonomy) -> dict:
+    """Top-1 of every stage overall and per level-1 group of the truth."""
+    scores = {k: float((v == truth).mean()) for k, v in stages.items()}
+    l1 = taxonomy.level1_of[truth]
+    per_level1 = {taxonomy.level1_names[g]: {"products": int((l1 == g).sum()),
+                                             **{k: float((v[l1 == g] == truth[l1 == g]).mean())
+                                                for k, v in stages.items()}}
+                  for g in np.unique(l1)}
+    return {**scores, "per_level1": per_level1}
+
+
+def _step(i: int, text: str) -> None:
+    log.info("[%d/%d] %s", i, STEPS, text)
+
+
+def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: int = 0,
+             backbone: str = "efficientnet_lite0", weights: str | None = "imagenet", picture_size: int = 112,
+             crop: int = 96, batch_size: int = 32, specialists: tuple[str, ...] = ("books", "music"),
+             ocr_engine: str = DEFAULT_OCR_ENGINE, specialist_train: int = 150, val_fraction: float = 0.15,
+             progress: bool = True) -> dict:
+    """Run (or resume) the demo under ``out``; returns what ``out/report.json`` holds."""
+    from etalage.core.train import TrainConfig, train
+    from etalage.pipeline.fit import fit_fusion, fit_specialists_job
+    from etalage.synth import SynthConfig, write_synthetic_catalogue
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    t0 = time.perf_counter()
+    cfg = SynthConfig(products=products, seed=seed)
+    stamp = out / "synth.json"
+    if not (stamp.exists() and json.loads(stamp.read_text()).get("config") == asdict(cfg)):
+        _step(1, f"synth: {products} products -> {out}")
+        write_json_atomic(stamp, write_synthetic_catalogue(out, cfg, progress=progress))
+    else:
+        _step(1, f"synth: reusing {out}")
+    timings["synth_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tax = Taxonomy.load(out / "category_names.csv")
+    _step(2, "index: train.bson, test.bson (+ picture MD5s)")
+    for name in ("train.bson", "test.bson"):
+        Catalog.open(out / name, tax, md5=True, progress=progress)
+    timings["index_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    run = RunDir(out / "run")
+    if run.finished:
+        _step(3, f"train: reusing {run}")
+    else:
+        resume = run.checkpoint_file.exists()
+        _step(3, f"train: {backbone} for at most {minutes:g} min -> {run}" + (" (resuming)" if resume else ""))
+        train(TrainConfig(train=str(out / "train.bson"), out=str(run.path), backbone=backbone, weights=weights,
+                          picture_size=picture_size, crop=crop, batch_size=batch_size, epochs=20.0,
+                          max_minutes=minutes, val_fraction=val_fraction, seed=seed), resume=resume, progress=progress)
+    timings["train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    spec_dir = None
+    fitted_rows = []
+    if specialists:
+        _step(4, f"specialists: fit {', '.join(specialists)} on up to {specialist_train} training products each "
+                 f"(covers read with {ocr_engine}; the core's validation products left out)")
+        spec_dir = out / "specialists"
+        fitted_rows = fit_specialists_job(out / "train.bson", spec_dir, list(specialists), run=run.path,
+                                          max_train=specialist_train, ocr_engine=ocr_engine, seed=seed,
+                                          progress=progress)
+    else:
+        _step(4, "specialists: none")
+    timings["specialists_fit_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fusion = FusionDir(out / "fusion")
+    if fusion.fit_report_file.exists():
+        _step(5, f"fusion fit: reusing {fusion}")
+        fit = json.loads(fusion.fit_report_file.read_text())
+    else:
+        _step(5, f"fusion fit: LightGBM on the core's validation products -> {fusion}")
+        fit = fit_fusion(run.path, out / "train.bson", fusion.path, specialists=spec_dir, progress=progress)
+    timings["fusion_fit_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    work = WorkDir(out / "submission_work")
+    _step(6, f"submit: index -> core -> specialists -> fusion -> submission.csv (work: {work.path.name})")
+    plan = PredictPlan.from_model(fusion.path)
+    predict_file(plan, out / "test.bson", work, command=f"etalage submit --fusion {fusion} --data "
+                 f"{out / 'test.bson'} --out {out / 'submission.csv'}", progress=progress)
+    merge_submission(work, out / "submission.csv", tax, out / "test.bson")
+    timings["submit_s"] = time.perf_counter() - t0
+
+    _step(7, "score (product top-1 on the synthetic test set)")
+    ids, cats = read_id_category_csv(out / "test_labels.csv")
+    test_ids = Catalog.open(out / "test.bson").product_ids
+    order = np.argsort(ids)
+    truth = tax.indices_of(cats[order][np.searchsorted(ids[order], test_ids)])
+    scored = score_stages(stage_top1(work, tax, list(plan.specialist_names)), truth, tax)
+    metrics = run.metrics()
+    result = {**scored, "test_products": len(truth),
+              "val_top1_last_epoch": metrics[-1]["val_top1"] if metrics else None, "epochs": len(metrics),
+              "fusion_fit": {k: fit[k] for k in ("kind", "products", "candidate_coverage", "valid_top1_by_kind")},
+              "specialists": [{k: r[k] for k in ("specialist", "groups", "train_products")} for r in fitted_rows],
+              "timings": timings,
+              "outputs": {name: str(out / name) for name in ("submission.csv", "test_labels.csv",
+                                                               "category_names.csv", "report.json")}}
+    write_json_atomic(out / "report.json", result)
+    return result

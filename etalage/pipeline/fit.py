@@ -1,0 +1,129 @@
+"""Fitting the second level as jobs: the specialists on training products, then the fusion model on the
+core run's validation products (the core never trained on them)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from etalage.catalog import Catalog, Taxonomy
+from etalage.catalog.bsonindex import file_stamp
+from etalage.core.rundir import RunDir
+from etalage.errors import EtalageError
+from etalage.files import write_json_atomic
+from etalage.fusion.folder import FusionDir
+from etalage.fusion.model import FusionModel, assemble
+from etalage.fusion.report import coverage, save_table
+from etalage.ocr.cache import default_cache_path
+from etalage.options import DEFAULT_OCR_ENGINE, RERANKER_KINDS
+from etalage.pipeline.stages import (
+    relative_config_path,
+    score_specialists,
+    specialist_rankings,
+    training_signals,
+)
+
+log = logging.getLogger(__name__)
+
+
+def taxonomy_for(train: str | Path, run: RunDir | None = None, explicit: str | Path | None = None) -> Taxonomy:
+    """The taxonomy given, else the run's, else ``category_names.csv`` beside the training file."""
+    if explicit:
+        return Taxonomy.load(explicit)
+    if run is not None:
+        return run.taxonomy()
+    beside = Path(train).parent / "category_names.csv"
+    if not beside.exists():
+        raise EtalageError(f"{train}: pass --taxonomy category_names.csv (none beside the file)")
+    return Taxonomy.load(beside)
+
+
+def fit_specialists_job(train: str | Path, out: str | Path, names: list[str], run: str | Path | None = None,
+                        taxonomy: str | Path | None = None, max_train: int = 2000, ocr_engine: str | None = None,
+                        ocr_cache: str | Path | None = None, options: dict[str, dict] | None = None, seed: int = 0,
+                        progress: bool = True) -> list[dict]:
+    """``etalage specialists fit``: index the training file, read the covers of (up to ``max_train``)
+    products of each specialist's groups through the OCR cache, fit, save under ``out/NAME``. With
+    ``run``, the core run's validation products are left out (fusion trains on them)."""
+    from etalage.ocr import load_engine
+    from etalage.ocr.cache import OcrCache
+    from etalage.specialists.plugins import create_specialist
+    from etalage.specialists.runner import fit_specialists
+
+    run_dir = RunDir(run) if run else None
+    tax = taxonomy_for(train, run_dir, taxonomy)
+    catalog = Catalog.open(train, tax, md5=True, progress=progress)
+    catalog.require_labels()
+    exclude = run_dir.val_positions() if run_dir else None
+    options = options or {}
+    reads = any("text" in create_specialist(n, **options.get(n, {})).needs for n in names)
+    engine = load_engine(ocr_engine or DEFAULT_OCR_ENGINE) if reads else None
+    cache = OcrCache(ocr_cache or default_cache_path(train)) if reads else None
+    try:
+        return fit_specialists(catalog, tax, names, out, engine, cache, exclude=exclude, max_train=max_train,
+                               seed=seed, options=options, progress=progress)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists: str | Path | None = None,
+               names: list[str] | None = None, kind: str = "auto", topk: int = 20, tta: str = "none",
+               ocr_cache: str | Path | None = None, seed: int = 0, device: str = "auto", batch_size: int = 64,
+               workers: int | None = None, lgb_params: dict | None = None, trust_pickle: bool = False,
+               progress: bool = True) -> dict:
+    """Fit the fusion model on the core run's validation products of ``train``. Writes the fusion folder
+    (``FusionDir``): model, settings (paths relative to the folder), table, fit report. ``names``: only
+    these of the fitted specialists (default: all)."""
+    from etalage.core.predict import CorePredictor
+    from etalage.specialists.runner import fitted_names
+
+    run, train, folder = RunDir(run), Path(train), FusionDir(out)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    taxonomy = run.taxonomy()
+    val = run.val_positions()
+    catalog = Catalog.open(train, taxonomy, md5=True, progress=progress)
+    catalog.require_labels()
+    labels = taxonomy.indices_of(catalog.category_ids)
+    command = f"etalage fusion fit --run {run} --train {train} --out {folder}"
+    t0 = time.perf_counter()
+    log.info("[1/4] core predictions on the %d validation products of %s", len(val), train.name)
+    predictor = CorePredictor(run, device=device, batch_size=batch_size, workers=workers, tta=tta,
+                              trust_pickle=trust_pickle)
+    ranking = predictor.predict_catalog(catalog, folder.core_val, topk=topk, positions=val, producer=command,
+                                        progress=progress)
+    spec_names: list[str] = []
+    if specialists is not None:
+        spec_names = list(names) if names else fitted_names(specialists)
+        log.info("[2/4] specialists %s on the products their gates let through", ", ".join(spec_names))
+        score_specialists(Path(specialists), spec_names, ranking, catalog, val, taxonomy, folder.specialists_val,
+                          (0, 1), command, Path(ocr_cache) if ocr_cache else None, trust_pickle, progress)
+    else:
+        log.info("[2/4] specialists: none (pass --specialists DIR from `etalage specialists fit`)")
+    log.info("[3/4] table: candidates and features (hash and id signals exclude each product itself)")
+    signals = training_signals(catalog, taxonomy)
+    pic_rows, pic_owner = catalog.picture_rows(val)
+    table = assemble(ranking, taxonomy, signals, catalog.md5[pic_rows], pic_owner,
+                     specialist_rankings(folder.specialists_val, spec_names), training_queries=True,
+                     own_classes=labels[val])
+    truth = labels[val]
+    feature_names = tuple(table.features)
+    save_table(folder.table_file, table, truth, ranking.top1())
+    log.info("[4/4] LightGBM (%s) over %s rows x %d features",
+             "ranker and binary, the better kept" if kind == "auto" else kind, f"{len(table.owner):,}",
+             len(feature_names))
+    kinds = RERANKER_KINDS if kind == "auto" else (kind,)
+    model, by_kind = FusionModel.fit_best(table, truth, feature_names, kinds=kinds, seed=seed, lgb_params=lgb_params)
+    model.config = {"run": relative_config_path(folder.path, run.path), "train": relative_config_path(folder.path, train),
+                    "specialists": relative_config_path(folder.path, specialists), "specialist_names": spec_names,
+                    "topk": topk, "tta": tta, "ks": signals.ks, "train_stamp": file_stamp(train),
+                    "lgb_params": lgb_params or {}}
+    model.save(folder)
+    fit = {"products": len(val), "rows": len(table.owner), "features": len(feature_names), "kind": model.kind,
+           "valid_top1_by_kind": by_kind, "core_top1": float((ranking.top1() == truth).mean()),
+           "candidate_coverage": coverage(table, truth), "seconds": time.perf_counter() - t0,
+           "importance": model.importance()}
+    write_json_atomic(folder.fit_report_file, fit)
+    return fit
+

@@ -1,0 +1,307 @@
+"""Predicting a data file through every stage, in resumable chunks and shards, and merging the chunks
+into a submission.
+
+Per chunk of products (the core's chunks, so ``--shard i/n`` splits every stage the same way):
+
+1. index + picture MD5s of the file and of the training file (skipped when up to date);
+2. core predictions                 -> WORK/core/part-*.npz
+3. specialists on gated products    -> WORK/specialists/NAME/part-*.npz (OCR through the cache)
+4. fusion                           -> WORK/fused/part-*.npz (top classes and scores per product)
+
+Every part is written atomically and skipped when present, so a killed job picks up where it stopped;
+memory holds one chunk's table at a time plus the training signals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from etalage.catalog import Catalog, Taxonomy
+from etalage.chunks import DEFAULT_CHUNK, chunk_ranges, list_parts, load_parts, part_path, shard_chunk_ranges
+from etalage.core.rundir import RunDir
+from etalage.errors import ConfigError, DataError, StageOutputError
+from etalage.files import save_npz_atomic
+from etalage.fusion.folder import FusionDir
+from etalage.fusion.model import FusionModel, assemble
+from etalage.fusion.signals import TrainingSignals
+from etalage.ocr.cache import default_cache_path
+from etalage.options import FUSED_TOPK
+from etalage.pipeline.workdir import WorkDir
+from etalage.progress import bar as progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def map_forked(fn, items: list, workers: int):
+    """``fn`` over ``items`` in ``workers`` forked processes, yielding results in order. The children
+    inherit what the parent set up (training signals, the model): nothing large is pickled. Feature
+    building is single-threaded numpy, so on 2 cores two processes nearly double the fusion stage."""
+    if workers <= 1 or len(items) <= 1:
+        yield from (fn(x) for x in items)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(min(workers, len(items))) as pool:
+        yield from pool.imap(fn, items, chunksize=1)
+
+
+def fusion_workers() -> int:
+    """Processes for the fusion stage: every core this process may use (``ETALAGE_FUSION_WORKERS``
+    overrides)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return int(os.environ.get("ETALAGE_FUSION_WORKERS", 0)) or usable
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def training_signals(train: Catalog, taxonomy: Taxonomy, ks: list[int] | None = None) -> TrainingSignals:
+    train.require_labels()
+    return TrainingSignals.build(train.product_ids, taxonomy.indices_of(train.category_ids), train.md5,
+                                 train.n_pictures, taxonomy.n_classes, ks)
+
+
+def ocr_engine_of(specialist_settings: list[dict]):
+    """The OCR engine the specialists were fitted with (test covers are read the same way), or None when
+    none of them reads."""
+    from etalage.ocr import load_engine
+
+    engines = {(s["engine"], json.dumps(s.get("engine_options", {}), sort_keys=True))
+               for s in specialist_settings if "engine" in s}
+    if len(engines) > 1:
+        raise ConfigError("specialists fitted with different OCR engines or settings; refit them with one "
+                          "`etalage specialists fit --ocr-engine ...`")
+    if not engines:
+        return None
+    name, options = engines.pop()
+    return load_engine(name, **json.loads(options))
+
+
+def score_specialists(specialists_dir: Path, names: list[str], ranking, catalog: Catalog, positions: np.ndarray,
+                      taxonomy: Taxonomy, out_dir: Path, shard: tuple[int, int], producer: str,
+                      ocr_cache: Path | None, trust_pickle: bool = False, progress: bool = True):
+    """The specialists stage: load the fitted ones, read the gated products, score them (guarded)."""
+    from etalage.ocr.cache import OcrCache
+    from etalage.specialists.runner import fit_settings, load_fitted, score_catalog
+
+    specs = load_fitted(specialists_dir, names, trust_pickle)
+    engine = ocr_engine_of([s for s in fit_settings(specialists_dir) if s is not None])
+    cache = OcrCache(ocr_cache or default_cache_path(catalog.path)) if engine is not None else None
+    try:
+        summary = score_catalog(specs, ranking, catalog, positions, taxonomy, engine, cache, out_dir, shard=shard,
+                                producer=producer, progress=progress)
+    finally:
+        if cache is not None:
+            cache.close()
+    for line in summary.lines():
+        log.info("      %s", line)
+    return summary
+
+
+def specialist_rankings(folder: Path, names: list[str], rows: tuple[int, int] | None = None) -> list:
+    from etalage.specialists.runner import SpecialistRanking
+
+    return [SpecialistRanking.load(folder / n, rows) for n in names]
+
+
+def predict_core_file(run: str | Path, data: str | Path, out: str | Path, topk: int = 20, picture_topk: int = 5,
+                      tta: str = "none", shard: tuple[int, int] = (0, 1), embedding: bool = False,
+                      batch_size: int = 64, workers: int | None = None, device: str = "auto", compile: bool = False,
+                      trust_pickle: bool = False, progress: bool = True):
+    """``etalage predict``: core predictions of shard ``i/n`` of ``data`` into ``out``; once every shard
+    is done, also ``out/ranking.parquet``. Returns the ``CoreRanking`` when complete, else None."""
+    from etalage.core.predict import CorePredictor
+    from etalage.core.ranking import write_ranking_parquet
+
+    catalog = Catalog.open(data, progress=progress)
+    predictor = CorePredictor(run, device=device, batch_size=batch_size, workers=workers, tta=tta, compile=compile,
+                              trust_pickle=trust_pickle)
+    ranking = predictor.predict_catalog(catalog, out, topk=topk, picture_topk=picture_topk, shard=shard,
+                                        embedding=embedding, progress=progress)
+    if ranking is not None:
+        write_ranking_parquet(Path(out) / "ranking.parquet", ranking.product_ids, ranking.topk_class,
+                              ranking.topk_prob.astype(np.float32), predictor.taxonomy)
+    return ranking
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan a fusion model carries
+
+
+@dataclass
+class PredictPlan:
+    """What ``predict_file`` runs with: the fusion model's settings, each overridable per call."""
+
+    model: FusionDir
+    run: RunDir
+    train: Path
+    specialists: Path | None
+    specialist_names: list[str]
+    topk: int
+    ks: list[int]
+    tta: str  # the core's test-time augmentation: the model saw its probabilities, test must match
+
+    @classmethod
+    def from_model(cls, model_dir: str | Path, run=None, train=None, specialists=None) -> PredictPlan:
+        """The plan stored in ``model_dir/fusion.json`` (paths relative to the folder), each path checked."""
+        folder = FusionDir(model_dir)
+        cfg = FusionModel.load(folder).config
+
+        def resolve(given, key: str, flag: str) -> Path | None:
+            if given:
+                return Path(given)
+            stored = cfg.get(key)
+            if stored is None:
+                return None
+            path = Path(stored) if Path(stored).is_absolute() else (folder.path / stored)
+            if not path.exists():
+                raise StageOutputError(f"{folder.meta_file}: the {key} it was fitted with, {stored}, is not at "
+                                       f"{path}; pass {flag} PATH")
+            return path
+
+        return cls(folder, RunDir(resolve(run, "run", "--run")), resolve(train, "train", "--train"),
+                   resolve(specialists, "specialists", "--specialists"), cfg.get("specialist_names", []),
+                   int(cfg["topk"]), list(cfg["ks"]), cfg.get("tta", "none"))
+
+    def check_tta(self, tta: str | None) -> None:
+        if tta is not None and tta != self.tta:
+            raise ConfigError(f"{self.model} was fitted on core probabilities with --tta {self.tta}; predict with "
+                              f"the same (drop --tta) or refit with `etalage fusion fit --tta {tta}`")
+
+
+def relative_config_path(folder: Path, path: str | Path | None) -> str | None:
+    """A path as ``fusion.json`` stores it: relative to the fusion folder, so the folders move together."""
+    if path is None:
+        return None
+    return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# predict (shards) and merge
+
+
+def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tuple[int, int] = (0, 1),
+                 command: str = "etalage submit", ocr_cache: str | Path | None = None, device: str = "auto",
+                 batch_size: int = 64, workers: int | None = None, chunk: int = DEFAULT_CHUNK,
+                 trust_pickle: bool = False, progress: bool = True) -> bool:
+    """Stages 1-4 for shard ``i/n`` of ``data`` into ``work``. True when every chunk of every shard
+    is fused (the merge can run)."""
+    from etalage.core.predict import CorePredictor
+
+    data = Path(data)
+    work.claim(data, str(plan.model), str(plan.run), chunk)
+    taxonomy = plan.run.taxonomy()
+    label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    log.info("[1/4] index + picture hashes: %s, %s", data.name, plan.train.name)
+    catalog = Catalog.open(data, md5=True, progress=progress)
+    train = Catalog.open(plan.train, taxonomy, md5=True, progress=progress)
+    log.debug("peak RSS so far %.0f MB", peak_rss_mb())
+    log.info("[2/4] core predictions%s -> %s", label, work.core)
+    predictor = CorePredictor(plan.run, device=device, batch_size=batch_size, workers=workers, tta=plan.tta,
+                              trust_pickle=trust_pickle)
+    predictor.predict_catalog(catalog, work.core, topk=plan.topk, shard=shard, chunk=chunk, producer=command,
+                              progress=progress)
+    chunks = shard_chunk_ranges(len(catalog), chunk, shard)
+    redo: set[tuple[int, int]] = set()
+    if plan.specialist_names:
+        if plan.specialists is None:
+            raise ConfigError(f"{plan.model}: the model uses specialists {', '.join(plan.specialist_names)}; "
+                              f"pass --specialists DIR")
+        log.debug("peak RSS so far %.0f MB", peak_rss_mb())
+        log.info("[3/4] specialists %s%s -> %s", ", ".join(plan.specialist_names), label, work.specialists)
+        summary = score_specialists(plan.specialists, plan.specialist_names, work.core, catalog,
+                                    np.arange(len(catalog)), taxonomy, work.specialists, shard, command,
+                                    Path(ocr_cache) if ocr_cache else None, trust_pickle, progress)
+        redo = set(summary.recovered_chunks)  # fused without a specialist that has now scored them
+    else:
+        log.info("[3/4] specialists: none in this fusion model")
+    log.debug("peak RSS so far %.0f MB", peak_rss_mb())
+    log.info("[4/4] fusion%s -> %s", label, work.fused)
+    fuse_chunks(plan, work, catalog, train, taxonomy, chunks, redo, progress)
+    log.debug("peak RSS so far %.0f MB", peak_rss_mb())
+    return all(c in list_parts(work.fused) for c in chunk_ranges(len(catalog), chunk))
+
+
+def fuse_chunks(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
+                chunks: list[tuple[int, int]], redo: set[tuple[int, int]], progress: bool) -> None:
+    """Stage 4 over ``chunks`` (those not fused yet, and ``redo``), in forked workers."""
+    model = FusionModel.load(plan.model)
+    signals = training_signals(train, taxonomy, plan.ks)
+    done = list_parts(work.fused)
+    todo = [c for c in chunks if c not in done or c in redo]
+    workers = min(fusion_workers(), len(todo))
+    model.threads = 1 if workers > 1 else 0
+    _FUSE.update(work=work, catalog=catalog, taxonomy=taxonomy, signals=signals, md5=catalog.md5, model=model,
+                 specialists=list(plan.specialist_names))
+    try:
+        with progress_bar(total=sum(b - a for a, b in todo), unit="product", desc="fusion", enabled=progress) as bar:
+            for a, b in map_forked(_fuse_chunk, todo, workers):
+                bar.update(b - a)
+    finally:
+        _FUSE.clear()
+
+
+_FUSE: dict = {}  # what the fusion workers inherit (set by fuse_chunks before forking)
+
+
+def _fuse_chunk(chunk: tuple[int, int]) -> tuple[int, int]:
+    """Fuse products a..b: their table from every signal, ranked; one part file."""
+    from etalage.core.ranking import CoreRanking
+
+    a, b = chunk
+    st = _FUSE
+    work: WorkDir = st["work"]
+    part = CoreRanking.load(work.core, (a, b))
+    pic_rows, pic_owner = st["catalog"].picture_rows(np.arange(a, b))
+    specs = specialist_rankings(work.specialists, st["specialists"], (a, b))
+    table = assemble(part, st["taxonomy"], st["signals"], st["md5"][pic_rows], pic_owner, specs)
+    classes, scores = st["model"].rank(table, b - a, FUSED_TOPK)
+    save_npz_atomic(part_path(work.fused, a, b), product_ids=part.product_ids, topk_class=classes,
+                    topk_score=scores, core_top1=part.top1())
+    return a, b
+
+
+def load_fused(work: WorkDir, n_products: int | None = None, command: str = "etalage submit --shard i/n"
+               ) -> dict[str, np.ndarray]:
+    """Every fused part of ``work`` in product order; a missing chunk names the command to run."""
+    job = work.job(command)
+    data = Path(job["data"])
+    if n_products is None:
+        n_products = len(Catalog.open(data))
+    expected = chunk_ranges(n_products, job["chunk"])
+    done = list_parts(work.fused)
+    missing = [c for c in expected if c not in done]
+    if missing:
+        a, b = missing[0]
+        raise StageOutputError(f"{work.fused}: products {a}-{b} of {data} are not fused yet ({len(missing)} of "
+                               f"{len(expected)} chunks missing); run `{command}` for every shard first")
+    return load_parts(work.fused, expected)
+
+
+def merge_submission(work: WorkDir, out: str | Path, taxonomy: Taxonomy, data: str | Path,
+                     command: str = "etalage submit --shard i/n") -> dict:
+    """Write the submission from the fused parts of every shard (validated, atomic)."""
+    from etalage.catalog.submission import write_submission
+
+    catalog = Catalog.open(data)
+    fused = load_fused(work, len(catalog), command)
+    if not np.array_equal(fused["product_ids"], catalog.product_ids):
+        raise DataError(f"{work}: fused products do not match {data} (another file?)")
+    best = fused["topk_class"][:, 0]
+    best = np.where(best >= 0, best, fused["core_top1"])
+    write_submission(out, fused["product_ids"], taxonomy.category_ids[best], expected_ids=catalog.product_ids,
+                     taxonomy=taxonomy)
+    from etalage.core.ranking import write_ranking_parquet
+
+    write_ranking_parquet(work.fused_parquet, fused["product_ids"], fused["topk_class"], fused["topk_score"], taxonomy,
+                          score_name="score")
+    return {"submission": str(out), "products": len(best), "ranking": str(work.fused_parquet)}

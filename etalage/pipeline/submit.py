@@ -1,0 +1,71 @@
+"""``etalage submit``: the Kaggle submission for a test dump, from the full pipeline (a fusion model)
+or from the core alone (a run), whole or in shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from etalage.catalog import Catalog
+from etalage.chunks import DEFAULT_CHUNK
+from etalage.core.rundir import RunDir
+from etalage.errors import ConfigError
+from etalage.pipeline.stages import PredictPlan, merge_submission, predict_file
+from etalage.pipeline.workdir import WorkDir
+
+
+@dataclass
+class SubmitResult:
+    submission: Path | None      # None while other shards are still to run
+    products: int
+    work: WorkDir
+    mode: str                    # "fused" or "core"
+
+
+def shard_command(fusion: str | Path, test: str | Path, out: str | Path, work: WorkDir) -> str:
+    return f"etalage submit --fusion {fusion} --data {test} --out {out} --work {work} --shard i/n"
+
+
+def submit(test: str | Path, out: str | Path, fusion: str | Path | None = None, run: str | Path | None = None,
+           train: str | Path | None = None, specialists: str | Path | None = None, work: str | Path | None = None,
+           shard: tuple[int, int] = (0, 1), merge: bool = False, tta: str | None = None, topk: int = 20,
+           ocr_cache: str | Path | None = None, chunk: int = DEFAULT_CHUNK, device: str = "auto", batch_size: int = 64,
+           workers: int | None = None, trust_pickle: bool = False, progress: bool = True) -> SubmitResult:
+    """With ``fusion``: index -> core -> specialists -> fusion for shard ``i/n`` into the work folder,
+    then (once every shard is done, or with ``merge``) the submission. Without: the core alone
+    (``run``; its top class per product)."""
+    work_dir = WorkDir(work) if work else WorkDir.beside(out, test)
+    if fusion is None:
+        return _submit_core(test, out, run, work, tta or "none", topk, device, batch_size, workers, shard, merge,
+                            trust_pickle, progress)
+    plan = PredictPlan.from_model(fusion, run, train, specialists)
+    plan.check_tta(tta)
+    command = shard_command(fusion, test, out, work_dir)
+    if not merge:
+        complete = predict_file(plan, test, work_dir, shard=shard, command=command, ocr_cache=ocr_cache,
+                                device=device, batch_size=batch_size, workers=workers, chunk=chunk,
+                                trust_pickle=trust_pickle, progress=progress)
+        if not complete:
+            return SubmitResult(None, 0, work_dir, "fused")
+    res = merge_submission(work_dir, out, plan.run.taxonomy(), test, command=command)
+    return SubmitResult(Path(res["submission"]), res["products"], work_dir, "fused")
+
+
+def _submit_core(test, out, run, work, tta, topk, device, batch_size, workers, shard, merge, trust_pickle,
+                 progress) -> SubmitResult:
+    from etalage.catalog.submission import write_submission
+    from etalage.core.predict import CorePredictor
+
+    if run is None:
+        raise ConfigError("submit: pass --fusion FUSION (full pipeline) or --run RUN (core only)")
+    if merge or shard != (0, 1):
+        raise ConfigError("submit: --shard and --merge need --fusion (core only: `etalage predict --shard`)")
+    catalog = Catalog.open(test, progress=progress)
+    pred_dir = WorkDir(work) if work else WorkDir(Path(out).with_name(Path(out).stem + "_core_pred"))
+    predictor = CorePredictor(RunDir(run), device=device, batch_size=batch_size, workers=workers, tta=tta,
+                              trust_pickle=trust_pickle)
+    ranking = predictor.predict_catalog(catalog, pred_dir.path, topk=topk, progress=progress)
+    tax = predictor.taxonomy
+    write_submission(out, ranking.product_ids, tax.category_ids[ranking.top1()], expected_ids=catalog.product_ids,
+                     taxonomy=tax)
+    return SubmitResult(Path(out), len(ranking), pred_dir, "core")

@@ -1,0 +1,136 @@
+"""What each signal adds: product top-1 of the reranker fitted on each group of signals (k-fold
+cross-validation over the fusion products), the fitted model's feature importance, candidate coverage;
+markdown + PNG. Reads only the fusion folder's table and model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from etalage.errors import StageOutputError
+from etalage.files import atomic_write, save_npz_atomic
+from etalage.fusion.folder import FusionDir
+from etalage.fusion.model import FusionModel, feature_groups
+from etalage.fusion.table import CandidateTable
+from etalage.progress import bar as progress_bar
+
+
+def coverage(table: CandidateTable, truth: np.ndarray) -> float:
+    """Share of products whose true class is among their candidates (fusion's ceiling)."""
+    n = len(truth)
+    hit = np.zeros(n, bool)
+    hit[table.owner[table.classes == np.asarray(truth)[table.owner]]] = True
+    return float(hit.mean()) if n else 0.0
+
+
+def save_table(path: Path, table: CandidateTable, truth: np.ndarray, core_top1: np.ndarray) -> None:
+    names = list(table.features)
+    save_npz_atomic(path, owner=table.owner, classes=table.classes, X=table.matrix(tuple(names)),
+                    names=np.array(names), truth=np.asarray(truth, np.int32), core_top1=np.asarray(core_top1))
+
+
+def load_table(path: Path) -> tuple[CandidateTable, np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise StageOutputError(f"{path}: no fusion table; run `etalage fusion fit --out {path.parent} ...`")
+    with np.load(path) as z:
+        names = [str(n) for n in z["names"]]
+        table = CandidateTable(z["owner"], z["classes"], {n: z["X"][:, j] for j, n in enumerate(names)})
+        return table, z["truth"], z["core_top1"]
+
+
+def ablation_sets(groups: dict[str, list[str]], specialist_names=()) -> list[tuple[str, tuple[str, ...]]]:
+    """(label, signal groups) of each ablation row: the core alone, the core with each signal, the core
+    with each specialist on its own, everything but the product-id neighbours, everything."""
+    sets = [("core", ("core",)), ("core + hash", ("core", "hash")), ("core + id", ("core", "id")),
+            ("core + specialists", ("core", "specialists"))]
+    if len(specialist_names) > 1:
+        sets += [(f"core + {name}", ("core", f"specialist:{name}")) for name in specialist_names]
+    sets += [("all but id", ("core", "hash", "specialists")), ("all", ("core", "hash", "id", "specialists"))]
+    return [(label, parts) for label, parts in sets
+            if parts == ("core",) or any(groups.get(g) for g in parts if g != "core")]
+
+
+def ablation(table: CandidateTable, truth: np.ndarray, core_top1: np.ndarray, kind: str = "ranker", folds: int = 3,
+             seed: int = 0, specialist_names=(), lgb_params: dict | None = None, progress: bool = True) -> list[dict]:
+    """Product top-1 of the reranker with each group of signals, by ``folds``-fold cross-validation over
+    the fusion products (fit on the other folds, scored on the held-out one)."""
+    groups = feature_groups(tuple(table.features), specialist_names)
+    n = len(truth)
+    fold = np.random.default_rng(seed).integers(0, folds, n)
+    rows = [{"signals": "core top-1 (no reranker)", "features": 0, "top1": float((core_top1 == truth).mean())}]
+    for label, parts in progress_bar(ablation_sets(groups, specialist_names), desc="ablation", enabled=progress):
+        names = tuple(dict.fromkeys(n for g in parts for n in groups[g]))
+        pred = np.full(n, -1, np.int32)
+        for f in range(folds):
+            held = fold == f
+            sub, sub_truth, _ = _subtable(table, truth, ~held)
+            model = FusionModel.fit(sub, sub_truth, names, kind, seed=seed, lgb_params=lgb_params)
+            test, _, test_rows = _subtable(table, truth, held)
+            pred[test_rows] = model.predict(test, len(test_rows))
+        rows.append({"signals": label, "features": len(names), "top1": float((pred == truth).mean())})
+    return rows
+
+
+def _subtable(table: CandidateTable, truth: np.ndarray, products: np.ndarray
+              ) -> tuple[CandidateTable, np.ndarray, np.ndarray]:
+    """The rows of some products, renumbered 0..m-1; returns the table, their truth and their old numbers."""
+    keep = np.flatnonzero(products)
+    new = np.full(len(products), -1, np.int64)
+    new[keep] = np.arange(len(keep))
+    r = products[table.owner]
+    return (CandidateTable(new[table.owner[r]], table.classes[r], {k: v[r] for k, v in table.features.items()}),
+            np.asarray(truth)[keep], keep)
+
+
+def write_report(model_dir: str | Path, out: str | Path, folds: int = 3, progress: bool = True) -> dict:
+    """Feature importance and the ablation: OUT (markdown) and OUT with .png (two bar charts)."""
+    folder, out = FusionDir(model_dir), Path(out)
+    model = FusionModel.load(folder)
+    table, truth, core_top1 = load_table(folder.table_file)
+    rows = ablation(table, truth, core_top1, model.kind, folds, specialist_names=model.config.get("specialist_names", ()),
+                    lgb_params=model.config.get("lgb_params"), progress=progress)
+    importance = model.importance()
+    total = sum(importance.values()) or 1.0
+    lines = [f"# Fusion report: {folder}", "",
+             f"{len(truth):,} products (the core run's validation products), {len(table.owner):,} candidate rows, "
+             f"candidate coverage {coverage(table, truth):.4f}; model kind {model.kind}.", "",
+             f"## Ablation (product top-1, {folds}-fold cross-validation over those products)", "",
+             "| signals | features | top-1 |", "|---|---:|---:|"]
+    lines += [f"| {r['signals']} | {r['features']} | {r['top1']:.4f} |" for r in rows]
+    lines += ["", "## Feature importance (share of total gain, fitted model)", "", "| feature | gain share |",
+              "|---|---:|"]
+    lines += [f"| {k} | {v / total:.4f} |" for k, v in list(importance.items())[:25]]
+    png = out.with_suffix(".png")
+    _chart(rows, importance, png)
+    lines += ["", f"![ablation and importance]({png.name})", ""]
+    with atomic_write(out, "w") as fh:
+        fh.write("\n".join(lines))
+    return {"ablation": rows, "importance": importance, "markdown": str(out), "png": str(png)}
+
+
+def _chart(rows: list[dict], importance: dict[str, float], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [r["signals"] for r in rows]
+    values = [r["top1"] for r in rows]
+    a1.barh(labels[::-1], values[::-1], color="#4c72b0")
+    lo = max(0.0, min(values) - 0.05)
+    a1.set_xlim(lo, min(1.0, max(values) + 0.02))
+    a1.set_xlabel("product top-1")
+    a1.set_title("Ablation")
+    for y, v in enumerate(values[::-1]):
+        a1.text(v, y, f" {v:.3f}", va="center", fontsize=8)
+    top = list(importance.items())[:15]
+    total = sum(importance.values()) or 1.0
+    a2.barh([k for k, _ in top][::-1], [v / total for _, v in top][::-1], color="#dd8452")
+    a2.set_xlabel("share of total gain")
+    a2.set_title("Feature importance")
+    fig.tight_layout()
+    with atomic_write(png, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
