@@ -99,25 +99,17 @@ class BsonIndex:
         bson_path = Path(bson_path)
         if not bson_path.exists():
             raise DataError(f"{bson_path}: no such file")
-        problem = "no index"
-        for idx_path in derived_candidates(bson_path, f"{bson_path.name}.idx.npz"):
-            if not idx_path.exists():
-                continue
-            try:
-                with np.load(idx_path, allow_pickle=False) as z:
-                    meta = json.loads(str(z["meta"]))
-                    products, pictures = z["products"], z["pictures"]
-            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is one case: rebuild
-                problem = f"{idx_path}: unreadable index ({type(exc).__name__})"
-                continue
+
+        def check(path: Path, z) -> tuple[np.ndarray, np.ndarray] | str:
+            meta, products, pictures = json.loads(str(z["meta"])), z["products"], z["pictures"]
             if meta.get("version") != INDEX_VERSION or meta.get("bson") != file_stamp(bson_path):
-                problem = f"{idx_path}: index is stale (the BSON file changed)"
-                continue
+                return f"{path}: index is stale (the BSON file changed)"
             if not _consistent(bson_path, products, pictures):
-                problem = f"{idx_path}: index does not match the file's documents"
-                continue
-            return cls(bson_path, products, pictures)
-        raise DataError(f"{bson_path}: {problem}; run `etalage index {bson_path}`")
+                return f"{path}: index does not match the file's documents"
+            return products, pictures
+
+        products, pictures = _load_derived(bson_path, "idx.npz", "index", check, "etalage index")
+        return cls(bson_path, products, pictures)
 
     @classmethod
     def open(cls, bson_path: str | Path, known_category_ids: np.ndarray | None = None, progress: bool = False
@@ -477,22 +469,35 @@ def load_md5(bson_path: str | Path) -> np.ndarray:
     """Picture MD5s ``(n_pictures, 16)`` uint8 written by :func:`hash_pictures` (``etalage hash``); a
     missing, stale or damaged file names the command that rebuilds it."""
     bson_path = Path(bson_path)
-    problem = "no picture hashes"
-    for path in derived_candidates(bson_path, f"{bson_path.name}.md5.npz"):
+
+    def check(path: Path, z) -> np.ndarray | str:
+        meta, md5 = json.loads(str(z["meta"])), z["md5"]
+        if meta.get("version") != MD5_VERSION or meta.get("bson") != file_stamp(bson_path) or \
+                md5.shape != (meta.get("pictures"), 16):
+            return f"{path}: picture hashes are stale (the BSON file changed)"
+        return md5
+
+    return _load_derived(bson_path, "md5.npz", "picture hashes", check, "etalage hash")
+
+
+def _load_derived(bson_path: Path, suffix: str, what: str, check, command: str):
+    """The first up-to-date derived file ``FILE.bson.SUFFIX`` among the places it may be
+    (``catalog.derived``): ``check(path, npz)`` returns the content, or why it is stale. A missing,
+    stale, truncated or foreign file raises ``DataError`` naming ``command`` (callers rebuild)."""
+    problem = f"no {what}"
+    for path in derived_candidates(bson_path, f"{bson_path.name}.{suffix}"):
         if not path.exists():
             continue
         try:
             with np.load(path, allow_pickle=False) as z:
-                meta, md5 = json.loads(str(z["meta"])), z["md5"]
-        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is one case: rehash
-            problem = f"{path}: unreadable picture hashes ({type(exc).__name__})"
+                found = check(path, z)
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is one case: rebuild it
+            problem = f"{path}: unreadable {what} ({type(exc).__name__})"
             continue
-        if meta.get("version") != MD5_VERSION or meta.get("bson") != file_stamp(bson_path) or \
-                md5.shape != (meta.get("pictures"), 16):
-            problem = f"{path}: picture hashes are stale (the BSON file changed)"
-            continue
-        return md5
-    raise DataError(f"{bson_path}: {problem}; run `etalage hash {bson_path}`")
+        if not isinstance(found, str):
+            return found
+        problem = found
+    raise DataError(f"{bson_path}: {problem}; run `{command} {bson_path}`")
 
 
 def picture_md5(bson_path: str | Path, index: BsonIndex | None = None, progress: bool = False) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Pictures travel flat, ``(P, 3, H, W)`` with ``picture_product`` (P,) saying which product of the
 batch each belongs to, so a batch of mostly one-picture products wastes no compute on padding.
-Fusion choices (2017 evidence in DESIGN.md):
+Picture fusions (2017 evidence: the 2nd place measured FcNet3 0.7817 against 0.7791 for max-pooling on
+the same features; averaging probabilities was the common floor):
 
 - ``prob-mean``: average the per-picture class probabilities (the floor most teams started from);
 - ``mean`` / ``max``: pool picture features, then classify;

@@ -9,28 +9,16 @@ per epoch), ``checkpoint.pt`` (resume state) and, once finished, ``model.pt``. T
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import ConfigError, StageOutputError
+from etalage.files import Folder
 
 
-@dataclass(frozen=True)
-class RunDir:
-    path: Path
-
-    def __init__(self, path: str | Path):
-        object.__setattr__(self, "path", Path(path))
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
+class RunDir(Folder):
     # -- files -----------------------------------------------------------------------------------
     @property
     def config_file(self) -> Path:

@@ -71,3 +71,26 @@ def claim_folder(stamp_path: str | Path, stamp: dict, ignore: tuple[str, ...] = 
                               f"differ); choose another folder or delete it")
         return
     write_json_atomic(stamp_path, stamp)
+
+
+class Folder:
+    """A folder of outputs with a fixed layout (``RunDir``, ``WorkDir``, ``FusionDir``): subclasses name
+    its files as properties, so no stage builds those paths by hand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.path))

@@ -9,23 +9,12 @@ and the fitting stages' outputs ``core_val/`` and ``specialists_val/``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from etalage.files import Folder
 
-@dataclass(frozen=True)
-class FusionDir:
-    path: Path
 
-    def __init__(self, path: str | Path):
-        object.__setattr__(self, "path", Path(path))
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
+class FusionDir(Folder):
     @property
     def model_file(self) -> Path:
         return self.path / "fusion.lgb.txt"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from etalage.errors import ConfigError
 from etalage.fusion.signals import pack_pairs, unpack_pairs
 from etalage.ocr.features import OCR_SUMMARY_NAMES
 
@@ -35,7 +36,7 @@ class CandidateTable:
     def matrix(self, names: tuple[str, ...]) -> np.ndarray:
         missing = [n for n in names if n not in self.features]
         if missing:
-            raise KeyError(f"features not in the table: {', '.join(missing)}")
+            raise ConfigError(f"features not in the table: {', '.join(missing)}")
         return np.stack([self.features[n] for n in names], axis=1).astype(np.float32)
 
 

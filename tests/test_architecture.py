@@ -8,8 +8,9 @@ package-dir), so the contract is written as this test.
 """
 
 import ast
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,27 +9,14 @@ specialist's scores), ``fused/`` (fused top-5 per product): every stage's parts 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from etalage.catalog.bsonindex import file_stamp
 from etalage.errors import StageOutputError
-from etalage.files import claim_folder
+from etalage.files import Folder, claim_folder
 
 
-@dataclass(frozen=True)
-class WorkDir:
-    path: Path
-
-    def __init__(self, path: str | Path):
-        object.__setattr__(self, "path", Path(path))
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
+class WorkDir(Folder):
     @classmethod
     def beside(cls, out: str | Path | None, data: str | Path) -> WorkDir:
         """The default: ``OUT_work`` beside the output file, else ``DATA.work``."""

@@ -3,6 +3,7 @@ import pytest
 
 from etalage.catalog import Catalog, Taxonomy
 from etalage.core.predict import CorePredictor
+from etalage.errors import ConfigError
 from etalage.fusion.table import CORE_FEATURE_NAMES, CandidateTable, candidates, core_features
 
 
@@ -36,7 +37,7 @@ def test_candidates_and_core_features(ranking, synth_dir):
         np.arange(n), tax.level1_of[ranking.topk_class[:, 0]]])
     assert np.all(f["level2_mass_topk"] >= f["core_prob"] - 1e-6)
     assert table.matrix(CORE_FEATURE_NAMES).shape == (len(owner), len(CORE_FEATURE_NAMES))
-    with pytest.raises(KeyError, match="hash_max_share"):
+    with pytest.raises(ConfigError, match="hash_max_share"):
         table.matrix(("hash_max_share",))
 
 
