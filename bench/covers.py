@@ -1,23 +1,31 @@
-"""The BookCover30 benchmark (Iwana et al., "Judging a Book by its Cover"): 30 genres of Amazon books.
+"""The cover benchmark: genre from a cover's title, its OCR reading, its picture and their fusion.
 
-Listings are the public CSV format (quoted, no header): ASIN, filename, image URL, title, author,
-class id, class name. Covers come from a folder of the real pictures (``--images``) or are drawn
-at 180x180 from title and author (``--render``; the real pictures are not available offline, and
-the report says which). Four ways to classify a book are scored: ``title`` (the books specialist on
-the clean title and author), ``ocr`` (the same specialist on what OCR reads from the cover),
-``image`` (ImageNet CNN features of the cover + logistic regression) and ``fused`` (OCR and image
-probabilities averaged).
+Listings are CSV in BookCover30's column order (quoted, no header: id, file name, picture URL, title,
+author, class id, class name): BookCover30 itself (Iwana et al., "Judging a Book by its Cover"), and the
+real OpenLibrary book covers and Discogs album covers of ``../shared/data/real-covers``. Pictures come
+from ``--images`` (letterboxed to 180x180 on white by default, the Cdiscount shape) or are rendered at
+180x180 from title and author (``--render``: BookCover30's pictures are not available offline).
+
+Paths scored, each with top-1, top-3 and n: ``title_baseline`` (word and character TF-IDF with
+logistic regression on the clean title and author), ``title`` (the books specialist on them; both when
+the listing has titles), ``ocr`` (the specialist's reading part on what OCR read),
+``image`` (its looking part: ImageNet CNN features and a linear probe), ``fused`` (the two weighed by
+cross-validation on the training covers). For the reading: title-word recall (title words of 3 or more
+letters, accents folded, found among the words read) and pictures/s. One train/test split, or K-fold
+cross-validation on one listing (mean and standard deviation over folds).
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import re
 import time
-from dataclasses import dataclass
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 
+from etalage.catalog.listings import Cover
 from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import DataError
 from etalage.progress import bar as progress_bar
@@ -29,208 +37,282 @@ PUBLISHED = {  # top-1 on BookCover30's test set; all trained on 51,300 books
     "EXAN title text": 0.652,
     "multimodal (cover + title)": 0.6909,
 }
+PATHS = ("title_baseline", "title", "ocr", "image", "fused")
 
 
-@dataclass
-class Book:
-    asin: str
-    filename: str
-    title: str
-    author: str
-    class_id: int
-    class_name: str
+def has_titles(covers: list[Cover]) -> bool:
+    return sum(bool(c.title.strip()) for c in covers) >= 0.9 * len(covers)
 
 
-def read_listing(path: str | Path) -> list[Book]:
-    path = Path(path)
-    books = []
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            for line_no, row in enumerate(csv.reader(fh), start=1):
-                if not row:
-                    continue
-                if len(row) != 7:
-                    raise DataError(f"{path}: line {line_no}: expected 7 fields (ASIN, filename, image URL, title, "
-                                    f"author, class id, class name), got {len(row)}")
-                try:
-                    class_id = int(row[5])
-                except ValueError:
-                    raise DataError(f"{path}: line {line_no}: class id {row[5]!r} is not an integer") from None
-                books.append(Book(row[0], row[1], row[3], row[4], class_id, row[6]))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read listing: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    if not books:
-        raise DataError(f"{path}: empty listing")
-    return books
-
-
-def genre_taxonomy(books: list[Book]) -> Taxonomy:
-    """The 30 genres as a one-group taxonomy (level-1 LIBRAIRIE), so the books specialist applies."""
+def genre_taxonomy(covers: list[Cover], group: str = "LIBRAIRIE", source: str = "listing") -> Taxonomy:
+    """The listing's classes as one level-1 group, so the books (or music) specialist applies."""
     names = {}
-    for b in books:
-        names.setdefault(b.class_id, b.class_name)
-    return Taxonomy.from_rows([(cid, "LIBRAIRIE", name, name) for cid, name in names.items()], source="BookCover30")
+    for c in covers:
+        names.setdefault(c.class_id, c.class_name)
+    return Taxonomy.from_rows([(cid, group, name, name) for cid, name in names.items()], source=source)
 
 
-def cover_pictures(books: list[Book], images: str | Path | None, seed: int = 0) -> list[np.ndarray]:
-    """Covers as 180x180 RGB arrays: the real files from ``images``, or rendered (JPEG quality 75)."""
+def cover_pictures(covers: list[Cover], images: str | Path | None, size: int | None = 180, seed: int = 0,
+                   progress: bool = False) -> list[np.ndarray]:
+    """Covers as RGB arrays: the files of ``images`` letterboxed to ``size`` (None: as they are), or
+    rendered at 180x180 from title and author (JPEG quality 75)."""
     from PIL import Image
 
-    from etalage.synth.covers import SIZE, render_cover
+    from etalage.catalog.pictures import letterbox
+    from etalage.synth.covers import render_cover
 
     out = []
-    for i, b in enumerate(books):
-        if images is not None:
-            path = Path(images) / b.filename
-            try:
-                img = Image.open(path).convert("RGB")
-            except OSError:
-                raise DataError(f"{path}: cover of {b.asin} is missing or unreadable") from None
-            img.thumbnail((SIZE, SIZE))
-            canvas = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
-            canvas.paste(img, ((SIZE - img.width) // 2, (SIZE - img.height) // 2))
-            out.append(np.asarray(canvas))
-        else:
-            out.append(render_cover(b.title, b.author, np.random.default_rng([seed, i])))
+    for i, c in enumerate(progress_bar(covers, desc="covers", unit="cover", enabled=progress)):
+        if images is None:
+            out.append(render_cover(c.title, c.author, np.random.default_rng([seed, i])))
+            continue
+        path = Path(images) / c.filename
+        try:
+            pic = np.asarray(Image.open(path).convert("RGB"))
+        except OSError:
+            raise DataError(f"{path}: cover of {c.key} is missing or unreadable") from None
+        out.append(letterbox(pic, size) if size else pic)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def fold_words(text: str) -> list[str]:
+    """Lower-case words with accents folded (``Futé`` -> ``fute``)."""
+    text = unicodedata.normalize("NFKD", text.lower())
+    return re.findall(r"[a-z0-9]+", "".join(c for c in text if not unicodedata.combining(c)))
+
+
+def title_word_recall(boxes_per_cover: list[list], texts: list[str]) -> tuple[float, int, int]:
+    """(recall, found, total): the words of ``texts`` (3 or more letters) found among the words read."""
+    found = total = 0
+    for boxes, text in zip(boxes_per_cover, texts, strict=True):
+        want = {w for w in fold_words(text) if len(w) >= 3 and w.isalpha()}
+        got = {w for b in boxes for w in fold_words(b.text)}
+        found += len(want & got)
+        total += len(want)
+    return (found / total if total else float("nan")), found, total
+
+
+def read_covers(pictures: list[np.ndarray], engine, cache, batch: int = 16, progress: bool = False
+                ) -> tuple[list[list], float | None]:
+    """OCR boxes of every cover (through the cache, keyed by the picture's pixels) and the pictures/s of
+    the ones read in this call (None when all were cached)."""
+    from etalage.ocr.cache import read_cached
+
+    out, fresh, seconds = [], 0, 0.0
+    for start in progress_bar(range(0, len(pictures), batch), desc=f"read {engine.name}", unit="batch",
+                              enabled=progress):
+        part = pictures[start:start + batch]
+        keys = [hashlib.md5(p.tobytes()).digest() for p in part]
+        todo = len(part) - len(cache.get_many(keys, engine.cache_key))
+        t0 = time.perf_counter()
+        out.extend(read_cached(engine, cache, part, keys))
+        if todo:
+            fresh += todo
+            seconds += time.perf_counter() - t0
+    return out, (fresh / seconds if fresh else None)
+
+
+def readings_of(boxes_per_cover: list[list], pictures: list[np.ndarray] | None):
+    from etalage.ocr.features import picture_features
+    from etalage.specialists.base import ProductReading
+
+    return [ProductReading(i, [boxes], picture_features(boxes, 180, 180)[None],
+                           None if pictures is None else [pictures[i]]) for i, boxes in enumerate(boxes_per_cover)]
 
 
 def text_readings(texts: list[str]):
     """Readings made of clean text (one box per word), for the ``title`` path."""
-    from etalage.ocr.base import TextBox, box_quad
-    from etalage.ocr.features import PICTURE_FEATURE_NAMES
-    from etalage.specialists.base import ProductReading
+    from etalage.testing import make_reading
 
-    zeros = np.zeros((1, len(PICTURE_FEATURE_NAMES)), np.float32)
-    return [ProductReading(i, [[TextBox(w, 1.0, box_quad(0, 0, 1, 1), None) for w in t.split()]], zeros)
-            for i, t in enumerate(texts)]
+    return [make_reading(t, i, []) for i, t in enumerate(texts)]
 
 
-def ocr_readings(pictures: list[np.ndarray], engine, cache, progress: bool = False):
-    import hashlib
-
-    from etalage.ocr.cache import read_cached
-    from etalage.ocr.features import picture_features
-    from etalage.specialists.base import ProductReading
-
-    out = []
-    for start in progress_bar(range(0, len(pictures), 32), desc="ocr covers", enabled=progress):
-        part = pictures[start:start + 32]
-        keys = [hashlib.md5(p.tobytes()).digest() for p in part]
-        for j, (pic, boxes) in enumerate(zip(part, read_cached(engine, cache, part, keys), strict=True)):
-            out.append(ProductReading(start + j, [boxes], picture_features(boxes, *pic.shape[:2])[None]))
-    return out
-
-
-def image_features(pictures: list[np.ndarray], batch: int = 64, progress: bool = False) -> np.ndarray:
-    """Pooled ImageNet features of efficientnet_lite0 (offline weights), one row per cover."""
-    import torch
-
-    from etalage.core.backbones import create_backbone
-
-    bb = create_backbone("efficientnet_lite0", "imagenet")
-    model = bb.model.eval()
-    mean = torch.tensor(bb.mean).view(1, 3, 1, 1)
-    std = torch.tensor(bb.std).view(1, 3, 1, 1)
-    out = []
-    with torch.no_grad():
-        for i in progress_bar(range(0, len(pictures), batch), desc="cnn covers", enabled=progress):
-            x = torch.from_numpy(np.stack(pictures[i:i + batch])).permute(0, 3, 1, 2).float() / 255
-            out.append(model((x - mean) / std).numpy())
-    return np.concatenate(out).astype(np.float32)
+# ---------------------------------------------------------------------------------------------
+# the paths
 
 
 def topk_scores(proba: np.ndarray, classes: np.ndarray, truth: np.ndarray) -> dict:
-    order = np.argsort(-proba, axis=1)
+    order = np.argsort(-proba, axis=1, kind="stable")
     top = classes[order[:, :3]]
     return {"top1": float((top[:, 0] == truth).mean()), "top3": float((top == truth[:, None]).any(1).mean()),
             "n": int(len(truth))}
 
 
-def run_bookcover(train: list[Book], test: list[Book], images: str | Path | None, work: str | Path,
-                  ocr_engine: str = "easyocr", seed: int = 0, progress: bool = True) -> dict:
-    """Train on ``train`` and score ``test``; returns the report (without writing it)."""
+def title_baseline(train_texts: list[str], y_train: np.ndarray, test_texts: list[str], y_test: np.ndarray) -> dict:
+    """The stronger plain baseline on clean titles: word (1-2) and character (2-5) TF-IDF, logistic
+    regression."""
+    from scipy import sparse
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+
+    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
+    X = sparse.hstack([words.fit_transform(train_texts), chars.fit_transform(train_texts)]).tocsr()
+    clf = LogisticRegression(C=10, max_iter=2000).fit(X, y_train)
+    proba = clf.predict_proba(sparse.hstack([words.transform(test_texts), chars.transform(test_texts)]).tocsr())
+    return topk_scores(proba, clf.classes_, y_test)
+
+
+def score_split(specialist: str, tax: Taxonomy, train: list[int], test: list[int], covers: list[Cover],
+                readings: list, titles: bool, options: dict | None = None) -> tuple[dict, np.ndarray, dict]:
+    """Fit on the ``train`` covers and score the ``test`` covers on every path; returns the scores, the
+    fused predictions (class indices) and the fitted weights."""
+    from etalage.specialists import create_specialist
+
+    options = options or {}
+    y = tax.indices_of(np.array([c.class_id for c in covers]))
+    scores = {}
+    if titles:
+        texts = [covers[i].text for i in range(len(covers))]
+        scores["title_baseline"] = title_baseline([texts[i] for i in train], y[train], [texts[i] for i in test],
+                                                  y[test])
+        clean = text_readings(texts)
+        spec = create_specialist(specialist, image="off", **options).fit([clean[i] for i in train], y[train], tax)
+        out = spec.predict([clean[i] for i in test])
+        scores["title"] = topk_scores(out.scores, out.class_indices, y[test])
+    spec = create_specialist(specialist, **options).fit([readings[i] for i in train], y[train], tax)
+    parts = spec.path_scores([readings[i] for i in test])
+    for key, part in (("ocr", "text"), ("image", "image"), ("fused", "fused")):
+        scores[key] = topk_scores(parts[part], spec.class_indices_, y[test])
+    fused_pred = spec.class_indices_[parts["fused"].argmax(1)]
+    return scores, fused_pred, {"text_weight": spec.weight_, **{f"oof_{k}": v for k, v in spec.oof_top1_.items()}}
+
+
+def run_covers(covers: list[Cover], work: str | Path, images: str | Path | None, test: list[Cover] | None = None,
+               cv: int = 5, size: int | None = 180, group: str | None = None, ocr_engine: str | None = None,
+               seed: int = 0, options: dict | None = None, progress: bool = True) -> dict:
+    """The benchmark: ``test`` given, one split (train on ``covers``, score ``test``); else ``cv``-fold
+    cross-validation on ``covers``. Returns the report (see ``write_report``)."""
+    from sklearn.model_selection import StratifiedKFold
 
     from etalage.ocr import load_engine
     from etalage.ocr.cache import OcrCache
-    from etalage.specialists import create_specialist
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    tax = genre_taxonomy(train + test)
-    y_train = tax.indices_of(np.array([b.class_id for b in train]))
-    y_test = tax.indices_of(np.array([b.class_id for b in test]))
-    timings: dict[str, float] = {}
-    report: dict = {"covers": "real pictures from " + str(images) if images else
-                    "rendered 180x180 from title and author (JPEG q75): the real covers are not available",
-                    "train_books": len(train), "test_books": len(test), "published_top1": PUBLISHED}
-
-    def clean(b: Book) -> str:
-        return f"{b.title} {b.author}"
-
+    every = covers + (test or [])
+    titles = has_titles(every)
+    group = group or ("LIBRAIRIE" if titles else "MUSIQUE")
+    specialist = {"LIBRAIRIE": "books", "MUSIQUE": "music"}.get(group, "books")
+    tax = genre_taxonomy(every, group)
     t0 = time.perf_counter()
-    spec = create_specialist("books")
-    spec.fit(text_readings([clean(b) for b in train]), y_train, tax)
-    title_out = spec.predict(text_readings([clean(b) for b in test]))
-    report["title"] = topk_scores(title_out.scores, title_out.class_indices, y_test)
-    timings["title_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    pics_train = cover_pictures(train, images, seed)
-    pics_test = cover_pictures(test, images, seed + 1)
-    timings["covers_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    pictures = cover_pictures(every, images, size, seed, progress)
+    timings = {"pictures_s": time.perf_counter() - t0}
     engine = load_engine(ocr_engine)
+    t0 = time.perf_counter()
     with OcrCache(work / "ocr-cache.sqlite") as cache:
-        r_train = ocr_readings(pics_train, engine, cache, progress)
-        r_test = ocr_readings(pics_test, engine, cache, progress)
+        boxes, speed = read_covers(pictures, engine, cache, progress=progress)
     timings["ocr_s"] = time.perf_counter() - t0
+    readings = readings_of(boxes, pictures)
+    y = np.array([c.class_id for c in every])
+    if test is not None:
+        splits = [(list(range(len(covers))), list(range(len(covers), len(every))))]
+    else:
+        splits = [(list(tr), list(va)) for tr, va in
+                  StratifiedKFold(cv, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)]
+    per_fold, weights = [], []
+    pred = np.zeros(len(every), np.int32)
+    scored = np.zeros(len(every), bool)
     t0 = time.perf_counter()
-    spec_ocr = create_specialist("books")
-    spec_ocr.fit(r_train, y_train, tax)
-    ocr_out = spec_ocr.predict(r_test)
-    report["ocr"] = topk_scores(ocr_out.scores, ocr_out.class_indices, y_test)
-    timings["ocr_fit_predict_s"] = time.perf_counter() - t0
+    for tr, te in progress_bar(splits, desc="folds", unit="fold", enabled=progress):
+        scores, fused_pred, w = score_split(specialist, tax, tr, te, every, readings, titles, options)
+        per_fold.append(scores)
+        weights.append(w)
+        pred[te], scored[te] = fused_pred, True
+    timings["fit_predict_s"] = time.perf_counter() - t0
+    recall = title_word_recall(boxes, [c.title for c in every]) if titles else (float("nan"), 0, 0)
+    truth = tax.indices_of(y)
+    return {"covers": "real pictures from " + str(images) + (f", letterboxed to {size}x{size} on white" if size else
+                                                             ", at their own size") if images else
+            "rendered 180x180 from title and author (JPEG q75)",
+            "listing_covers": len(covers), "test_covers": len(test or []), "classes": tax.n_classes,
+            "group": group, "specialist": specialist, "protocol": "train/test" if test is not None else f"{cv}-fold CV",
+            "folds": per_fold, **summarise(per_fold), "weights": weights,
+            "reading": {"engine": engine.cache_key, "title_word_recall": recall[0], "title_words_found": recall[1],
+                        "title_words": recall[2], "pictures_per_s": speed},
+            "timings": timings, "_confusion": (pred[scored], truth[scored], tax)}
 
-    t0 = time.perf_counter()
-    f_train, f_test = image_features(pics_train, progress=progress), image_features(pics_test, progress=progress)
-    scaler = StandardScaler().fit(f_train)
-    clf = LogisticRegression(C=0.05, max_iter=2000).fit(scaler.transform(f_train), y_train)
-    image_proba = np.zeros_like(ocr_out.scores)
-    col = {int(c): j for j, c in enumerate(ocr_out.class_indices)}
-    image_proba[:, [col[int(c)] for c in clf.classes_]] = clf.predict_proba(scaler.transform(f_test))
-    report["image"] = topk_scores(image_proba, ocr_out.class_indices, y_test)
-    timings["image_s"] = time.perf_counter() - t0
 
-    fused = 0.5 * ocr_out.scores + 0.5 * image_proba
-    report["fused"] = topk_scores(fused, ocr_out.class_indices, y_test)
-    report["timings"] = timings
-    report["_confusion"] = (ocr_out.class_indices[fused.argmax(1)], y_test, tax)
-    return report
+def summarise(per_fold: list[dict]) -> dict:
+    """Each path's top-1 and top-3: the value (one split) or mean and standard deviation over folds."""
+    out = {}
+    for path in PATHS:
+        rows = [f[path] for f in per_fold if path in f]
+        if rows:
+            out[path] = {"top1": float(np.mean([r["top1"] for r in rows])),
+                         "top1_sd": float(np.std([r["top1"] for r in rows])),
+                         "top3": float(np.mean([r["top3"] for r in rows])), "n": int(sum(r["n"] for r in rows))}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def write_report(report: dict, out: str | Path, listing_name: str) -> dict[str, Path]:
+    """``out`` (JSON), ``out`` with ``.md`` (tables) and ``.png`` (the fused confusion matrix with
+    counts); titles name ``listing_name``."""
+    from etalage.files import atomic_write, write_json_atomic
+
+    out = Path(out)
+    pred, truth, tax = report.pop("_confusion")
+    png = out.with_suffix(".png")
+    fused = report.get("fused", {})
+    confusion_png(pred, truth, tax, png, f"{listing_name}: fused top-1 {fused.get('top1', float('nan')):.3f} "
+                                         f"({report['protocol']}, n={len(truth)})")
+    write_json_atomic(out, report)
+    lines = [f"# Cover benchmark: {listing_name}", "", f"{report['covers']}; {report['classes']} classes; "
+             f"{report['protocol']}; specialist `{report['specialist']}`.", "",
+             "| path | top-1 | sd | top-3 | n |", "|---|---:|---:|---:|---:|"]
+    for path in PATHS:
+        if path in report:
+            r = report[path]
+            lines.append(f"| {path} | {r['top1']:.3f} | {r['top1_sd']:.3f} | {r['top3']:.3f} | {r['n']} |")
+    rd = report["reading"]
+    lines += ["", f"Reading ({rd['engine']}): title-word recall {rd['title_word_recall']:.3f} "
+              f"({rd['title_words_found']}/{rd['title_words']}), "
+              + (f"{rd['pictures_per_s']:.2f} pictures/s." if rd["pictures_per_s"] else "all pictures cached."),
+              "", f"![confusion matrix]({png.name})", ""]
+    md = out.with_suffix(".md")
+    with atomic_write(md, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+    return {"json": out, "markdown": md, "png": png}
 
 
 def confusion_png(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy, path: str | Path, title: str) -> None:
+    """Row-normalised confusion matrix with the counts written in the cells and a colour bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from etalage.files import atomic_write
+
     n = tax.n_classes
     m = np.zeros((n, n), np.int64)
     np.add.at(m, (truth, pred), 1)
-    fig, ax = plt.subplots(figsize=(11, 10))
-    ax.imshow(m / np.maximum(1, m.sum(1, keepdims=True)), cmap="Blues", vmin=0, vmax=1)
+    share = m / np.maximum(1, m.sum(1, keepdims=True))
+    side = max(5.0, 0.32 * n + 3)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's covers")
+    if n <= 40:
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7 if n > 15 else 9,
+                            color="white" if share[i, j] > 0.5 else "black")
     names = [tax.level3_names[i][:22] for i in range(n)]
-    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), names, fontsize=7)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7 if n > 15 else 9)
+    ax.set_yticks(range(n), names, fontsize=7 if n > 15 else 9)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)

@@ -2,7 +2,10 @@
 
 Decoding is Pillow's libjpeg-turbo; a corrupt picture raises ``CorruptPicture`` here and is
 counted (with its product id) by the caller's ``DecodeStats``, so one bad JPEG in 12M never
-stops a long job.
+stops a long job. Pictures are bounded: a JPEG larger than ``MAX_SIDE`` is decoded at a reduced
+scale (libjpeg's DCT scaling, cheap), and any picture that would still exceed ``MAX_PIXELS`` (a
+20000x20000 PNG, a decompression bomb) is refused as corrupt before a pixel is decoded. Cdiscount's
+pictures are 180x180.
 """
 
 from __future__ import annotations
@@ -18,19 +21,28 @@ from PIL import Image, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 
+MAX_SIDE = 2048          # larger JPEGs are decoded at 1/2, 1/4 or 1/8 scale
+MAX_PIXELS = 4096 * 4096  # larger pictures (after that scaling) are refused: 50 MB of RGB at most
+
+
 class CorruptPicture(ValueError):
-    """JPEG bytes that Pillow cannot decode."""
+    """Picture bytes that cannot be decoded, or a picture too large to decode safely."""
 
 
 def decode_picture(data: bytes | memoryview) -> np.ndarray:
     """Decode JPEG (or any Pillow-readable) bytes to an ``(H, W, 3)`` uint8 RGB array."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if max(im.size) > MAX_SIDE and im.format == "JPEG":
+                w, h = im.size
+                im.draft("RGB", (w * MAX_SIDE // max(w, h), h * MAX_SIDE // max(w, h)))
+            if im.size[0] * im.size[1] > MAX_PIXELS:
+                raise CorruptPicture(f"{im.size[0]}x{im.size[1]} pixels is over the limit of {MAX_PIXELS:,}")
             im.load()
             if im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptPicture(str(exc)) from None
 
 
@@ -50,6 +62,18 @@ def random_crop(picture: np.ndarray, size: int, rng: np.random.Generator, flip: 
     if flip and rng.random() < 0.5:
         out = out[:, ::-1]
     return out
+
+
+def letterbox(picture: np.ndarray, size: int) -> np.ndarray:
+    """``picture`` scaled to fit ``size`` x ``size`` (aspect kept) and centred on white."""
+    h, w = picture.shape[:2]
+    if (h, w) == (size, size):
+        return picture
+    scale = size / max(h, w)
+    img = Image.fromarray(picture).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return np.asarray(canvas)
 
 
 @dataclass

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from etalage.catalog.csvrows import csv_rows, parse_int
 from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import DataError
 from etalage.files import atomic_write
@@ -16,29 +16,26 @@ HEADER = ("_id", "category_id")
 
 
 def read_id_category_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``_id,category_id`` rows -> (ids int64, category ids int64); bad rows name their line."""
+    """Read ``_id,category_id`` rows -> (ids int64, category ids int64); bad rows name their line, an
+    empty file (a header alone) and a repeated product are errors."""
     path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or tuple(h.strip() for h in header[:2]) != HEADER:
-                raise DataError(f"{path}: line 1: expected header _id,category_id")
-            ids, cats = [], []
-            for line_no, rec in enumerate(reader, start=2):
-                if not rec:
-                    continue
-                try:
-                    ids.append(int(rec[0]))
-                    cats.append(int(rec[1]))
-                except (ValueError, IndexError):
-                    raise DataError(f"{path}: line {line_no}: expected two integers, got {','.join(rec)!r}") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    rows = csv_rows(path, "submission")
+    if not rows or tuple(h.strip() for h in rows[0][1][:2]) != HEADER or rows[0][0] != 1:
+        raise DataError(f"{path}: line 1: expected header _id,category_id")
+    ids, cats = [], []
+    for line_no, rec in rows[1:]:
+        if len(rec) < 2:
+            raise DataError(f"{path}: line {line_no}: expected two integers, got {','.join(rec)!r}")
+        ids.append(parse_int(rec[0], path, line_no, "_id"))
+        cats.append(parse_int(rec[1], path, line_no, "category_id"))
+    if not ids:
+        raise DataError(f"{path}: no products after the header")
     ids_a, cats_a = np.array(ids, np.int64), np.array(cats, np.int64)
     uniq, counts = np.unique(ids_a, return_counts=True)
     if (counts > 1).any():
-        raise DataError(f"{path}: product {int(uniq[counts > 1][0])} appears more than once")
+        dup = int(uniq[counts > 1][0])
+        lines = [n for (n, r), v in zip(rows[1:], ids, strict=True) if v == dup]
+        raise DataError(f"{path}: product {dup} appears more than once (lines {', '.join(map(str, lines[:5]))})")
     return ids_a, cats_a
 
 
@@ -56,8 +53,9 @@ def write_submission(path: str | Path, product_ids: np.ndarray, category_ids: np
             missing = np.setdiff1d(expected_ids, product_ids)
             detail = f"product {int(missing[0])} is missing" if missing.size else "products differ or are out of order"
             raise DataError(f"{path}: submission does not cover the test file exactly once: {detail}")
-    if len(np.unique(product_ids)) != len(product_ids):
-        raise DataError(f"{path}: a product appears more than once")
+    uniq, counts = np.unique(product_ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{path}: product {int(uniq[counts > 1][0])} appears more than once")
     if taxonomy is not None:
         taxonomy.indices_of(category_ids)
     with atomic_write(path, "w", newline="") as fh:

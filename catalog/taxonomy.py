@@ -65,34 +65,25 @@ class Taxonomy:
 
     @classmethod
     def load(cls, path: str | Path) -> Taxonomy:
-        """Read ``category_names.csv`` (UTF-8, header ``category_id,category_level1,...``)."""
+        """Read ``category_names.csv`` (UTF-8, with or without a byte-order mark, header
+        ``category_id,category_level1,...``)."""
+        from etalage.catalog.csvrows import csv_rows, parse_int
+
         path = Path(path)
-        try:
-            with path.open(newline="", encoding="utf-8") as fh:
-                reader = csv.reader(fh)
-                header = next(reader, None)
-                if header is None:
-                    raise TaxonomyError(f"{path}: empty file, expected header {','.join(COLUMNS)}")
-                header = [h.strip().lstrip("\ufeff") for h in header]
-                if tuple(header[:4]) != COLUMNS:
-                    raise TaxonomyError(f"{path}: line 1: expected header {','.join(COLUMNS)}, got {','.join(header)}")
-                rows = []
-                for line_no, rec in enumerate(reader, start=2):
-                    if not rec or all(not c.strip() for c in rec):
-                        continue
-                    if len(rec) < 4:
-                        raise TaxonomyError(f"{path}: line {line_no}: expected 4 fields, got {len(rec)}")
-                    try:
-                        cid = int(rec[0])
-                    except ValueError:
-                        raise TaxonomyError(f"{path}: line {line_no}: category_id {rec[0]!r} is not an integer") from None
-                    if not all(rec[1:4]):
-                        raise TaxonomyError(f"{path}: line {line_no}: empty category name")
-                    rows.append((cid, rec[1], rec[2], rec[3]))
-        except OSError as exc:
-            raise TaxonomyError(f"{path}: cannot read category file: {exc.strerror or exc}") from None
-        except UnicodeDecodeError as exc:
-            raise TaxonomyError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        lines = csv_rows(path, "category file", TaxonomyError)
+        if not lines:
+            raise TaxonomyError(f"{path}: empty file, expected header {','.join(COLUMNS)}")
+        header = [h.strip() for h in lines[0][1]]
+        if tuple(header[:4]) != COLUMNS:
+            raise TaxonomyError(f"{path}: line 1: expected header {','.join(COLUMNS)}, got {','.join(header)}")
+        rows = []
+        for line_no, rec in lines[1:]:
+            if len(rec) < 4:
+                raise TaxonomyError(f"{path}: line {line_no}: expected 4 fields, got {len(rec)}")
+            cid = parse_int(rec[0], path, line_no, "category_id", TaxonomyError)
+            if not all(rec[1:4]):
+                raise TaxonomyError(f"{path}: line {line_no}: empty category name")
+            rows.append((cid, rec[1], rec[2], rec[3]))
         return cls.from_rows(rows, source=str(path))
 
     def save(self, path: str | Path) -> None:

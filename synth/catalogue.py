@@ -4,9 +4,11 @@ It reproduces the signals the 2017 solutions exploited, each with its own streng
 class-specific shapes, textures and colours under noise (level-1 decides the shape family,
 level-2 the texture, the class the colour, so the level heads have something to learn); book
 and CD covers that share one style per group and differ only by the words printed on them;
-product ids assigned in runs of one class; exact duplicate pictures within a class (also across
-train and test); placeholder pictures shared by every class; long-tailed class sizes and 1-4
-pictures per product, skewed towards one.
+product ids that carry no class between neighbours, as in Cdiscount's real sample (only a slow
+drift of the class mix over the id range; runs of one class are a knob); exact duplicate pictures
+within a class (also across train and test); placeholder pictures shared by every class;
+long-tailed class sizes and 1-4 pictures per product, skewed towards one. Real book and album covers
+can stand in for the drawn ones (``book_covers``, ``music_covers``; ``etalage.synth.real_covers``).
 
 Every picture is drawn from a random generator seeded by (seed, product number), so a seed
 gives the same bytes with any number of worker processes.
@@ -61,13 +63,14 @@ DEFAULT_TREE = [
 ]
 
 
-def default_taxonomy() -> Taxonomy:
-    """A small taxonomy shaped like the real one (LIBRAIRIE and MUSIQUE groups included)."""
-    rows, k = [], 0
-    for l1, l2, leaves in DEFAULT_TREE:
-        for l3 in leaves:
-            rows.append((1000010000 + 97 * k, l1, l2, l3))
-            k += 1
+def default_taxonomy(real_groups: dict[str, list[tuple[str, str, str]]] | None = None) -> Taxonomy:
+    """A small taxonomy shaped like the real one (LIBRAIRIE and MUSIQUE groups included). ``real_groups``:
+    level-1 name -> the (level-1, level-2, level-3) classes that replace its built-in ones (the real
+    classes real covers stand for)."""
+    real_groups = real_groups or {}
+    tree = [(l1, l2, [(l1, l2, l3) for l3 in leaves]) for l1, l2, leaves in DEFAULT_TREE if l1 not in real_groups]
+    tree += [(names[0], names[1], [names]) for classes in real_groups.values() for names in classes]
+    rows = [(1000010000 + 97 * k, *names) for k, names in enumerate(n for _, _, leaves in tree for n in leaves)]
     return Taxonomy.from_rows(rows, source="synthetic default taxonomy")
 
 
@@ -80,18 +83,23 @@ class SynthConfig:
     test_fraction: float = 0.2
     noise: float = 0.5            # generic pictures: jitter of colour, pose, background, clutter
     text_strength: float = 0.8    # share of cover words drawn from the class's own vocabulary
-    id_run_length: float = 8.0    # mean run of consecutive product ids with one class (1 = no leak)
+    # Mean run of consecutive product ids with one class. 1: none. In Cdiscount's real sample,
+    # neighbouring ids share a class 17% of the time, what independence gives there.
+    id_run_length: float = 1.0
+    id_drift: float = 0.3         # slow drift of the class mix over the id range (amplitude, 0-1)
     duplicate_rate: float = 0.15  # pictures that are exact copies of one of the class's stock pictures
     placeholder_rate: float = 0.02  # pictures replaced by a placeholder shared by all classes
     tail: float = 0.9             # Zipf exponent of class sizes (0 = balanced)
     classes: int | None = None    # use only this many classes of the taxonomy (default: all)
     jpeg_quality: int = 90
     workers: int | None = None    # processes drawing pictures (default: all cores)
+    book_covers: str | None = None   # folder of real book covers (listing.csv + images/) for LIBRAIRIE
+    music_covers: str | None = None  # folder of real album covers for MUSIQUE
 
     def check(self) -> None:
         if self.products < 1:
             raise ConfigError("products must be >= 1")
-        for name in ("test_fraction", "noise", "text_strength", "duplicate_rate", "placeholder_rate"):
+        for name in ("test_fraction", "noise", "text_strength", "duplicate_rate", "placeholder_rate", "id_drift"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v}")
@@ -144,12 +152,16 @@ def _plan(cfg: SynthConfig, n_classes_total: int) -> dict[str, np.ndarray]:
         else np.arange(n_classes_total)
     weights = 1.0 / (1.0 + rng.permutation(n_cls)) ** cfg.tail
     weights /= weights.sum()
-    # Runs of one class over consecutive ids: the id-order leak of the real dumps.
+    # The class mix drifts slowly over the id range (two cycles, a phase per class); runs of one class
+    # over consecutive ids only when asked (id_run_length > 1).
+    phase = rng.random(n_cls)
     labels = np.empty(cfg.products, np.int64)
     filled = 0
     while filled < cfg.products:
+        at = filled / cfg.products
+        mix = weights * (1 + cfg.id_drift * np.sin(2 * np.pi * (2 * at + phase)))
         run = min(int(rng.geometric(1.0 / cfg.id_run_length)), cfg.products - filled)
-        labels[filled:filled + run] = classes[rng.choice(n_cls, p=weights)]
+        labels[filled:filled + run] = classes[rng.choice(n_cls, p=mix / mix.sum())]
         filled += run
     ids = 10 + np.cumsum(rng.integers(1, 4, cfg.products))
     n_pics = rng.choice(4, cfg.products, p=PICTURES_PER_PRODUCT_P) + 1
@@ -291,9 +303,13 @@ def _stock_picture(cls: int, k: int) -> bytes:
     return _jpeg(_draw_product_view(style, rng, cfg, words), cfg.jpeg_quality)
 
 
-def _make_product(job: tuple[int, int, int, np.ndarray, np.ndarray]) -> list[bytes]:
-    number, cls, n_pics, kind, stock = job
+def _make_product(job: tuple[int, int, int, np.ndarray, np.ndarray, Path | None]) -> list[bytes]:
+    number, cls, n_pics, kind, stock, cover = job
     cfg, style = _W["cfg"], _W["styles"][cls]
+    if cover is not None:  # a real cover stands for the drawn one
+        from etalage.synth.real_covers import cover_jpeg
+
+        return [cover_jpeg(cover, cfg.jpeg_quality)]
     rng = np.random.default_rng([cfg.seed, 3, number])
     words = _cover_words(style, rng, cfg.text_strength) if style.group != "generic" else None
     pictures = []
@@ -310,6 +326,31 @@ def _make_product(job: tuple[int, int, int, np.ndarray, np.ndarray]) -> list[byt
 # ---------------------------------------------------------------------------------------------
 
 
+def _cover_sources(cfg: SynthConfig) -> dict:
+    from etalage.synth.real_covers import CoverSource
+
+    sources = {}
+    if cfg.book_covers:
+        sources[BOOKS] = CoverSource.open(cfg.book_covers, BOOKS)
+    if cfg.music_covers:
+        sources[MUSIC] = CoverSource.open(cfg.music_covers, MUSIC)
+    return sources
+
+
+def _real_cover_plan(sources: dict, tax: Taxonomy, plan: dict, seed: int) -> dict[int, Path]:
+    """Product number -> real cover file, for the products of the classes the covers stand for."""
+    out: dict[int, Path] = {}
+    for src in sources.values():
+        by_class = {}
+        for names in src.files:
+            matches = [c for c in range(tax.n_classes) if tax.names_of(c) == names]
+            if not matches:
+                raise ConfigError(f"the taxonomy has no class {' / '.join(names)} for the covers of {src.folder}")
+            by_class[names] = np.flatnonzero(plan["labels"] == matches[0])
+        out.update(src.assign(by_class, seed))
+    return out
+
+
 def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: Taxonomy | None = None,
                               progress: bool = False) -> dict:
     """Write ``train.bson``, ``test.bson``, ``category_names.csv``, ``sample_submission.csv`` and
@@ -319,11 +360,13 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
     cfg.check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tax = taxonomy or default_taxonomy()
+    sources = _cover_sources(cfg)
+    tax = taxonomy or default_taxonomy({g: list(src.files) for g, src in sources.items()})
     plan = _plan(cfg, tax.n_classes)
     styles = _class_styles(tax, plan["classes"], cfg.seed)
-    jobs = [(i, int(plan["labels"][i]), int(plan["n_pics"][i]), plan["kind"][i], plan["stock"][i])
-            for i in range(cfg.products)]
+    real = _real_cover_plan(sources, tax, plan, cfg.seed)
+    jobs = [(i, int(plan["labels"][i]), 1 if i in real else int(plan["n_pics"][i]), plan["kind"][i],
+             plan["stock"][i], real.get(i)) for i in range(cfg.products)]
     workers = max(1, cfg.workers or os.cpu_count() or 1)
     bar = progress_bar(total=cfg.products, unit="product", desc="synth", enabled=progress)
     counts = {"train": 0, "test": 0, "pictures": 0}
@@ -366,4 +409,5 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
         w = csv.writer(fh)
         w.writerow(["_id", "category_id"])
         w.writerows([int(plan["ids"][i]), int(cat_ids[0])] for i in test_rows)
-    return {"out": str(out_dir), "config": asdict(cfg), "classes_used": int(len(plan["classes"])), **counts}
+    return {"out": str(out_dir), "config": asdict(cfg), "classes_used": int(len(plan["classes"])),
+            "real_covers": len(real), **counts}

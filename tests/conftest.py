@@ -55,3 +55,32 @@ def tiny_run(synth_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run") / "tiny"
     train(TrainConfig(train=str(synth_dir / "train.bson"), out=str(run), epochs=3, **TINY), progress=False)
     return run
+
+
+PLUGIN = Path(__file__).resolve().parent / "plugins" / "example_specialist"
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example third-party plugins (tests/plugins/example_specialist) installed with pip into a
+    folder of their own."""
+    import subprocess
+    import sys
+
+    site = tmp_path_factory.mktemp("site")
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                          "--quiet", "--target", str(site), str(PLUGIN)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert list(site.glob("etalage_example_specialist-0.1.0.dist-info"))
+    return site
+
+
+@pytest.fixture
+def with_plugin(plugin_site, monkeypatch):
+    """The example plugins importable and discovered (for this test only)."""
+    from etalage.specialists import discover
+
+    monkeypatch.syspath_prepend(str(plugin_site))
+    discover.cache_clear()
+    yield plugin_site
+    discover.cache_clear()

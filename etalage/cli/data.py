@@ -81,6 +81,12 @@ def synth_options(p: ArgumentParser) -> None:
     p.add_argument("--id-run-length", type=float, default=d.id_run_length,
                    help="mean run of consecutive product ids sharing a class (1: ids carry no class, as in the "
                         "real sample)")
+    p.add_argument("--id-drift", type=float, default=d.id_drift,
+                   help="slow drift of the class mix over the id range, 0-1 (a prior wide id windows can use)")
+    p.add_argument("--book-covers", metavar="DIR", help="real book covers (DIR/listing.csv + DIR/images, e.g. "
+                                                        "../shared/data/real-covers/books-dev) as the LIBRAIRIE "
+                                                        "pictures, genres as real Cdiscount classes")
+    p.add_argument("--music-covers", metavar="DIR", help="real album covers (same layout) as the MUSIQUE pictures")
     p.add_argument("--duplicate-rate", type=float, default=d.duplicate_rate,
                    help="share of pictures that are exact copies of a class's stock pictures")
     p.add_argument("--placeholder-rate", type=float, default=d.placeholder_rate,
@@ -99,11 +105,13 @@ def cmd_synth(args) -> int:
     cfg = SynthConfig(products=args.products, seed=args.seed, test_fraction=args.test_fraction, noise=args.noise,
                       text_strength=args.text_strength, id_run_length=args.id_run_length,
                       duplicate_rate=args.duplicate_rate, placeholder_rate=args.placeholder_rate, tail=args.tail,
-                      classes=args.classes, jpeg_quality=args.jpeg_quality, workers=args.workers)
+                      classes=args.classes, jpeg_quality=args.jpeg_quality, workers=args.workers,
+                      id_drift=args.id_drift, book_covers=args.book_covers, music_covers=args.music_covers)
     tax = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     t0 = time.perf_counter()
     s = write_synthetic_catalogue(args.out, cfg, tax, progress=not args.quiet)
-    print(f"wrote {s['train']} training and {s['test']} test products ({s['pictures']} pictures, "
+    real = f", {s['real_covers']} of them real covers" if s["real_covers"] else ""
+    print(f"wrote {s['train']} training and {s['test']} test products ({s['pictures']} pictures{real}, "
           f"{s['classes_used']} classes) to {args.out} in {time.perf_counter() - t0:.1f}s")
     return 0
 

@@ -118,6 +118,9 @@ def _train(p) -> None:
                    help="checkpoint and stop after this many steps of this call (run again with --resume to go on: "
                         "a long job in slices)")
     p.add_argument("--resume", action="store_true", help="continue RUN exactly where it stopped")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="with --resume: load a checkpoint that holds more than tensors (etalage 0.1); it can run "
+                        "code: only for checkpoints you made yourself")
 
 
 def cmd_train(args) -> int:
@@ -127,7 +130,7 @@ def cmd_train(args) -> int:
     from etalage.core.train import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
-    res = train(cfg, resume=args.resume, progress=not args.quiet)
+    res = train(cfg, resume=args.resume, progress=not args.quiet, trust_pickle=args.trust_pickle)
     save_resolved(args, Path(args.out) / "config.yaml")
     m = res.metrics
     if res.status == "paused":

@@ -61,7 +61,8 @@ def parse_key_values(items: list[str], what: str) -> dict:
     return out
 
 
-NOT_SETTINGS = ("config", "verbose", "quiet", "cache_dir", "__path__", "__default_config__")
+NOT_SETTINGS = ("config", "verbose", "quiet", "cache_dir", "resume", "merge", "trust_pickle", "__path__",
+                "__default_config__")  # per-call actions and output switches, not settings of the result
 
 
 def save_resolved(args, path) -> None:

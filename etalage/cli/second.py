@@ -10,7 +10,7 @@ from etalage.cli.data import leaf, taxonomy_beside
 from etalage.cli.model import compute_options, pipeline_options
 from etalage.cli.options import add_common, alias, parse_key_values, save_resolved
 from etalage.errors import EtalageError
-from etalage.options import DEFAULT_OCR_ENGINE, OCR_ENGINES, TTA_MODES
+from etalage.options import OCR_ENGINES, TTA_MODES
 
 
 def group(sub, name: str, help_: str, description: str, dest: str = "action"):
@@ -27,7 +27,7 @@ def register(sub, handlers: dict) -> None:
              "cache keyed by picture MD5 and engine (plain tables: SELECT text, confidence FROM boxes); cached "
              "pictures are skipped, so a killed run resumes, and with nothing left to read the engine never loads.")
     p.add_argument("--data", required=True, metavar="FILE.bson", help="the dump whose pictures to read")
-    p.add_argument("--engine", default=DEFAULT_OCR_ENGINE, choices=OCR_ENGINES, help="OCR engine")
+    p.add_argument("--engine", choices=OCR_ENGINES, help="OCR engine (default: the default reading)")
     p.add_argument("--groups", default="LIBRAIRIE,MUSIQUE", help="comma-separated level-1 names")
     p.add_argument("--taxonomy", help="category_names.csv (default: the one beside the data file)")
     p.add_argument("--predictions", metavar="PRED", help="core predictions choosing the products of an unlabelled "
@@ -60,7 +60,8 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--taxonomy", help="category_names.csv (default: the run's, else the one beside --train)")
     p.add_argument("--names", default="books,music", help="comma-separated specialist names")
     p.add_argument("--max-train", type=int, default=2000, help="training products per specialist (OCR cost)")
-    p.add_argument("--ocr-engine", default=DEFAULT_OCR_ENGINE, choices=OCR_ENGINES, help="OCR engine for the covers")
+    p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine for the covers (default: the default "
+                                                             "reading)")
     p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
     p.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
                    help="a specialist's constructor option, e.g. books.C=4 (repeat; values read as JSON when they "

@@ -8,24 +8,50 @@ from etalage.cli.data import leaf
 from etalage.cli.options import save_resolved
 from etalage.cli.second import group
 from etalage.errors import EtalageError
-from etalage.options import DEFAULT_OCR_ENGINE, OCR_ENGINES
+from etalage.options import OCR_ENGINES
 
 
 def register(sub, handlers: dict) -> None:
     bench = group(sub, "bench", "benchmarks on public data sets",
                   "Benchmarks on public data sets (see also the scripts in bench/).", dest="benchmark")
+    p = leaf(bench, handlers, ("bench", "covers"), cmd_bench_covers,
+             "book or album covers: genre from title, OCR reading, picture and their fusion",
+             "Any listing in BookCover30's column order (quoted CSV without header: id, filename, picture URL, "
+             "title, author, class id, class name), e.g. ../shared/data/real-covers/books-dev/listing.csv. Scores "
+             "the title (when the listing has titles), ocr, image and fused paths (top-1, top-3, n) by --cv K "
+             "folds on --listing, or trained on --listing and scored on --test-listing; and the reading's title-word "
+             "recall and pictures/s. Writes REPORT.json, REPORT.md and REPORT.png (fused confusion matrix).")
+    p.add_argument("--listing", required=True, help="listing to cross-validate on (or to train on, with "
+                                                    "--test-listing)")
+    p.add_argument("--test-listing", help="listing to score (default: --cv folds of --listing)")
+    cover_options(p)
+    p.add_argument("--cv", type=int, default=5, help="folds of the cross-validation (without --test-listing)")
+    p.add_argument("--size", default="180", help="pictures letterboxed to SIZE x SIZE on white (the Cdiscount "
+                                                 "shape), or 'native'")
+    p.add_argument("--group", choices=("LIBRAIRIE", "MUSIQUE"),
+                   help="level-1 group and its specialist (default: LIBRAIRIE when the listing has titles, else "
+                        "MUSIQUE)")
     p = leaf(bench, handlers, ("bench", "bookcover"), cmd_bench_bookcover,
-             "BookCover30: genre from title, cover OCR, cover CNN and their fusion",
-             "Train the books specialist on one BookCover30 listing and score another (quoted CSV without header: "
-             "ASIN, filename, image URL, title, author, class id, class name). Reports top-1/top-3 for title, ocr, "
-             "image and fused beside the published figures, and writes a confusion-matrix PNG.")
+             "BookCover30: train on one listing, score another, beside the published figures",
+             "bench covers with --train-listing/--test-listing, the pictures letterboxed to 180x180, and "
+             "BookCover30's published figures printed beside.")
     p.add_argument("--train-listing", required=True, help="listing to train on")
     p.add_argument("--test-listing", required=True, help="listing to score")
-    p.add_argument("--images", help="folder of the real cover pictures (the listing's filename column)")
-    p.add_argument("--render", action="store_true", help="draw 180x180 covers from title and author instead")
-    p.add_argument("--out", required=True, metavar="REPORT.json", help="the report to write")
-    p.add_argument("--ocr-engine", default=DEFAULT_OCR_ENGINE, choices=OCR_ENGINES, help="OCR engine")
-    p.add_argument("--seed", type=int, default=0, help="random seed (rendering)")
+    cover_options(p)
+
+    p = leaf(sub, handlers, ("explain",), cmd_explain,
+             "a web page of where the pipeline goes wrong on a labelled set (one HTML file, pictures inside)",
+             "For a finished submit or fusion predict work folder of a labelled file (or one with an answer key): "
+             "per product its pictures with the OCR boxes and the text read, the core's top-5, each specialist's "
+             "vote, fusion's top-5 with the features that moved its choice, and the truth; filters by level-1 group "
+             "and by what fusion did (fixed, broken, ...), and a summary per group. Open it in any browser.")
+    p.add_argument("--work", required=True, metavar="WORK", help="the work folder of `etalage submit` or "
+                                                                "`etalage fusion predict`")
+    p.add_argument("--labels", metavar="ANSWER_KEY.csv", help="_id,category_id answer key (default: the categories "
+                                                              "in the data file)")
+    p.add_argument("--out", required=True, metavar="PAGE.html", help="the page to write")
+    p.add_argument("--limit", type=int, default=400, help="products on the page (fixed and broken ones first)")
+    p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside the data)")
 
     p = leaf(sub, handlers, ("demo",), cmd_demo,
              "the whole job on a synthetic catalogue: synth, index, train, specialists, fusion, submit, score",
@@ -37,7 +63,7 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--products", type=int, default=3000, help="synthetic products (train + test)")
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     p.add_argument("--specialists", default="books,music", help="specialists to fit and compare ('none': skip)")
-    p.add_argument("--ocr-engine", default=DEFAULT_OCR_ENGINE, choices=OCR_ENGINES, help="OCR engine for the covers")
+    p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine for the covers (default: the default reading)")
     p.add_argument("--specialist-train", type=int, default=150,
                    help="training products per specialist (OCR on CPU reads ~5-10 pictures/s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (catalogue, split, training)")
@@ -45,29 +71,69 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a state-dict file")
     p.add_argument("--picture-size", type=int, default=112, help="pictures are resized to this side (CPU speed)")
     p.add_argument("--crop", type=int, default=96, help="training crop")
+    p.add_argument("--book-covers", metavar="DIR", help="real book covers as the LIBRAIRIE pictures (DIR/listing.csv "
+                                                        "+ DIR/images, e.g. ../shared/data/real-covers/books-dev)")
+    p.add_argument("--music-covers", metavar="DIR", help="real album covers as the MUSIQUE pictures (same layout, "
+                                                         "e.g. ../shared/data/real-covers/albums-dev)")
+
+
+def cover_options(p) -> None:
+    p.add_argument("--images", help="folder of the cover pictures (the listing's filename column)")
+    p.add_argument("--render", action="store_true", help="draw 180x180 covers from title and author instead")
+    p.add_argument("--out", required=True, metavar="REPORT.json", help="the report (.md and .png go beside)")
+    p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine (default: the default reading)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (folds, rendering)")
+
+
+def _bench(args, train_listing: str, test_listing: str | None, cv: int, size: int | None, group: str | None) -> dict:
+    from etalage.bench.covers import run_covers, write_report
+    from etalage.catalog.listings import read_listing
+
+    if (args.images is None) == (not args.render):
+        raise EtalageError(f"bench {args.benchmark}: give exactly one of --images DIR or --render")
+    test = read_listing(test_listing) if test_listing else None
+    report = run_covers(read_listing(train_listing), Path(args.out).with_suffix(""), args.images, test=test, cv=cv,
+                        size=size, group=group, ocr_engine=args.ocr_engine, seed=args.seed, progress=not args.quiet)
+    files = write_report(report, args.out, Path(test_listing or train_listing).name)
+    print(f"{Path(train_listing).name}: {report['listing_covers']} covers" +
+          (f", tested on {report['test_covers']}" if test else f", {report['protocol']}") +
+          f"; {report['classes']} classes; {report['covers']}")
+    print(f"  {'path':<16}{'top-1':>8}{'sd':>8}{'top-3':>8}{'n':>7}")
+    for key in ("title_baseline", "title", "ocr", "image", "fused"):
+        if key in report:
+            r = report[key]
+            print(f"  {key:<16}{r['top1']:>8.3f}{r['top1_sd']:>8.3f}{r['top3']:>8.3f}{r['n']:>7}")
+    rd = report["reading"]
+    speed = f"{rd['pictures_per_s']:.2f} pictures/s" if rd["pictures_per_s"] else "all cached"
+    print(f"  reading: title-word recall {rd['title_word_recall']:.3f}, {speed} ({rd['engine']})")
+    print(f"report {files['json']}, {files['markdown']}, {files['png']}")
+    return report
+
+
+def cmd_bench_covers(args) -> int:
+    size = None if str(args.size).lower() == "native" else int(args.size)
+    _bench(args, args.listing, args.test_listing, args.cv, size, args.group)
+    return 0
 
 
 def cmd_bench_bookcover(args) -> int:
-    from etalage.bench.covers import PUBLISHED, confusion_png, read_listing, run_bookcover
-    from etalage.files import write_json_atomic
+    from etalage.bench.covers import PUBLISHED
 
-    if (args.images is None) == (not args.render):
-        raise EtalageError("bench bookcover: give exactly one of --images DIR or --render")
-    train, test = read_listing(args.train_listing), read_listing(args.test_listing)
-    work = Path(args.out).with_suffix("")
-    report = run_bookcover(train, test, args.images, work, ocr_engine=args.ocr_engine, seed=args.seed,
-                           progress=not args.quiet)
-    pred, truth, tax = report.pop("_confusion")
-    png = Path(args.out).with_suffix(".confusion.png")
-    confusion_png(pred, truth, tax, png, f"{Path(args.test_listing).name}, fused, top-1 {report['fused']['top1']:.3f}")
-    write_json_atomic(args.out, report)
-    print(f"{report['train_books']} training and {report['test_books']} test books; covers: {report['covers']}")
-    print(f"  {'method':<34}{'top-1':>8}{'top-3':>8}")
-    for key in ("title", "ocr", "image", "fused"):
-        print(f"  etalage {key:<26}{report[key]['top1']:>8.3f}{report[key]['top3']:>8.3f}")
+    _bench(args, args.train_listing, args.test_listing, 0, 180, "LIBRAIRIE")
     for name, top1 in PUBLISHED.items():
-        print(f"  {name:<34}{top1:>8.3f}{'':>8}  (published, 51,300 training books)")
-    print(f"report {args.out}, confusion matrix {png}")
+        print(f"  {name:<34}{top1:>8.3f}  (published, BookCover30's test split, 51,300 training books)")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from etalage.pipeline.explain import explain
+
+    res = explain(args.work, args.out, labels=args.labels, limit=args.limit, ocr_cache=args.ocr_cache,
+                  progress=not args.quiet)
+    print(f"{res['page']}: {res['shown']} of {res['products']} products")
+    for g in res["groups"]:
+        print(f"  {g['group']:<30}{g['products']:>6}  core {g['core']:.3f}  fusion {g['fused']:.3f}  "
+              f"fixed {g['fixed']}  broken {g['broken']}")
     return 0
 
 
@@ -78,9 +144,15 @@ def cmd_demo(args) -> int:
         if args.specialists != "none" else ()
     result = run_demo(args.out, products=args.products, minutes=args.minutes, seed=args.seed, backbone=args.backbone,
                       weights=args.weights, picture_size=args.picture_size, crop=args.crop, specialists=specialists,
-                      ocr_engine=args.ocr_engine, specialist_train=args.specialist_train, progress=not args.quiet)
+                      ocr_engine=args.ocr_engine, specialist_train=args.specialist_train,
+                      book_covers=args.book_covers, music_covers=args.music_covers, progress=not args.quiet)
     save_resolved(args, Path(args.out) / "config.yaml")
     print_stage_table(result)
+    print(f"  what each signal adds (fusion report, cross-validated on the {result['fusion_fit']['products']} fusion "
+          f"products):")
+    for row in result["fusion_ablation"]:
+        print(f"    {row['signals']:<30}{row['top1']:>8.4f}")
+    print("pictures: " + "; ".join(f"{k} {v}" for k, v in result["pictures"].items()))
     print(f"outputs: {', '.join(result['outputs'].values())}")
     return 0
 

@@ -17,7 +17,7 @@ from etalage.catalog.submission import read_id_category_csv
 from etalage.core.rundir import RunDir
 from etalage.files import write_json_atomic
 from etalage.fusion.folder import FusionDir
-from etalage.options import DEFAULT_OCR_ENGINE
+from etalage.fusion.report import write_report
 from etalage.pipeline.stages import PredictPlan, load_fused, merge_submission, predict_file
 from etalage.pipeline.workdir import WorkDir
 
@@ -60,9 +60,11 @@ def _step(i: int, text: str) -> None:
 def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: int = 0,
              backbone: str = "efficientnet_lite0", weights: str | None = "imagenet", picture_size: int = 112,
              crop: int = 96, batch_size: int = 32, specialists: tuple[str, ...] = ("books", "music"),
-             ocr_engine: str = DEFAULT_OCR_ENGINE, specialist_train: int = 150, val_fraction: float = 0.15,
-             progress: bool = True) -> dict:
-    """Run (or resume) the demo under ``out``; returns what ``out/report.json`` holds."""
+             ocr_engine: str | None = None, specialist_train: int = 150, val_fraction: float = 0.15,
+             book_covers: str | Path | None = None, music_covers: str | Path | None = None,
+             ablation_folds: int = 3, progress: bool = True) -> dict:
+    """Run (or resume) the demo under ``out``; returns what ``out/report.json`` holds. ``book_covers`` /
+    ``music_covers``: real covers as the LIBRAIRIE / MUSIQUE pictures (``etalage.synth.real_covers``)."""
     from etalage.core.train import TrainConfig, train
     from etalage.pipeline.fit import fit_fusion, fit_specialists_job
     from etalage.synth import SynthConfig, write_synthetic_catalogue
@@ -72,7 +74,8 @@ def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: 
     timings = {}
 
     t0 = time.perf_counter()
-    cfg = SynthConfig(products=products, seed=seed)
+    cfg = SynthConfig(products=products, seed=seed, book_covers=str(book_covers) if book_covers else None,
+                      music_covers=str(music_covers) if music_covers else None)
     stamp = out / "synth.json"
     if not (stamp.exists() and json.loads(stamp.read_text()).get("config") == asdict(cfg)):
         _step(1, f"synth: {products} products -> {out}")
@@ -105,7 +108,7 @@ def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: 
     fitted_rows = []
     if specialists:
         _step(4, f"specialists: fit {', '.join(specialists)} on up to {specialist_train} training products each "
-                 f"(covers read with {ocr_engine}; the core's validation products left out)")
+                 f"(covers read with {ocr_engine or 'the default reading'}; the core's validation products left out)")
         spec_dir = out / "specialists"
         fitted_rows = fit_specialists_job(out / "train.bson", spec_dir, list(specialists), run=run.path,
                                           max_train=specialist_train, ocr_engine=ocr_engine, seed=seed,
@@ -122,6 +125,13 @@ def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: 
     else:
         _step(5, f"fusion fit: LightGBM on the core's validation products -> {fusion}")
         fit = fit_fusion(run.path, out / "train.bson", fusion.path, specialists=spec_dir, progress=progress)
+    report_md = out / "fusion_report.md"
+    if report_md.exists() and (out / "fusion_ablation.json").exists():
+        ablation = json.loads((out / "fusion_ablation.json").read_text())
+    else:
+        log.info("      fusion report: what each signal adds (%d-fold cross-validation) -> %s", ablation_folds, report_md)
+        ablation = write_report(fusion.path, report_md, folds=ablation_folds, progress=progress)["ablation"]
+        write_json_atomic(out / "fusion_ablation.json", ablation)
     timings["fusion_fit_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -133,7 +143,7 @@ def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: 
     merge_submission(work, out / "submission.csv", tax, out / "test.bson")
     timings["submit_s"] = time.perf_counter() - t0
 
-    _step(7, "score (product top-1 on the synthetic test set)")
+    _step(7, "score (product top-1 on the test set) and explain.html")
     ids, cats = read_id_category_csv(out / "test_labels.csv")
     test_ids = Catalog.open(out / "test.bson").product_ids
     order = np.argsort(ids)
@@ -143,9 +153,17 @@ def run_demo(out: str | Path, products: int = 3000, minutes: float = 5.0, seed: 
     result = {**scored, "test_products": len(truth),
               "val_top1_last_epoch": metrics[-1]["val_top1"] if metrics else None, "epochs": len(metrics),
               "fusion_fit": {k: fit[k] for k in ("kind", "products", "candidate_coverage", "valid_top1_by_kind")},
+              "fusion_ablation": ablation, "pictures": {"books": "real covers from " + str(book_covers) if book_covers
+                                                        else "drawn", "music": "real covers from " + str(music_covers)
+                                                        if music_covers else "drawn", "other groups": "drawn"},
               "specialists": [{k: r[k] for k in ("specialist", "groups", "train_products")} for r in fitted_rows],
               "timings": timings,
               "outputs": {name: str(out / name) for name in ("submission.csv", "test_labels.csv",
-                                                               "category_names.csv", "report.json")}}
+                                                               "category_names.csv", "report.json",
+                                                               "fusion_report.md")}}
+    from etalage.pipeline.explain import explain
+
+    explain(work.path, out / "explain.html", labels=out / "test_labels.csv", progress=progress)
+    result["outputs"]["explain.html"] = str(out / "explain.html")
     write_json_atomic(out / "report.json", result)
     return result

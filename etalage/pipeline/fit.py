@@ -16,7 +16,7 @@ from etalage.fusion.folder import FusionDir
 from etalage.fusion.model import FusionModel, assemble
 from etalage.fusion.report import coverage, save_table
 from etalage.ocr.cache import default_cache_path
-from etalage.options import DEFAULT_OCR_ENGINE, RERANKER_KINDS
+from etalage.options import RERANKER_KINDS
 from etalage.pipeline.stages import (
     relative_config_path,
     score_specialists,
@@ -58,7 +58,7 @@ def fit_specialists_job(train: str | Path, out: str | Path, names: list[str], ru
     exclude = run_dir.val_positions() if run_dir else None
     options = options or {}
     reads = any("text" in create_specialist(n, **options.get(n, {})).needs for n in names)
-    engine = load_engine(ocr_engine or DEFAULT_OCR_ENGINE) if reads else None
+    engine = load_engine(ocr_engine) if reads else None
     cache = OcrCache(ocr_cache or default_cache_path(train)) if reads else None
     try:
         return fit_specialists(catalog, tax, names, out, engine, cache, exclude=exclude, max_train=max_train,

@@ -21,7 +21,6 @@ from etalage.core.ranking import ROUTING_THRESHOLD, CoreRanking
 from etalage.errors import ConfigError, DataError
 from etalage.ocr.cache import OcrCache, default_cache_path
 from etalage.ocr.pictures import product_pictures
-from etalage.options import DEFAULT_OCR_ENGINE
 from etalage.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ def _read_batch(jobs: list[tuple[bytes, int, int]]) -> tuple[list[tuple[bytes, l
     return list(zip(pp.md5, _WORKER["engine"].read(pp.pictures), strict=True)), pp.unreadable
 
 
-def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name: str = DEFAULT_OCR_ENGINE,
+def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name: str | None = None,
             cache_path: str | Path | None = None, predictions: str | None = None,
             threshold: float = ROUTING_THRESHOLD, workers: int = 1, batch: int = 32,
             engine_options: dict | None = None, progress: bool = True) -> OcrRunSummary:
@@ -111,7 +110,7 @@ def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name
             pool = mp.get_context("fork").Pool(workers, _init_worker, (engine_name, engine_options, catalog, threads))
             results = pool.imap(_read_batch, batches)
         try:
-            with progress_bar(total=len(todo), unit="picture", desc=f"ocr {engine_name}", enabled=progress) as bar:
+            with progress_bar(total=len(todo), unit="picture", desc=f"ocr {engine.name}", enabled=progress) as bar:
                 for done, corrupt in results:
                     cache.put_many(done, engine.cache_key)
                     summary.read += len(done)

@@ -1,9 +1,9 @@
-"""The books specialist (LIBRAIRIE, 162 classes on the real taxonomy): reads titles and authors."""
+"""The books specialist (LIBRAIRIE, 162 classes on the real taxonomy): reads titles and authors, looks at covers."""
 
-from etalage.specialists.text import TextSpecialist
+from etalage.specialists.cover import CoverSpecialist
 
 
-class BooksSpecialist(TextSpecialist):
+class BooksSpecialist(CoverSpecialist):
     groups = ("LIBRAIRIE",)
 
 

@@ -1,9 +1,9 @@
-"""The music specialist (MUSIQUE, 29 classes on the real taxonomy): reads artists and album titles."""
+"""The music specialist (MUSIQUE, 29 classes on the real taxonomy): reads artists and album titles, looks at covers."""
 
-from etalage.specialists.text import TextSpecialist
+from etalage.specialists.cover import CoverSpecialist
 
 
-class MusicSpecialist(TextSpecialist):
+class MusicSpecialist(CoverSpecialist):
     groups = ("MUSIQUE",)
 
 

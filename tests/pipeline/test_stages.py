@@ -12,16 +12,8 @@ from etalage.cli import main
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny_run, synth_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("fusion_cli")
-    train = str(synth_dir / "train.bson")
-    cache = str(d / "ocr.sqlite")
-    assert main(["specialists", "fit", "--train", train, "--run", str(tiny_run), "--out", str(d / "specs"),
-                 "--names", "books,music", "--max-train", "25", "--ocr-engine", "tesseract", "--ocr-cache", cache,
-                 "-q"]) == 0
-    assert main(["fusion", "fit", "--run", str(tiny_run), "--train", train, "--specialists", str(d / "specs"),
-                 "--out", str(d / "fusion"), "--ocr-cache", cache, "--workers", "0", "-q"]) == 0
-    return d
+def fitted(fitted_pipeline):
+    return fitted_pipeline[0]
 
 
 def _submit(fitted, synth_dir, out, *extra):

@@ -4,7 +4,6 @@ well-behaved plugins (one that reads, one that looks, one of the old contract) a
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,26 +14,6 @@ from etalage.specialists.guard import check_fitted, guarded_gate, guarded_predic
 from etalage.specialists.runner import load_fitted
 from etalage.synth import default_taxonomy
 from etalage.testing import check_specialist, make_reading
-
-PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "example_specialist"
-
-
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory) -> Path:
-    site = tmp_path_factory.mktemp("site")
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                          "--quiet", "--target", str(site), str(PLUGIN)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert list(site.glob("etalage_example_specialist-0.1.0.dist-info"))
-    return site
-
-
-@pytest.fixture
-def with_plugin(plugin_site, monkeypatch):
-    monkeypatch.syspath_prepend(str(plugin_site))
-    discover.cache_clear()
-    yield
-    discover.cache_clear()
 
 
 def _music_data(n=6):

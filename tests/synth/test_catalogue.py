@@ -96,3 +96,41 @@ def test_bad_config():
         SynthConfig(noise=2.0).check()
     with pytest.raises(ValueError, match="products must be"):
         SynthConfig(products=0).check()
+
+
+def test_neighbouring_ids_share_a_class_about_as_often_as_independence(tmp_path):
+    """As in Cdiscount's real sample (17% of neighbours share a class, what independence gives there):
+    with the default settings the id order carries no short-range class information."""
+    write_synthetic_catalogue(tmp_path, SynthConfig(products=2000, seed=7, workers=2))
+    train = Catalog.open(tmp_path / "train.bson")
+    key_ids, key_cats = np.loadtxt(tmp_path / "test_labels.csv", delimiter=",", skiprows=1, dtype=np.int64).T
+    ids = np.concatenate([train.product_ids, key_ids])
+    cats = np.concatenate([train.category_ids, key_cats])[np.argsort(ids)]
+    agreement = float((cats[1:] == cats[:-1]).mean())
+    shares = np.unique(cats, return_counts=True)[1] / len(cats)
+    independence = float((shares ** 2).sum())
+    assert agreement <= 1.5 * independence, (agreement, independence)
+    runs = SynthConfig(products=2000, seed=7, id_run_length=8.0, workers=2)
+    write_synthetic_catalogue(tmp_path / "runs", runs)
+    run_cats = Catalog.open(tmp_path / "runs" / "train.bson").category_ids
+    assert (run_cats[1:] == run_cats[:-1]).mean() > 3 * independence, "the knob still makes runs"
+
+
+def test_real_covers_stand_for_books_and_albums(tmp_path, shared_data):
+    from etalage.synth.real_covers import GENRE_CLASSES
+
+    cfg = SynthConfig(products=300, seed=2, workers=2, book_covers=str(shared_data / "real-covers" / "books-dev"),
+                      music_covers=str(shared_data / "real-covers" / "albums-dev"))
+    summary = write_synthetic_catalogue(tmp_path, cfg)
+    tax = Taxonomy.load(tmp_path / "category_names.csv")
+    for group in ("LIBRAIRIE", "MUSIQUE"):
+        names = {tax.names_of(c) for c in tax.classes_under(group)}
+        assert names == {v for v in GENRE_CLASSES.values() if v[0] == group}, "real Cdiscount classes"
+    train = Catalog.open(tmp_path / "train.bson")
+    l1 = tax.level1_of[tax.indices_of(train.category_ids)]
+    covers = [i for i in range(len(train)) if tax.level1_names[l1[i]] in ("LIBRAIRIE", "MUSIQUE")]
+    assert summary["real_covers"] >= len(covers) > 20
+    pictures = [train[i].pictures for i in covers]
+    assert all(len(p) == 1 for p in pictures), "one cover per product"
+    assert len({hashlib.md5(p[0]).hexdigest() for p in pictures}) == len(pictures), "no cover used twice"
+    assert decode_picture(pictures[0][0]).shape == (180, 180, 3)

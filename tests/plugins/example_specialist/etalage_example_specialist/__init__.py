@@ -92,6 +92,17 @@ class OldContractSpecialist(KeywordSpecialist):
         return obj
 
 
+class FlakySpecialist(KeywordSpecialist):
+    """Fails at prediction time while ETALAGE_EXAMPLE_FAIL=1 (a service it needs is down, say)."""
+
+    def predict(self, readings):
+        import os
+
+        if os.environ.get("ETALAGE_EXAMPLE_FAIL") == "1":
+            raise ConnectionError("the keyword service is down")
+        return super().predict(readings)
+
+
 class ExplodingSpecialist(KeywordSpecialist):
     """Fails at prediction time."""
 

@@ -1,0 +1,242 @@
+"""``etalage explain``: one static HTML page (pictures embedded) showing where the pipeline goes wrong
+on a labelled set that went through ``submit`` or ``fusion predict``.
+
+Per product: its pictures with the OCR boxes drawn on them and the text read, the core's top-5, each
+specialist's vote, fusion's top-5 with the features that moved its choice (LightGBM's TreeSHAP
+contributions), and the truth. Filters by level-1 group and by what fusion did (wrong at core / fixed by
+fusion / broken by fusion / wrong at both / right at both), and a summary per group. The page needs no
+server and no network: open it in a browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from etalage.catalog import Catalog, Taxonomy
+from etalage.catalog.submission import read_id_category_csv
+from etalage.core.ranking import CoreRanking
+from etalage.errors import DataError
+from etalage.files import atomic_write
+from etalage.fusion.model import FusionModel, assemble
+from etalage.ocr.cache import OcrCache, default_cache_path
+from etalage.pipeline.stages import PredictPlan, load_fused, specialist_rankings, training_signals
+from etalage.pipeline.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+STATUSES = {"fixed": "fixed by fusion", "broken": "broken by fusion", "wrong": "wrong at both",
+            "right": "right at both"}
+
+
+def _truth(catalog: Catalog, taxonomy: Taxonomy, labels: str | Path | None) -> np.ndarray:
+    """Class index per product (-1 where the answer key has none)."""
+    if labels is None:
+        if not catalog.has_labels:
+            raise DataError(f"{catalog.path} has no category_id: pass --labels ANSWER_KEY.csv")
+        return taxonomy.indices_of(catalog.category_ids)
+    ids, cats = read_id_category_csv(labels)
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids[order], catalog.product_ids).clip(0, len(ids) - 1)
+    known = ids[order][pos] == catalog.product_ids
+    out = np.full(len(catalog), -1, np.int32)
+    out[known] = taxonomy.indices_of(cats[order][pos[known]])
+    return out
+
+
+def _status(core_ok: np.ndarray, fused_ok: np.ndarray) -> np.ndarray:
+    return np.where(core_ok & fused_ok, "right", np.where(core_ok, "broken", np.where(fused_ok, "fixed", "wrong")))
+
+
+def _choose(status: np.ndarray, known: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Every product fusion changed the verdict of, then the wrong ones, then right ones, up to ``limit``."""
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for kind in ("fixed", "broken", "wrong", "right"):
+        rows = np.flatnonzero((status == kind) & known)
+        picked.extend(rng.permutation(rows)[: max(0, limit - len(picked))].tolist())
+    return np.sort(np.array(picked, np.int64))
+
+
+def _contributions(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
+                   rows: np.ndarray, fused_top: np.ndarray, chunk: int) -> dict[int, list]:
+    """Product row -> [(feature, value, contribution)] of its fused top class, the four that moved it most."""
+    model = FusionModel.load(plan.model)
+    signals = training_signals(train, taxonomy, plan.ks)
+    out: dict[int, list] = {}
+    for a in sorted({int(r) // chunk * chunk for r in rows}):
+        b = min(a + chunk, len(catalog))
+        part = CoreRanking.load(work.core, (a, b))
+        pic_rows, pic_owner = catalog.picture_rows(np.arange(a, b))
+        table = assemble(part, taxonomy, signals, catalog.md5[pic_rows], pic_owner,
+                         specialist_rankings(work.specialists, list(plan.specialist_names), (a, b)))
+        contrib = model.contributions(table)
+        for r in rows[(rows >= a) & (rows < b)]:
+            hit = np.flatnonzero((table.owner == r - a) & (table.classes == fused_top[r]))
+            if not len(hit):
+                continue
+            c = contrib[hit[0]]
+            top = np.argsort(-np.abs(c))[:4]
+            out[int(r)] = [(model.feature_names[j], float(table.features[model.feature_names[j]][hit[0]]), float(c[j]))
+                           for j in top]
+    return out
+
+
+def explain(work: str | Path, out: str | Path, labels: str | Path | None = None, limit: int = 400,
+            ocr_cache: str | Path | None = None, progress: bool = True) -> dict:
+    """Write the page for the products of ``work`` (a finished ``submit`` or ``fusion predict`` folder);
+    returns a summary (products shown, per-group figures)."""
+    from etalage.specialists.runner import fit_settings
+
+    work = WorkDir(work)
+    job = work.job("etalage submit --fusion FUSION --data FILE.bson --out submission.csv")
+    plan = PredictPlan.from_model(job["model"])
+    taxonomy = plan.run.taxonomy()
+    catalog = Catalog.open(job["data"], md5=True, progress=progress)
+    truth = _truth(catalog, taxonomy, labels)
+    fused = load_fused(work, len(catalog))
+    core = CoreRanking.load(work.core)
+    specs = {s.name: s for s in specialist_rankings(work.specialists, list(plan.specialist_names))}
+    fused_top = np.where(fused["topk_class"][:, 0] >= 0, fused["topk_class"][:, 0], core.top1())
+    known = truth >= 0
+    status = _status(core.top1() == truth, fused_top == truth)
+    rows = _choose(status, known, limit)
+    train = Catalog.open(plan.train, taxonomy, md5=True, progress=progress)
+    moved = _contributions(plan, work, catalog, train, taxonomy, rows, fused_top, int(job["chunk"]))
+    engines = {s.get("engine_key") for s in fit_settings(plan.specialists)} if plan.specialists else set()
+    engine_key = next(iter(engines - {None}), None)
+    cache = OcrCache(ocr_cache or default_cache_path(catalog.path)) if engine_key else None
+
+    def names(c: int) -> str:
+        return " / ".join(taxonomy.names_of(int(c))[1:]) if c >= 0 else "-"
+
+    records = []
+    first = catalog.index.products["first_picture"]
+    for r in rows:
+        r = int(r)
+        pics = catalog.picture_bytes(r)
+        md5s = [catalog.md5[first[r] + k].tobytes() for k in range(len(pics))]
+        boxes = cache.get_many(md5s, engine_key) if cache is not None else {}
+        spec_votes = {}
+        for name, sr in specs.items():
+            hit = np.flatnonzero(sr.rows == r)
+            if len(hit):
+                j = hit[0]
+                spec_votes[name] = [(names(c), float(s)) for c, s in zip(sr.topk_class[j, :3], sr.topk_score[j, :3],
+                                                                         strict=True) if c >= 0]
+        records.append({
+            "id": int(catalog.product_ids[r]), "group": taxonomy.level1_names[taxonomy.level1_of[truth[r]]],
+            "status": str(status[r]), "truth": names(truth[r]),
+            "core": [(names(c), float(p)) for c, p in zip(core.topk_class[r, :5], core.topk_prob[r, :5], strict=True)],
+            "fused": [(names(c), float(s)) for c, s in zip(fused["topk_class"][r], fused["topk_score"][r], strict=True)
+                      if c >= 0],
+            "specialists": spec_votes, "moved": moved.get(r, []),
+            "pictures": [{"src": "data:image/jpeg;base64," + base64.b64encode(p).decode("ascii"),
+                          "boxes": [{"quad": np.asarray(b.quad).round(1).tolist(), "text": b.text,
+                                     "conf": round(float(b.confidence), 2)} for b in boxes.get(m, [])]}
+                         for p, m in zip(pics, md5s, strict=True)],
+        })
+    if cache is not None:
+        cache.close()
+    summary = _summary(taxonomy, truth, core.top1(), fused_top, known)
+    page = render(records, summary, {"data": str(job["data"]), "fusion": str(plan.model), "products": int(known.sum()),
+                                     "shown": len(records)})
+    with atomic_write(out, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return {"page": str(out), "shown": len(records), "products": int(known.sum()), "groups": summary}
+
+
+def _summary(taxonomy, truth, core_top, fused_top, known) -> list[dict]:
+    out = []
+    l1 = np.where(known, taxonomy.level1_of[np.where(known, truth, 0)], -1)
+    for g in np.unique(l1[known]):
+        m = l1 == g
+        c, f = core_top[m] == truth[m], fused_top[m] == truth[m]
+        out.append({"group": taxonomy.level1_names[g], "products": int(m.sum()), "core": float(c.mean()),
+                    "fused": float(f.mean()), "fixed": int((~c & f).sum()), "broken": int((c & ~f).sum())})
+    return sorted(out, key=lambda r: -r["products"])
+
+
+def render(records: list[dict], summary: list[dict], meta: dict) -> str:
+    """The page: data as JSON, drawn by a few lines of JavaScript (filters also read ``#group=..&status=..``)."""
+    rows = "".join(f"<tr><td>{html.escape(s['group'])}</td><td>{s['products']}</td><td>{s['core']:.3f}</td>"
+                   f"<td>{s['fused']:.3f}</td><td>{s['fixed']}</td><td>{s['broken']}</td></tr>" for s in summary)
+    groups = "".join(f'<option value="{html.escape(s["group"])}">{html.escape(s["group"])}</option>' for s in summary)
+    statuses = "".join(f'<option value="{k}">{v}</option>' for k, v in STATUSES.items())
+    data = json.dumps(records).replace("</", "<\\/")
+    return _TEMPLATE.format(meta=html.escape(f"{meta['shown']} of {meta['products']} labelled products of "
+                                             f"{meta['data']}, fusion model {meta['fusion']}"),
+                            rows=rows, groups=groups, statuses=statuses, data=data)
+
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>etalage explain</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table.summary td, table.summary th {{ padding: 2px 10px; text-align: right; }}
+table.summary td:first-child, table.summary th:first-child {{ text-align: left; }}
+.filters {{ margin: 1em 0; }} .filters select {{ margin-right: 1em; }}
+.card {{ border: 1px solid #ccc; border-radius: 6px; padding: 10px; margin: 10px 0; display: flex; gap: 16px; }}
+.card.fixed {{ border-left: 6px solid #2a9d4b; }} .card.broken {{ border-left: 6px solid #d1495b; }}
+.card.wrong {{ border-left: 6px solid #e9a23b; }} .card.right {{ border-left: 6px solid #8ab; }}
+.pic {{ position: relative; width: 180px; height: 180px; flex: none; }}
+.pic img {{ width: 180px; height: 180px; object-fit: contain; }}
+.box {{ position: absolute; border: 1px solid #e4008a; background: rgba(228,0,138,.08); }}
+.cols {{ display: flex; gap: 18px; flex-wrap: wrap; }} .cols ol {{ margin: 0; padding-left: 1.4em; }}
+.ok {{ color: #2a9d4b; font-weight: 600; }} .words {{ color: #555; font-size: 12px; max-width: 360px; }}
+h3 {{ margin: 0 0 4px; font-size: 14px; }}
+</style></head><body>
+<h1>etalage explain</h1><p>{meta}</p>
+<table class="summary"><tr><th>level-1 group</th><th>products</th><th>core top-1</th><th>fusion top-1</th>
+<th>fixed by fusion</th><th>broken by fusion</th></tr>{rows}</table>
+<div class="filters">group <select id="group"><option value="">all</option>{groups}</select>
+what fusion did <select id="status"><option value="">all</option><option value="core-wrong">wrong at core</option>
+{statuses}</select> <span id="count"></span></div>
+<div id="cards"></div>
+<script id="data" type="application/json">{data}</script>
+<script>
+const records = JSON.parse(document.getElementById("data").textContent);
+const esc = s => String(s).replace(/[&<>"]/g, c => ({{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}})[c]);
+const list = (items, truth) => "<ol>" + items.map(([n, p]) =>
+  `<li class="${{n === truth ? "ok" : ""}}">${{esc(n)}} <small>${{p.toFixed(3)}}</small></li>`).join("") + "</ol>";
+function card(r) {{
+  const pics = r.pictures.map(p => `<div class="pic"><img src="${{p.src}}" alt="picture of ${{r.id}}">` +
+    p.boxes.map(b => {{ const xs = b.quad.map(q => q[0]), ys = b.quad.map(q => q[1]);
+      const x = Math.min(...xs), y = Math.min(...ys);
+      return `<div class="box" title="${{esc(b.text)}} (${{b.conf}})" style="left:${{x}}px;top:${{y}}px;` +
+        `width:${{Math.max(...xs) - x}}px;height:${{Math.max(...ys) - y}}px"></div>`; }}).join("") + "</div>").join("");
+  const words = r.pictures.flatMap(p => p.boxes.map(b => b.text)).join(" ");
+  const specs = Object.entries(r.specialists).map(([n, v]) => `<div><h3>${{esc(n)}}</h3>${{list(v, r.truth)}}</div>`).join("");
+  const moved = r.moved.map(([f, v, c]) => `<li>${{esc(f)}} = ${{v.toFixed(3)}} <small>(${{c > 0 ? "+" : ""}}${{c.toFixed(2)}})</small></li>`).join("");
+  return `<div class="card ${{r.status}}" data-group="${{esc(r.group)}}" data-status="${{r.status}}">${{pics}}<div>` +
+    `<h3>product ${{r.id}} &middot; truth: ${{esc(r.truth)}} &middot; ${{esc(r.group)}}</h3>` +
+    `<div class="cols"><div><h3>core</h3>${{list(r.core, r.truth)}}</div>${{specs}}<div><h3>fusion</h3>` +
+    `${{list(r.fused, r.truth)}}</div><div><h3>what moved fusion's choice</h3><ol>${{moved}}</ol></div></div>` +
+    `<div class="words">read: ${{esc(words) || "(nothing)"}}</div></div></div>`;
+}}
+document.getElementById("cards").innerHTML = records.map(card).join("");
+function apply() {{
+  const g = document.getElementById("group").value, s = document.getElementById("status").value;
+  let shown = 0;
+  for (const el of document.querySelectorAll(".card")) {{
+    const st = el.dataset.status;
+    const ok = (!g || el.dataset.group === g) && (!s || st === s || (s === "core-wrong" && (st === "fixed" || st === "wrong")));
+    el.hidden = !ok; shown += ok;
+  }}
+  document.getElementById("count").textContent = `${{shown}} shown`;
+  document.body.dataset.shown = shown;
+}}
+const params = new URLSearchParams(location.hash.slice(1));
+for (const key of ["group", "status"]) if (params.get(key)) document.getElementById(key).value = params.get(key);
+document.getElementById("group").onchange = document.getElementById("status").onchange = apply;
+apply();
+const imgs = [...document.images];
+Promise.all(imgs.map(i => i.decode().then(() => 1, () => 0))).then(v => {{
+  document.body.dataset.picturesLoaded = v.reduce((a, b) => a + b, 0); }});
+</script></body></html>
+"""

@@ -1,0 +1,52 @@
+"""`etalage explain`: the page is one self-contained HTML file that a real browser loads, shows the
+pictures of, and filters (headless Chromium from Debian; skipped where it is not installed)."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from etalage.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page(fitted_pipeline, tmp_path_factory):
+    fitted, synth_dir, work = fitted_pipeline
+    out = tmp_path_factory.mktemp("explain") / "explain.html"
+    assert main(["explain", "--work", str(work), "--labels", str(synth_dir / "test_labels.csv"), "--out", str(out),
+                 "--ocr-cache", str(fitted / "ocr.sqlite"), "-q"]) == 0
+    return out
+
+
+def test_the_page_holds_everything(page):
+    text = page.read_text()
+    assert "data:image/jpeg;base64," in text and "http://" not in text and "https://" not in text
+    assert "what moved fusion" in text and "fixed by fusion" in text
+    assert text.count('"status": ') >= 1 and '"moved": [["' in text, "features that moved fusion's choice"
+
+
+def _dom(page, tmp_path, fragment=""):
+    res = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=4000",
+                          "--dump-dom", f"file://{page}{fragment}"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it)")
+def test_a_real_browser_loads_shows_pictures_and_filters(page, tmp_path):
+    dom = _dom(page, tmp_path)
+    cards = dom.count('class="card ')
+    shown = int(re.search(r'data-shown="(\d+)"', dom).group(1))
+    loaded = int(re.search(r'data-pictures-loaded="(\d+)"', dom).group(1))
+    assert cards > 0 and shown == cards and loaded == dom.count("<img "), "every picture decoded"
+    dom = _dom(page, tmp_path, "#group=LIBRAIRIE")
+    books = int(re.search(r'data-shown="(\d+)"', dom).group(1))
+    assert 0 < books < cards and dom.count('data-group="LIBRAIRIE"') == books
+    dom = _dom(page, tmp_path, "#status=right")
+    right = int(re.search(r'data-shown="(\d+)"', dom).group(1))
+    assert right < cards
