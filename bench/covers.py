@@ -107,7 +107,7 @@ def read_covers(pictures: list[np.ndarray], engine, cache, batch: int = 16, prog
                               enabled=progress):
         part = pictures[start:start + batch]
         keys = [hashlib.md5(p.tobytes()).digest() for p in part]
-        todo = len(part) - len(cache.get_many(keys, engine.cache_key))
+        todo = len(set(keys) - set(cache.get_many(keys, engine.cache_key)))  # distinct pictures not read yet
         t0 = time.perf_counter()
         out.extend(read_cached(engine, cache, part, keys))
         if todo:
@@ -126,7 +126,7 @@ def readings_of(boxes_per_cover: list[list], pictures: list[np.ndarray] | None):
 
 def text_readings(texts: list[str]):
     """Readings made of clean text (one box per word), for the ``title`` path."""
-    from etalage.testing import make_reading
+    from etalage.specialists.readings import make_reading
 
     return [make_reading(t, i, []) for i, t in enumerate(texts)]
 

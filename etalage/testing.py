@@ -16,25 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from etalage.ocr.base import TextBox, box_quad
-from etalage.ocr.features import PICTURE_FEATURE_NAMES, picture_features
-from etalage.specialists.base import ProductReading, Specialist
+from etalage.specialists.base import Specialist
 from etalage.specialists.guard import PluginFault, validate_output
+from etalage.specialists.readings import make_reading  # also for plugin authors: etalage.testing.make_reading
 
 WORDS = ("amour maison jardin histoire cuisine voyage guerre soleil nuit hiver mer montagne ville chemin forest river "
          "castle dragon secret silence memory light shadow star sky earth fire water wind stone queen king prince")
-
-
-def make_reading(text: str = "", product_id: int = 0, pictures: list[np.ndarray] | None = None,
-                 confidence: float = 0.9) -> ProductReading:
-    """A ``ProductReading`` whose one picture shows ``text`` (one box per word, top to bottom), and the
-    given decoded ``pictures`` (default: one plain 180x180 picture) for specialists that look."""
-    boxes = [TextBox(w, confidence, box_quad(10, 10 + 20 * i, 10 + 9 * len(w), 28 + 20 * i), None)
-             for i, w in enumerate(text.split())]
-    pictures = pictures if pictures is not None else [np.full((180, 180, 3), 200, np.uint8)]
-    feats = np.stack([picture_features(boxes if j == 0 else [], *p.shape[:2]) for j, p in enumerate(pictures)]) \
-        if pictures else np.zeros((1, len(PICTURE_FEATURE_NAMES)), np.float32)
-    return ProductReading(product_id, [boxes] + [[] for _ in pictures[1:]], feats, pictures)
 
 
 def _training_set(spec: Specialist, taxonomy, n_per_class: int, seed: int):

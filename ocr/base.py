@@ -90,6 +90,11 @@ class OcrEngine(ABC):
         if not pictures:
             return []
         boxes = self._read(pictures)
+        for pic, found in zip(pictures, boxes, strict=True):
+            # detectors pad their boxes (EasyOCR's by a few pixels past the edge): corners stay on the picture
+            h, w = pic.shape[:2]
+            for b in found:
+                b.quad = np.stack([np.clip(b.quad[:, 0], 0, w), np.clip(b.quad[:, 1], 0, h)], 1).astype(np.float32)
         if self.lexicon:
             from etalage.ocr.lexicon import with_corrections
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from etalage.catalog import Catalog
-from etalage.ocr.base import OcrEngine
+from etalage.ocr.base import OcrEngine, TextBox, box_quad
 from etalage.ocr.cache import OcrCache, read_cached
 from etalage.ocr.features import PICTURE_FEATURE_NAMES, picture_features
 from etalage.ocr.pictures import product_pictures
@@ -33,3 +33,15 @@ def read_products(catalog: Catalog, positions: np.ndarray, engine: OcrEngine | N
             out.append(ProductReading(int(catalog.product_ids[pos]), [boxes[i] for i in mine], feats,
                                       [pp.pictures[i] for i in mine] if "pictures" in needs else None))
     return out
+
+
+def make_reading(text: str = "", product_id: int = 0, pictures: list[np.ndarray] | None = None,
+                 confidence: float = 0.9) -> ProductReading:
+    """A ``ProductReading`` whose one picture shows ``text`` (one box per word, top to bottom), and the
+    given decoded ``pictures`` (default: one plain 180x180 picture) for specialists that look."""
+    boxes = [TextBox(w, confidence, box_quad(10, 10 + 20 * i, 10 + 9 * len(w), 28 + 20 * i), None)
+             for i, w in enumerate(text.split())]
+    pictures = pictures if pictures is not None else [np.full((180, 180, 3), 200, np.uint8)]
+    feats = np.stack([picture_features(boxes if j == 0 else [], *p.shape[:2]) for j, p in enumerate(pictures)]) \
+        if pictures else np.zeros((1, len(PICTURE_FEATURE_NAMES)), np.float32)
+    return ProductReading(product_id, [boxes] + [[] for _ in pictures[1:]], feats, pictures)

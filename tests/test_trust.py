@@ -112,7 +112,7 @@ def test_a_hostile_specialist_folder_runs_nothing(synth_dir, tiny_run, tmp_path,
     (specs / "books" / "state.skops").unlink()
     with (specs / "books" / "specialist.joblib").open("wb") as fh:
         pickle.dump({"clf": Evil(marker)}, fh)
-    with pytest.raises(UnsafeFileError, match="saved as a pickle by an older etalage.*--trust-pickle"):
+    with pytest.raises(UnsafeFileError, match="saved as a pickle by etalage 0.1.*refit it with"):
         load_fitted(specs, ["books"])
     assert not marker.exists()
 

