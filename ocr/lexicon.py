@@ -90,3 +90,10 @@ def with_corrections(boxes: list[TextBox]) -> list[TextBox]:
     extra = [TextBox(word, 0.5 * b.confidence, np.array(b.quad, np.float32), None)
              for b in boxes for word in variants(b.text)]
     return list(boxes) + extra + joined(boxes)
+
+
+def dictionary_words(text: str) -> str:
+    """The tokens of ``text`` (already lower-case) that are dictionary words of 3 or more letters: the
+    reading with the OCR noise left out, for a sentence encoder that garbage would mislead."""
+    words = _symspell().words
+    return " ".join(w for w in text.split() if len(w) >= MIN_LETTERS and w in words)

@@ -102,10 +102,14 @@ class PictureEncoder:
     def shared(cls, backbone: str = "efficientnet_lite0", size: int = 180) -> PictureEncoder:
         return cls(backbone, size)
 
-    def encode(self, pictures_per_product: list[list[np.ndarray]]) -> np.ndarray:
-        """(products, dim) float32; a product without pictures gets zeros."""
+    def encode(self, pictures_per_product: list[list[np.ndarray]], flip: bool = False) -> np.ndarray:
+        """(products, dim) float32; a product without pictures gets zeros. ``flip``: each picture's features
+        averaged with its mirror image's (on real book covers +1 point of a linear probe's top-1)."""
         import hashlib
 
+        if flip:
+            mirrored = [[np.ascontiguousarray(p[:, ::-1]) for p in pics] for pics in pictures_per_product]
+            return (self.encode(pictures_per_product) + self.encode(mirrored)) / 2
         flat = [p for pics in pictures_per_product for p in pics]
         keys = [hashlib.md5(p.tobytes()).digest() + bytes(str(p.shape), "ascii") for p in flat]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self._memo}.values())

@@ -4,9 +4,9 @@
 etalage and plugin versions it was fitted with, and its constructor parameters (JSON). The learned
 attributes (``*_``) go to ``state.skops``: skops rebuilds numpy arrays, scipy matrices, plain
 containers and scikit-learn estimators without unpickling, and refuses any other type unless it is
-trusted (``TRUSTED_TYPES`` here, plus the plugin's own ``trusted_types``). A folder from an older
-etalage (``specialist.joblib``, a pickle) is refused with the command that refits it, or loaded with
-``trust_pickle=True`` (``--trust-pickle``) when you made it yourself.
+trusted (``TRUSTED_TYPES`` here, plus the plugin's own ``trusted_types``). A folder from etalage 0.1
+(``specialist.joblib``, a pickle, of a specialist whose inputs have changed since) is refused with the
+command that refits it.
 """
 
 from __future__ import annotations
@@ -64,17 +64,15 @@ def save_specialist(spec, folder: str | Path) -> None:
     write_json_atomic(folder / MANIFEST, manifest)
 
 
-def load_specialist(cls: type, folder: str | Path, trust_pickle: bool = False):
+def load_specialist(cls: type, folder: str | Path):
     import skops.io as sio
 
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     refit = f"refit it with `etalage specialists fit --out {folder.parent} --names {cls.name or folder.name}`"
     if (folder / "specialist.joblib").exists() and not (folder / STATE).exists():
-        if trust_pickle:
-            return _load_pickled(cls, folder)
-        raise UnsafeFileError(f"{folder}: a specialist saved as a pickle by an older etalage; loading it could run "
-                              f"code: {refit} (or pass --trust-pickle if you made it yourself)")
+        raise UnsafeFileError(f"{folder}: a specialist saved as a pickle by etalage 0.1; loading it could run code "
+                              f"and its inputs have changed since: {refit}")
     if not manifest_path.exists() or not (folder / STATE).exists():
         raise StageOutputError(f"{folder}: no saved specialist; {refit}")
     try:
@@ -116,13 +114,3 @@ def _warn_versions(cls: type, folder: Path, manifest: dict) -> None:
         warnings.warn(f"{folder}: fitted with {manifest.get('distribution')} {manifest.get('plugin_version')}, "
                       f"installed is {version}; refit if its results look wrong", stacklevel=3)
 
-
-def _load_pickled(cls: type, folder: Path):
-    """An older etalage's ``specialist.joblib`` (a pickle of the object's attributes): only on request."""
-    import joblib
-
-    obj = cls.__new__(cls)
-    obj.__dict__.update(joblib.load(folder / "specialist.joblib"))
-    if hasattr(obj, "upgrade_state"):
-        obj.upgrade_state()
-    return obj

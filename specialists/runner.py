@@ -101,7 +101,7 @@ def fit_settings(folder: str | Path) -> list[dict]:
     return [json.loads((Path(folder) / n / FIT_STAMP).read_text())["settings"] for n in fitted_names(folder)]
 
 
-def load_fitted(folder: str | Path, names: list[str] | None = None, trust_pickle: bool = False) -> list[Specialist]:
+def load_fitted(folder: str | Path, names: list[str] | None = None) -> list[Specialist]:
     """The specialists fitted under ``folder`` (one sub-folder each, as ``fit_specialists`` writes)."""
     folder = Path(folder)
     found = fitted_names(folder)
@@ -122,7 +122,7 @@ def load_fitted(folder: str | Path, names: list[str] | None = None, trust_pickle
         if uses_old_contract(factory):
             out.append(factory.load(folder / name))
         else:
-            out.append(load_specialist(factory, folder / name, trust_pickle))
+            out.append(load_specialist(factory, folder / name))
     return out
 
 

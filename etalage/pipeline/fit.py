@@ -98,7 +98,7 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
         spec_names = list(names) if names else fitted_names(specialists)
         log.info("[2/4] specialists %s on the products their gates let through", ", ".join(spec_names))
         score_specialists(Path(specialists), spec_names, ranking, catalog, val, taxonomy, folder.specialists_val,
-                          (0, 1), command, Path(ocr_cache) if ocr_cache else None, trust_pickle, progress)
+                          (0, 1), command, Path(ocr_cache) if ocr_cache else None, progress)
     else:
         log.info("[2/4] specialists: none (pass --specialists DIR from `etalage specialists fit`)")
     log.info("[3/4] table: candidates and features (hash and id signals exclude each product itself)")

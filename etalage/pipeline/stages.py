@@ -88,12 +88,12 @@ def ocr_engine_of(specialist_settings: list[dict]):
 
 def score_specialists(specialists_dir: Path, names: list[str], ranking, catalog: Catalog, positions: np.ndarray,
                       taxonomy: Taxonomy, out_dir: Path, shard: tuple[int, int], producer: str,
-                      ocr_cache: Path | None, trust_pickle: bool = False, progress: bool = True):
+                      ocr_cache: Path | None, progress: bool = True):
     """The specialists stage: load the fitted ones, read the gated products, score them (guarded)."""
     from etalage.ocr.cache import OcrCache
     from etalage.specialists.runner import fit_settings, load_fitted, score_catalog
 
-    specs = load_fitted(specialists_dir, names, trust_pickle)
+    specs = load_fitted(specialists_dir, names)
     engine = ocr_engine_of([s for s in fit_settings(specialists_dir) if s is not None])
     cache = OcrCache(ocr_cache or default_cache_path(catalog.path)) if engine is not None else None
     try:
@@ -220,7 +220,7 @@ def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tupl
         log.info("[3/4] specialists %s%s -> %s", ", ".join(plan.specialist_names), label, work.specialists)
         summary = score_specialists(plan.specialists, plan.specialist_names, work.core, catalog,
                                     np.arange(len(catalog)), taxonomy, work.specialists, shard, command,
-                                    Path(ocr_cache) if ocr_cache else None, trust_pickle, progress)
+                                    Path(ocr_cache) if ocr_cache else None, progress)
         redo = set(summary.recovered_chunks)  # fused without a specialist that has now scored them
     else:
         log.info("[3/4] specialists: none in this fusion model")
