@@ -1,8 +1,8 @@
 """The looking part of the cover specialists: probe the ImageNet backbone or fine-tune it?
 
 On one stratified 80/20 split of a real-cover listing (pictures letterboxed to 180x180), compares
-(a) a linear probe: efficientnet_lite0's pooled ImageNet features + logistic regression (what the
-books and music specialists do), and (b) fine-tuning the same network end to end with etalage's own
+(a) a linear probe: efficientnet_lite0's pooled ImageNet features (each picture averaged with its mirror)
++ a strongly regularised logistic regression (what the books and music specialists do), and (b) fine-tuning the same network end to end with etalage's own
 core training (the covers written as a Cdiscount-shaped BSON dump, ``etalage.core.train``), for a few
 epochs on this machine. Top-1 on the held-out 20% and the seconds each took.
 
@@ -51,8 +51,9 @@ def main(argv=None) -> int:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    from etalage.bench.covers import cover_pictures, genre_taxonomy, has_titles, read_listing
+    from etalage.bench.covers import cover_pictures, genre_taxonomy, has_titles
     from etalage.catalog import Catalog
+    from etalage.catalog.listings import read_listing
     from etalage.core.config import TrainConfig
     from etalage.core.predict import CorePredictor
     from etalage.core.train import train
@@ -67,9 +68,9 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     enc = PictureEncoder()
-    feats = enc.encode([[p] for p in pictures])
+    feats = enc.encode([[p] for p in pictures], flip=True)
     scaler = StandardScaler().fit(feats[tr])
-    clf = LogisticRegression(C=0.05, max_iter=2000).fit(scaler.transform(feats[tr]), y_ids[tr])
+    clf = LogisticRegression(C=0.001, max_iter=3000).fit(scaler.transform(feats[tr]), y_ids[tr])
     results["probe"] = {"top1": float((clf.predict(scaler.transform(feats[te])) == y_ids[te]).mean()),
                         "seconds": time.perf_counter() - t0}
     print(f"probe: top-1 {results['probe']['top1']:.3f} in {results['probe']['seconds']:.0f}s", flush=True)
