@@ -63,6 +63,12 @@ def _choose(status: np.ndarray, known: np.ndarray, limit: int, seed: int = 0) ->
     return np.sort(np.array(picked, np.int64))
 
 
+def _finite_or_none(value) -> float | None:
+    """A feature's value for the page: NaN (no specialist looked) is shown as "missing" (JSON has no NaN)."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
 def _contributions(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
                    rows: np.ndarray, fused_top: np.ndarray, chunk: int) -> dict[int, list]:
     """Product row -> [(feature, value, contribution)] of its fused top class, the four that moved it most."""
@@ -82,7 +88,8 @@ def _contributions(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Ca
                 continue
             c = contrib[hit[0]]
             top = np.argsort(-np.abs(c))[:4]
-            out[int(r)] = [(model.feature_names[j], float(table.features[model.feature_names[j]][hit[0]]), float(c[j]))
+            out[int(r)] = [(model.feature_names[j], _finite_or_none(table.features[model.feature_names[j]][hit[0]]),
+                            float(c[j]))
                            for j in top]
     return out
 
@@ -168,7 +175,7 @@ def render(records: list[dict], summary: list[dict], meta: dict) -> str:
                    f"<td>{s['fused']:.3f}</td><td>{s['fixed']}</td><td>{s['broken']}</td></tr>" for s in summary)
     groups = "".join(f'<option value="{html.escape(s["group"])}">{html.escape(s["group"])}</option>' for s in summary)
     statuses = "".join(f'<option value="{k}">{v}</option>' for k, v in STATUSES.items())
-    data = json.dumps(records).replace("</", "<\\/")
+    data = json.dumps(records, allow_nan=False).replace("</", "<\\/")  # JSON.parse refuses NaN
     return _TEMPLATE.format(meta=html.escape(f"{meta['shown']} of {meta['products']} labelled products of "
                                              f"{meta['data']}, fusion model {meta['fusion']}"),
                             rows=rows, groups=groups, statuses=statuses, data=data)
@@ -182,6 +189,7 @@ table.summary td, table.summary th {{ padding: 2px 10px; text-align: right; }}
 table.summary td:first-child, table.summary th:first-child {{ text-align: left; }}
 .filters {{ margin: 1em 0; }} .filters select {{ margin-right: 1em; }}
 .card {{ border: 1px solid #ccc; border-radius: 6px; padding: 10px; margin: 10px 0; display: flex; gap: 16px; }}
+.card[hidden] {{ display: none; }}  /* else display: flex above wins over hidden */
 .card.fixed {{ border-left: 6px solid #2a9d4b; }} .card.broken {{ border-left: 6px solid #d1495b; }}
 .card.wrong {{ border-left: 6px solid #e9a23b; }} .card.right {{ border-left: 6px solid #8ab; }}
 .pic {{ position: relative; width: 180px; height: 180px; flex: none; }}
@@ -212,7 +220,7 @@ function card(r) {{
         `width:${{Math.max(...xs) - x}}px;height:${{Math.max(...ys) - y}}px"></div>`; }}).join("") + "</div>").join("");
   const words = r.pictures.flatMap(p => p.boxes.map(b => b.text)).join(" ");
   const specs = Object.entries(r.specialists).map(([n, v]) => `<div><h3>${{esc(n)}}</h3>${{list(v, r.truth)}}</div>`).join("");
-  const moved = r.moved.map(([f, v, c]) => `<li>${{esc(f)}} = ${{v.toFixed(3)}} <small>(${{c > 0 ? "+" : ""}}${{c.toFixed(2)}})</small></li>`).join("");
+  const moved = r.moved.map(([f, v, c]) => `<li>${{esc(f)}} = ${{v === null ? "missing" : v.toFixed(3)}} <small>(${{c > 0 ? "+" : ""}}${{c.toFixed(2)}})</small></li>`).join("");
   return `<div class="card ${{r.status}}" data-group="${{esc(r.group)}}" data-status="${{r.status}}">${{pics}}<div>` +
     `<h3>product ${{r.id}} &middot; truth: ${{esc(r.truth)}} &middot; ${{esc(r.group)}}</h3>` +
     `<div class="cols"><div><h3>core</h3>${{list(r.core, r.truth)}}</div>${{specs}}<div><h3>fusion</h3>` +
