@@ -37,6 +37,8 @@ def test_index_info_hash_on_the_real_sample(sample, capsys):
     out = capsys.readouterr().out
     assert "82 products, 110 pictures" in out and "110 picture MD5s" in out
     assert not (dump.parent / "train_example.bson.idx.npz").exists(), "the input folder is never written to"
+    assert main(["hash", str(dump), "-q"]) == 0
+    capsys.readouterr()
     assert main(["info", str(dump), "--taxonomy", str(taxonomy), "-q"]) == 0
     out = capsys.readouterr().out
     assert "categories used 36" in out
