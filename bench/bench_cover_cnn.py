@@ -1,10 +1,10 @@
 """The looking part of the cover specialists: probe the ImageNet backbone or fine-tune it?
 
 On one stratified 80/20 split of a real-cover listing (pictures letterboxed to 180x180), compares
-(a) a linear probe: efficientnet_lite0's pooled ImageNet features (each picture averaged with its mirror)
-+ a strongly regularised logistic regression (what the books and music specialists do), and (b) fine-tuning the same network end to end with etalage's own
-core training (the covers written as a Cdiscount-shaped BSON dump, ``etalage.core.train``), for a few
-epochs on this machine. Top-1 on the held-out 20% and the seconds each took.
+(a) a linear probe: efficientnet_lite0's pooled ImageNet features (each picture averaged with its
+mirror) + a strongly regularised logistic regression (what the books and music specialists do), and
+(b) fine-tuning the same network end to end with etalage's own core training (the covers written as
+a Cdiscount-shaped BSON dump, ``etalage.core.train``), for a few epochs on this machine. Top-1 on the held-out 20% and the seconds each took.
 
     python bench/bench_cover_cnn.py --listing ../shared/data/real-covers/books-dev/listing.csv \\
         --images ../shared/data/real-covers/books-dev/images --epochs 3
