@@ -83,7 +83,7 @@ def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarra
     feats.update(signals.hash_index.features(picture_md5, picture_owner, owner, cls, pic_own))
     feats.update(signals.id_prior.features(ranking.product_ids[owner], cls, signals.ks, exclude_self=training_queries))
     feats["class_frequency"] = signals.class_frequency[cls]
-    feats.update(specialist_features(specialists, owner, cls, len(ranking)))
+    feats.update(specialist_features(specialists, owner, cls, len(ranking), taxonomy.level1_of))
     return CandidateTable(owner, cls, feats)
 
 
@@ -113,6 +113,14 @@ KINDS = RERANKER_KINDS
 # LightGBM's settings; `etalage fusion fit --lgb KEY=VALUE` overrides any of them.
 DEFAULT_LGB = {"n_estimators": 500, "learning_rate": 0.1, "num_leaves": 31, "min_child_samples": 10,
                "early_stopping_rounds": 30}
+# Capacities that fit_best compares by cross-validation (on top of DEFAULT_LGB): the default trees and
+# small slow ones, which a few hundred fusion products (the demo's) can support. Naming any of
+# CAPACITY_KEYS with --lgb fixes the capacity to the user's.
+LGB_CAPACITIES = ({}, {"num_leaves": 7, "learning_rate": 0.05})
+CAPACITY_KEYS = {"num_leaves", "learning_rate", "max_depth", "min_child_samples", "min_data_in_leaf"}
+CV_FOLDS = 5
+CV_MAX_PRODUCTS = 50_000   # above this one 20% split decides (reliable there, and 5 folds cost 5 fits)
+CV_MIN_PATIENCE = 100      # top-1 on a fold of ~150 products is a step function: stop late
 
 
 @dataclass
@@ -164,13 +172,23 @@ class FusionModel:
     @classmethod
     def fit_best(cls, table: CandidateTable, truth: np.ndarray, feature_names: tuple[str, ...],
                  kinds: tuple[str, ...] = KINDS, valid_fraction: float = 0.2, seed: int = 0,
-                 lgb_params: dict | None = None) -> tuple[FusionModel, dict[str, float]]:
-        """Fit each kind with the same early-stopping products and keep the one with the best product
-        top-1 on them (ties, common on small sets: the better mean reciprocal rank of the truth in the
-        top 5); returns the model and every kind's validation top-1."""
-        n_products = int(table.owner.max()) + 1
-        valid = np.random.default_rng(seed).random(n_products) < valid_fraction
+                 lgb_params: dict | None = None, folds: int = CV_FOLDS) -> tuple[FusionModel, dict]:
+        """The best reranker for this table, and how it was chosen.
+
+        Up to ``CV_MAX_PRODUCTS`` products: every kind with every capacity of ``LGB_CAPACITIES`` (only
+        the user's settings when ``lgb_params`` names one) is scored by ``folds``-fold cross-validation
+        over the products, its product top-1 followed tree by tree; the best (kind, capacity, number of
+        trees) is refitted on all products. A single 20% split of a few hundred products ties or
+        flips between settings (the demo's fusion kept 6 trees on 140 products), and the fitted model
+        leaves a fifth of the products unused; cross-validation uses them all and averages the noise.
+        Larger tables: one ``valid_fraction`` split with early stopping, each kind, the better kept.
+        Returns the model and a summary: the chosen settings (``params``: every LightGBM setting, which
+        pins the capacity when passed back as ``lgb_params``) and each kind's best top-1."""
         truth = np.asarray(truth)
+        n_products = int(table.owner.max()) + 1
+        if n_products <= CV_MAX_PRODUCTS and folds >= 2:
+            return cls._fit_cv(table, truth, feature_names, kinds, seed, lgb_params, folds)
+        valid = np.random.default_rng(seed).random(n_products) < valid_fraction
         scores, keys, models = {}, {}, {}
         for kind in kinds:
             models[kind] = cls.fit(table, truth, feature_names, kind, seed=seed, valid_products=valid,
@@ -181,7 +199,50 @@ class FusionModel:
             scores[kind] = float(hit[:, 0].mean())
             keys[kind] = (scores[kind], mrr)
         best = max(kinds, key=lambda k: keys[k])
-        return models[best], scores
+        return models[best], {"selection": f"one {valid_fraction:.0%} split, early stopping",
+                              "valid_top1_by_kind": scores, "trees": models[best].best_iteration}
+
+    @classmethod
+    def _fit_cv(cls, table: CandidateTable, truth: np.ndarray, feature_names: tuple[str, ...], kinds, seed: int,
+                lgb_params: dict | None, folds: int) -> tuple[FusionModel, dict]:
+        import lightgbm as lgb
+
+        for kind in kinds:
+            check_choice(kind, KINDS, "fusion model kind")
+        user = dict(lgb_params or {})
+        capacities = [{}] if set(user) & CAPACITY_KEYS else list(LGB_CAPACITIES)
+        X = table.matrix(feature_names)
+        y = (table.classes == truth[table.owner]).astype(np.int32)
+        n_products = int(table.owner.max()) + 1
+        fold = np.random.default_rng(seed).permutation(n_products) % folds
+        row_fold = fold[table.owner]
+        results = []
+        for kind in kinds:
+            for capacity in capacities:
+                params = {**DEFAULT_LGB, **capacity, **user}
+                rounds = int(params.pop("n_estimators"))
+                patience = max(int(params.pop("early_stopping_rounds")), CV_MIN_PATIENCE)
+                native = _native_params(kind, params, seed)
+                curves = np.zeros((folds, rounds))
+                for f in range(folds):
+                    tr, va = row_fold != f, row_fold == f
+                    curves[f] = _top1_curve(native, X, y, table.owner, tr, va, rounds, patience, names=feature_names)
+                mean = curves.mean(0)
+                best = int(np.argmax(mean))          # first of the best: the fewest trees among ties
+                results.append({"kind": kind, "params": {**DEFAULT_LGB, **capacity, **user}, "trees": best + 1,
+                                "cv_top1": float(mean[best])})
+        chosen = max(results, key=lambda r: r["cv_top1"])  # ties: the earlier (ranker, default capacity)
+        params = dict(chosen["params"])
+        params.pop("n_estimators"), params.pop("early_stopping_rounds")
+        try:
+            booster = lgb.train(_native_params(chosen["kind"], params, seed),
+                                _dataset(X, y, table.owner, chosen["kind"], feature_names), chosen["trees"])
+        except lgb.basic.LightGBMError as exc:
+            raise ConfigError(f"LightGBM refused the settings {params}: {exc}") from None
+        by_kind = {k: max(r["cv_top1"] for r in results if r["kind"] == k) for k in kinds}
+        return cls(chosen["kind"], tuple(feature_names), booster, chosen["trees"]), {
+            "selection": f"{folds}-fold cross-validation over {n_products} products", "valid_top1_by_kind": by_kind,
+            "trees": chosen["trees"], "params": chosen["params"], "candidates": results}
 
     def scores(self, table: CandidateTable) -> np.ndarray:
         missing = [n for n in self.feature_names if n not in table.features]
@@ -254,6 +315,49 @@ class FusionModel:
             raise StageOutputError(f"{folder.model_file}: unreadable LightGBM model ({exc}); refit with "
                                    f"`etalage fusion fit`") from None
         return cls(meta["kind"], names, booster, 0, meta.get("config", {}))
+
+
+def _native_params(kind: str, params: dict, seed: int) -> dict:
+    """DEFAULT_LGB-style (scikit-learn) names -> ``lgb.train`` parameters (LightGBM takes the
+    scikit-learn names as aliases)."""
+    objective = "lambdarank" if kind == "ranker" else "binary"
+    return {**params, "objective": objective, "metric": "None", "random_state": seed, "verbose": -1,
+            "n_jobs": params.get("n_jobs", -1), "deterministic": True, "force_row_wise": True}
+
+
+def _dataset(X: np.ndarray, y: np.ndarray, owner: np.ndarray, kind: str, names, reference=None):
+    import lightgbm as lgb
+
+    return lgb.Dataset(X, y, group=_group_sizes(owner) if kind == "ranker" else None, feature_name=list(names),
+                       reference=reference, free_raw_data=False)
+
+
+def _top1_curve(params: dict, X: np.ndarray, y: np.ndarray, owner: np.ndarray, tr: np.ndarray, va: np.ndarray,
+                rounds: int, patience: int, names) -> np.ndarray:
+    """Product top-1 on the rows ``va`` after each boosting round of a model fitted on ``tr`` (after an
+    early stop, the last value carries on). Rows are sorted by product, as the table keeps them."""
+    import lightgbm as lgb
+
+    kind = "ranker" if params["objective"] == "lambdarank" else "binary"
+    train_set = _dataset(X[tr], y[tr], owner[tr], kind, names)
+    valid_set = _dataset(X[va], y[va], owner[va], kind, names, reference=train_set)
+    v_owner, v_y = owner[va], y[va]
+    starts = np.flatnonzero(np.r_[True, v_owner[1:] != v_owner[:-1]])
+    curve: list[float] = []
+
+    def top1(preds, _data):
+        best = np.maximum.reduceat(preds, starts)
+        # a product counts when a true row holds its best score (ties: the first row, as rank() does)
+        first_best = np.minimum.reduceat(np.where(preds == np.repeat(best, np.diff(np.r_[starts, len(preds)])),
+                                                  np.arange(len(preds)), len(preds)), starts)
+        curve.append(float(v_y[first_best].mean()))
+        return "top1", curve[-1], True
+
+    lgb.train(params, train_set, rounds, valid_sets=[valid_set], feval=top1,
+              callbacks=[lgb.early_stopping(patience, verbose=False)])
+    out = np.full(rounds, curve[-1] if curve else 0.0)
+    out[:len(curve)] = curve[:rounds]
+    return out
 
 
 def _group_sizes(owner: np.ndarray) -> np.ndarray:

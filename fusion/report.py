@@ -54,7 +54,9 @@ def ablation_sets(groups: dict[str, list[str]], specialist_names=()) -> list[tup
 def ablation(table: CandidateTable, truth: np.ndarray, core_top1: np.ndarray, kind: str = "ranker", folds: int = 3,
              seed: int = 0, specialist_names=(), lgb_params: dict | None = None, progress: bool = True) -> list[dict]:
     """Product top-1 of the reranker with each group of signals, by ``folds``-fold cross-validation over
-    the fusion products (fit on the other folds, scored on the held-out one)."""
+    the fusion products (fit on the other folds, scored on the held-out one). Each fit is what
+    ``etalage fusion fit`` does with those signals, of the fitted model's kind and LightGBM settings
+    (``lgb_params``; its number of trees chosen again, since fewer signals may want fewer)."""
     groups = feature_groups(tuple(table.features), specialist_names)
     n = len(truth)
     fold = np.random.default_rng(seed).integers(0, folds, n)
@@ -65,7 +67,7 @@ def ablation(table: CandidateTable, truth: np.ndarray, core_top1: np.ndarray, ki
         for f in range(folds):
             held = fold == f
             sub, sub_truth, _ = _subtable(table, truth, ~held)
-            model = FusionModel.fit(sub, sub_truth, names, kind, seed=seed, lgb_params=lgb_params)
+            model, _ = FusionModel.fit_best(sub, sub_truth, names, kinds=(kind,), seed=seed, lgb_params=lgb_params)
             test, _, test_rows = _subtable(table, truth, held)
             pred[test_rows] = model.predict(test, len(test_rows))
         rows.append({"signals": label, "features": len(names), "top1": float((pred == truth).mean())})
@@ -89,7 +91,7 @@ def write_report(model_dir: str | Path, out: str | Path, folds: int = 3, progres
     model = FusionModel.load(folder)
     table, truth, core_top1 = load_table(folder.table_file)
     rows = ablation(table, truth, core_top1, model.kind, folds, specialist_names=model.config.get("specialist_names", ()),
-                    lgb_params=model.config.get("lgb_params"), progress=progress)
+                    lgb_params=model.config.get("lgb_chosen") or model.config.get("lgb_params"), progress=progress)
     importance = model.importance()
     total = sum(importance.values()) or 1.0
     lines = [f"# Fusion report: {folder}", "",

@@ -133,11 +133,17 @@ def specialist_candidates(outputs, k: int = SPECIALIST_CANDIDATES) -> tuple[np.n
     return np.concatenate(owners), np.concatenate(classes)
 
 
-def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_products: int) -> dict[str, np.ndarray]:
+def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_products: int,
+                        level1_of: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per candidate: ``specialist_score`` (best score any specialist gave the class; 0 outside its
     top-K) and ``specialist_rank``; each specialist's own score and rank of the class (``NAME_score``,
-    ``NAME_rank``) and per-product features (``NAME_FEATURE``); the OCR summary. All NaN where no
-    specialist looked at the product (LightGBM's missing value)."""
+    ``NAME_rank``), with ``level1_of`` its score for the class's level-1 group (``NAME_group_score``:
+    the sum of its top-K scores in that group) and per-product features (``NAME_FEATURE``); the OCR
+    summary. All NaN where no specialist looked at the product (LightGBM's missing value).
+
+    The group score is what lets a specialist of several groups (``media``) overrule the core's
+    group: an album the core took for a book gets a book candidate whose ``media_group_score`` is low,
+    which the reranker weighs against the core's ``level1_mass``."""
     n_rows = len(owner)
     score = np.full(n_rows, np.nan, np.float32)
     rank = np.full(n_rows, np.nan, np.float32)
@@ -151,6 +157,8 @@ def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_produ
             out_feats[f"{out.name}_{name}"] = per_product[owner, j]
         out_feats[f"{out.name}_score"] = np.full(n_rows, np.nan, np.float32)
         out_feats[f"{out.name}_rank"] = np.full(n_rows, np.nan, np.float32)
+        if level1_of is not None:
+            out_feats[f"{out.name}_group_score"] = np.full(n_rows, np.nan, np.float32)
         if not len(out.rows):
             continue
         ocr[out.rows] = out.ocr
@@ -166,9 +174,28 @@ def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_produ
         mine = looked[owner]
         out_feats[f"{out.name}_score"] = np.where(mine, s, np.nan).astype(np.float32)
         out_feats[f"{out.name}_rank"] = np.where(mine, r, np.nan).astype(np.float32)
+        if level1_of is not None:
+            out_feats[f"{out.name}_group_score"] = _group_scores(out, owner, classes, level1_of, n_products, mine)
         score = np.where(mine, np.fmax(score, s), score)
         rank = np.where(mine, np.fmin(rank, r), rank)
     feats = {"specialist_score": score, "specialist_rank": rank, **out_feats}
     for j, name in enumerate(OCR_SUMMARY_NAMES):
         feats[name] = ocr[owner, j]
     return feats
+
+
+def _group_scores(out, owner: np.ndarray, classes: np.ndarray, level1_of: np.ndarray, n_products: int,
+                  mine: np.ndarray) -> np.ndarray:
+    """Per candidate row: the specialist's summed top-K score over the candidate's level-1 group (0 when
+    none of its top-K lies there; NaN where it did not look)."""
+    groups = np.unique(level1_of[out.topk_class[out.topk_class >= 0]])
+    per_group = np.zeros((n_products, len(groups)), np.float32)
+    top_group = np.searchsorted(groups, level1_of[np.maximum(out.topk_class, 0)])
+    for j in range(out.topk_class.shape[1]):
+        ok = out.topk_class[:, j] >= 0
+        np.add.at(per_group, (out.rows[ok], top_group[ok, j]), out.topk_score[ok, j])
+    cand = level1_of[classes]
+    at = np.searchsorted(groups, cand).clip(0, max(0, len(groups) - 1))
+    known = (groups[at] == cand) if len(groups) else np.zeros(len(owner), bool)
+    value = np.where(known, per_group[owner, at] if len(groups) else 0, 0).astype(np.float32)
+    return np.where(mine, value, np.nan).astype(np.float32)

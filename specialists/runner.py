@@ -49,9 +49,9 @@ def needs_of(specialists) -> tuple[str, ...]:
 
 
 def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path, engine, cache,
-                    exclude: np.ndarray | None = None, max_train: int = 2000, seed: int = 0,
+                    exclude: np.ndarray | None = None, max_train: int | None = 2000, seed: int = 0,
                     options: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
-    """Fit each named specialist on (up to ``max_train``) training products of its groups, leaving out
+    """Fit each named specialist on (up to ``max_train``; None: all) training products of its groups, leaving out
     the positions in ``exclude``; saved under ``out/NAME``. ``options``: constructor arguments per
     name. A specialist already fitted with the same settings is kept (a rerun only fits what is
     missing). A plugin that fails on its own training products is refused here (``ConfigError``)."""
@@ -79,7 +79,7 @@ def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path,
             raise ConfigError(f"specialist {name!r}: {len(pos)} training products in {', '.join(spec.groups)} "
                               f"of {train.path}; it needs at least 2")
         rng = np.random.default_rng(seed)
-        pos = np.sort(rng.choice(pos, min(max_train, len(pos)), replace=False))
+        pos = np.sort(rng.choice(pos, len(pos) if max_train is None else min(max_train, len(pos)), replace=False))
         readings = read_products(train, pos, engine, cache, spec.needs, progress=progress)
         if spec.fit(readings, labels[pos], taxonomy) is None:
             warnings.warn(f"specialist {name!r}: fit returned None; it should return self (the pre-0.2 contract, "

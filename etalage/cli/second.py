@@ -58,7 +58,7 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--out", required=True, metavar="SPECS", help="folder of fitted specialists")
     p.add_argument("--run", help="core run whose validation products are left out (recommended)")
     p.add_argument("--taxonomy", help="category_names.csv (default: the run's, else the one beside --train)")
-    p.add_argument("--names", default="books,music", help="comma-separated specialist names")
+    p.add_argument("--names", default="media", help="comma-separated specialist names (`etalage specialists list`)")
     p.add_argument("--max-train", type=int, default=2000, help="training products per specialist (OCR cost)")
     p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine for the covers (default: the default "
                                                              "reading)")
@@ -179,7 +179,8 @@ def cmd_fusion_fit(args) -> int:
     kinds = ", ".join(f"{k} {v:.4f}" for k, v in fit["valid_top1_by_kind"].items())
     print(f"{args.out}: {fit['kind']} over {fit['products']} products ({fit['rows']:,} rows, {fit['features']} "
           f"features); candidate coverage {fit['candidate_coverage']:.4f}; core top-1 {fit['core_top1']:.4f}; "
-          f"held-out top-1 by kind: {kinds}")
+          f"top-1 by kind ({fit['selection']['selection']}): {kinds}; kept {fit['kind']} with "
+          f"{fit['selection']['trees']} trees")
     return 0
 
 

@@ -60,12 +60,15 @@ def register(sub, handlers: dict) -> None:
              "category_names.csv and report.json under --out. With the defaults it finishes within 10 minutes on 2 "
              "CPU cores; run again to reuse finished stages.")
     p.add_argument("--out", default="demo", help="output folder")
-    p.add_argument("--products", type=int, default=3000, help="synthetic products (train + test)")
+    p.add_argument("--products", type=int, help="synthetic products, train + test (default: 3000; 6000 with real "
+                                                "covers, so that their groups hold ~200 test products)")
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
-    p.add_argument("--specialists", default="books,music", help="specialists to fit and compare ('none': skip)")
+    p.add_argument("--specialists", default="media", help="specialists to fit and compare, comma-separated ('none': "
+                                                          "skip; 'books,music' for one per group)")
     p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine for the covers (default: the default reading)")
-    p.add_argument("--specialist-train", type=int, default=150,
-                   help="training products per specialist (OCR on CPU reads ~5-10 pictures/s)")
+    p.add_argument("--specialist-train", type=int,
+                   help="training products per specialist (default: 300; with real covers every training product "
+                        "of its groups, as real covers need thousands; OCR on CPU reads ~6 pictures/s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (catalogue, split, training)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="any timm model name")
     p.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a state-dict file")

@@ -40,10 +40,10 @@ def taxonomy_for(train: str | Path, run: RunDir | None = None, explicit: str | P
 
 
 def fit_specialists_job(train: str | Path, out: str | Path, names: list[str], run: str | Path | None = None,
-                        taxonomy: str | Path | None = None, max_train: int = 2000, ocr_engine: str | None = None,
+                        taxonomy: str | Path | None = None, max_train: int | None = 2000, ocr_engine: str | None = None,
                         ocr_cache: str | Path | None = None, options: dict[str, dict] | None = None, seed: int = 0,
                         progress: bool = True) -> list[dict]:
-    """``etalage specialists fit``: index the training file, read the covers of (up to ``max_train``)
+    """``etalage specialists fit``: index the training file, read the covers of (up to ``max_train``; None: all)
     products of each specialist's groups through the OCR cache, fit, save under ``out/NAME``. With
     ``run``, the core run's validation products are left out (fusion trains on them)."""
     from etalage.ocr import load_engine
@@ -114,14 +114,15 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
              "ranker and binary, the better kept" if kind == "auto" else kind, f"{len(table.owner):,}",
              len(feature_names))
     kinds = RERANKER_KINDS if kind == "auto" else (kind,)
-    model, by_kind = FusionModel.fit_best(table, truth, feature_names, kinds=kinds, seed=seed, lgb_params=lgb_params)
+    model, chosen = FusionModel.fit_best(table, truth, feature_names, kinds=kinds, seed=seed, lgb_params=lgb_params)
     model.config = {"run": relative_config_path(folder.path, run.path), "train": relative_config_path(folder.path, train),
                     "specialists": relative_config_path(folder.path, specialists), "specialist_names": spec_names,
                     "topk": topk, "tta": tta, "ks": signals.ks, "train_stamp": file_stamp(train),
-                    "lgb_params": lgb_params or {}}
+                    "lgb_params": lgb_params or {}, "lgb_chosen": chosen.get("params", {})}
     model.save(folder)
     fit = {"products": len(val), "rows": len(table.owner), "features": len(feature_names), "kind": model.kind,
-           "valid_top1_by_kind": by_kind, "core_top1": float((ranking.top1() == truth).mean()),
+           "valid_top1_by_kind": chosen["valid_top1_by_kind"],
+           "selection": {k: v for k, v in chosen.items() if k != "valid_top1_by_kind"}, "core_top1": float((ranking.top1() == truth).mean()),
            "candidate_coverage": coverage(table, truth), "seconds": time.perf_counter() - t0,
            "importance": model.importance()}
     write_json_atomic(folder.fit_report_file, fit)

@@ -90,3 +90,21 @@ def test_specialist_features_match_a_direct_lookup():
         else:
             assert np.isnan(f["books_a"][i])
     assert np.isnan(f["empty_c"]).all()
+
+
+def test_group_score_sums_a_specialists_votes_in_the_candidates_group():
+    from etalage.fusion.table import specialist_features
+    from etalage.specialists.runner import SpecialistRanking
+
+    level1_of = np.array([0, 0, 0, 1, 1, 2])          # classes 0-2 books, 3-4 music, 5 other
+    media = SpecialistRanking("media", np.array([0, 2]), np.array([[3, 0, 4, -1], [1, 2, 0, 3]], np.int32),
+                              np.array([[0.5, 0.3, 0.15, 0], [0.6, 0.2, 0.1, 0.05]], np.float32),
+                              np.zeros((2, 0), np.float32), (), np.zeros((2, 3), np.float32))
+    owner = np.repeat(np.arange(3), 6)
+    cls = np.tile(np.arange(6), 3)
+    f = specialist_features([media], owner, cls, 3, level1_of)
+    group = f["media_group_score"].reshape(3, 6)
+    assert group[0].tolist() == pytest.approx([0.3, 0.3, 0.3, 0.65, 0.65, 0.0]), "album first, book second"
+    assert np.isnan(group[1]).all(), "not looked at: missing"
+    assert group[2].tolist() == pytest.approx([0.9, 0.9, 0.9, 0.05, 0.05, 0.0])
+    assert "media_group_score" not in specialist_features([media], owner, cls, 3), "only with the taxonomy"

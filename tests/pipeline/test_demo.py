@@ -49,9 +49,24 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (key_cats[order][np.searchsorted(key_ids[order], ids)] == cats).mean() == report["fusion"], \
         "submission.csv is the fused one"
     rows = {r["specialist"]: r for r in report["specialists"]}
-    assert set(rows) == {"books", "music"} and all(r["train_products"] > 0 for r in rows.values())
-    assert (out / "specialists" / "books" / "state.skops").exists(), "saved as data, not a pickle"
+    assert set(rows) == {"media"} and rows["media"]["groups"] == ["LIBRAIRIE", "MUSIQUE"]
+    assert 0 < rows["media"]["train_products"] <= 30
+    assert (out / "specialists" / "media" / "state.skops").exists(), "saved as data, not a pickle"
     assert (out / "fusion" / "fusion.lgb.txt").exists()
     # a second run reuses every finished stage
     assert main([a for a in argv if a != "-q"]) == 0
     assert capsys.readouterr().err.count("reusing") >= 3
+
+
+def test_specialists_rule_lets_a_multi_group_specialist_move_products_between_its_groups():
+    from etalage.pipeline.demo import specialists_rule
+
+    level1_of = np.array([0, 0, 1, 1, 2, 2])           # classes 0-1 books, 2-3 music, 4-5 other
+    core = np.array([0, 1, 4, 2, 0])
+    media = (np.array([0, 1, 2, 3, 4]), np.array([3, 0, 1, 2, -1]), [0, 1])
+    books = (np.array([1]), np.array([1]), [0])
+    out = specialists_rule(core, [media], level1_of)
+    assert out.tolist() == [3, 0, 4, 2, 0], "moved across its groups; not where the core says 'other'; no vote kept"
+    assert core.tolist() == [0, 1, 4, 2, 0], "the core's array is left as it was"
+    # a one-group specialist after it only acts where the product now sits in its group
+    assert specialists_rule(core, [media, books], level1_of).tolist() == [3, 1, 4, 2, 0]
