@@ -75,7 +75,9 @@ def register(sub, handlers: dict) -> None:
              "products",
              "Predict the core on the run's validation products of --train (the core never trained on them), score "
              "them with the fitted specialists, build the table (hash and id signals leave each product itself out) "
-             "and fit LightGBM (lambdarank and binary; the better on held-out products is kept). Writes "
+             "and fit LightGBM: each kind (lambdarank, binary) with each capacity (default or small trees) is scored "
+             "by 5-fold cross-validation over those products, tree by tree, and the best (kind, capacity, number of "
+             "trees) is refitted on all of them (above 50,000 products: one 20 percent split with early stopping). Writes "
              "OUT/fusion.lgb.txt (with feature names), OUT/fusion.json, OUT/table.npz, OUT/fit_report.json.")
     p.add_argument("--run", required=True, help="trained core run")
     p.add_argument("--train", required=True, metavar="FILE.bson", help="the run's training dump")
@@ -83,16 +85,17 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--specialists", metavar="SPECS", help="fitted specialists (`etalage specialists fit`)")
     p.add_argument("--names", help="comma-separated specialists to use (default: every one fitted in SPECS)")
     p.add_argument("--kind", default="auto", choices=("auto", "ranker", "binary"),
-                   help="LightGBM objective (auto: both, the better on held-out products kept)")
+                   help="LightGBM objective (auto: both, the better by cross-validation kept)")
     p.add_argument("--lgb", action="append", default=[], metavar="KEY=VALUE",
                    help="a LightGBM setting, e.g. num_leaves=63 or learning_rate=0.05 (repeat; defaults: "
                         "n_estimators=500 learning_rate=0.1 num_leaves=31 min_child_samples=10 "
-                        "early_stopping_rounds=30)")
+                        "early_stopping_rounds=30, at least 100 in cross-validation); naming num_leaves, "
+                        "learning_rate, max_depth or min_child_samples fixes the capacity instead of choosing it")
     p.add_argument("--topk", type=int, default=20, help="core candidates per product")
     p.add_argument("--tta", default="none", choices=TTA_MODES,
                    help="core test-time augmentation; submit then uses the same")
     p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (early-stopping split, LightGBM)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (cross-validation folds or early-stopping split, LightGBM)")
     compute_options(p)
     p = leaf(fusion, handlers, ("fusion", "predict"), cmd_fusion_predict,
              "fused top-5 classes for every product of a BSON dump (resumable)",

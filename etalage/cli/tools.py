@@ -60,8 +60,10 @@ def register(sub, handlers: dict) -> None:
              "category_names.csv and report.json under --out. With the defaults it finishes within 10 minutes on 2 "
              "CPU cores; run again to reuse finished stages.")
     p.add_argument("--out", default="demo", help="output folder")
-    p.add_argument("--products", type=int, help="synthetic products, train + test (default: 3000; 6000 with real "
-                                                "covers, so that their groups hold ~200 test products)")
+    p.add_argument("--products", type=int, help="synthetic products, train + test (default: 3000; 8000 with real "
+                                                "covers, so that their groups hold ~290 test products)")
+    p.add_argument("--val-fraction", type=float, help="share of the training products held out of the core for "
+                                                      "fusion to learn from (default: 0.15; 0.25 with real covers)")
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     p.add_argument("--specialists", default="media", help="specialists to fit and compare, comma-separated ('none': "
                                                           "skip; 'books,music' for one per group)")
@@ -147,7 +149,7 @@ def cmd_demo(args) -> int:
         if args.specialists != "none" else ()
     result = run_demo(args.out, products=args.products, minutes=args.minutes, seed=args.seed, backbone=args.backbone,
                       weights=args.weights, picture_size=args.picture_size, crop=args.crop, specialists=specialists,
-                      ocr_engine=args.ocr_engine, specialist_train=args.specialist_train,
+                      ocr_engine=args.ocr_engine, specialist_train=args.specialist_train, val_fraction=args.val_fraction,
                       book_covers=args.book_covers, music_covers=args.music_covers, progress=not args.quiet)
     save_resolved(args, Path(args.out) / "config.yaml")
     print_stage_table(result)
