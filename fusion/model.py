@@ -186,6 +186,7 @@ class FusionModel:
         pins the capacity when passed back as ``lgb_params``) and each kind's best top-1."""
         truth = np.asarray(truth)
         n_products = int(table.owner.max()) + 1
+        folds = min(folds, n_products)
         if n_products <= CV_MAX_PRODUCTS and folds >= 2:
             return cls._fit_cv(table, truth, feature_names, kinds, seed, lgb_params, folds)
         valid = np.random.default_rng(seed).random(n_products) < valid_fraction

@@ -75,3 +75,9 @@ def test_top1_curve_matches_the_ranking_of_a_model_with_that_many_trees(kind):
         sub = CandidateTable(sub_owner, np.flatnonzero(va), {n: X[va][:, j] for j, n in enumerate(NAMES)})
         best_row = FusionModel(kind, NAMES, booster, trees).predict(sub, int(sub_owner.max()) + 1)
         assert curve[trees - 1] == pytest.approx(float(y[best_row].mean())), trees
+
+
+def test_fewer_products_than_folds_still_fit():
+    table, truth = _table(3, seed=3)
+    model, chosen = FusionModel.fit_best(table, truth, NAMES)
+    assert chosen["selection"].startswith("3-fold") and model.predict(table, 3).shape == (3,)
