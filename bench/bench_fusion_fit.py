@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from etalage.files import write_json_atomic
 from etalage.fusion import model as fusion_model
 from etalage.fusion.model import FusionModel
 from etalage.fusion.table import CandidateTable
@@ -63,7 +64,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     out = {"machine": platform.processor() or platform.machine(), "rows": rows}
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_json_atomic(Path(args.out), out)
 
 
 if __name__ == "__main__":

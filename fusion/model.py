@@ -215,31 +215,24 @@ class FusionModel:
         X = table.matrix(feature_names)
         y = (table.classes == truth[table.owner]).astype(np.int32)
         n_products = int(table.owner.max()) + 1
-        fold = np.random.default_rng(seed).permutation(n_products) % folds
-        row_fold = fold[table.owner]
+        row_fold = (np.random.default_rng(seed).permutation(n_products) % folds)[table.owner]
         results = []
-        for kind in kinds:
-            for capacity in capacities:
-                params = {**DEFAULT_LGB, **capacity, **user}
-                rounds = int(params.pop("n_estimators"))
-                patience = max(int(params.pop("early_stopping_rounds")), CV_MIN_PATIENCE)
-                native = _native_params(kind, params, seed)
-                curves = np.zeros((folds, rounds))
-                for f in range(folds):
-                    tr, va = row_fold != f, row_fold == f
-                    curves[f] = _top1_curve(native, X, y, table.owner, tr, va, rounds, patience, names=feature_names)
-                mean = curves.mean(0)
-                best = int(np.argmax(mean))          # first of the best: the fewest trees among ties
-                results.append({"kind": kind, "params": {**DEFAULT_LGB, **capacity, **user}, "trees": best + 1,
-                                "cv_top1": float(mean[best])})
-        chosen = max(results, key=lambda r: r["cv_top1"])  # ties: the earlier (ranker, default capacity)
-        params = dict(chosen["params"])
-        params.pop("n_estimators"), params.pop("early_stopping_rounds")
         try:
-            booster = lgb.train(_native_params(chosen["kind"], params, seed),
+            for kind in kinds:
+                for capacity in capacities:
+                    settings = {**DEFAULT_LGB, **capacity, **user}
+                    params, rounds, patience = _boosting(settings)
+                    native = _native_params(kind, params, seed)
+                    curves = [_top1_curve(native, kind, X, y, table.owner, row_fold != f, row_fold == f, rounds,
+                                          max(patience, CV_MIN_PATIENCE), feature_names) for f in range(folds)]
+                    mean = np.mean(curves, axis=0)
+                    best = int(np.argmax(mean))          # first of the best: the fewest trees among ties
+                    results.append({"kind": kind, "params": settings, "trees": best + 1, "cv_top1": float(mean[best])})
+            chosen = max(results, key=lambda r: r["cv_top1"])  # ties: the earlier (ranker, default capacity)
+            booster = lgb.train(_native_params(chosen["kind"], _boosting(chosen["params"])[0], seed),
                                 _dataset(X, y, table.owner, chosen["kind"], feature_names), chosen["trees"])
-        except lgb.basic.LightGBMError as exc:
-            raise ConfigError(f"LightGBM refused the settings {params}: {exc}") from None
+        except (TypeError, ValueError, lgb.basic.LightGBMError) as exc:
+            raise ConfigError(f"LightGBM refused the settings {user}: {exc}") from None
         by_kind = {k: max(r["cv_top1"] for r in results if r["kind"] == k) for k in kinds}
         return cls(chosen["kind"], tuple(feature_names), booster, chosen["trees"]), {
             "selection": f"{folds}-fold cross-validation over {n_products} products", "valid_top1_by_kind": by_kind,
@@ -318,6 +311,12 @@ class FusionModel:
         return cls(meta["kind"], names, booster, 0, meta.get("config", {}))
 
 
+def _boosting(settings: dict) -> tuple[dict, int, int]:
+    """DEFAULT_LGB-style settings -> (the tree settings, the most rounds, the early-stopping patience)."""
+    params = dict(settings)
+    return params, int(params.pop("n_estimators")), int(params.pop("early_stopping_rounds"))
+
+
 def _native_params(kind: str, params: dict, seed: int) -> dict:
     """DEFAULT_LGB-style (scikit-learn) names -> ``lgb.train`` parameters (LightGBM takes the
     scikit-learn names as aliases)."""
@@ -333,13 +332,12 @@ def _dataset(X: np.ndarray, y: np.ndarray, owner: np.ndarray, kind: str, names, 
                        reference=reference, free_raw_data=False)
 
 
-def _top1_curve(params: dict, X: np.ndarray, y: np.ndarray, owner: np.ndarray, tr: np.ndarray, va: np.ndarray,
-                rounds: int, patience: int, names) -> np.ndarray:
+def _top1_curve(params: dict, kind: str, X: np.ndarray, y: np.ndarray, owner: np.ndarray, tr: np.ndarray,
+                va: np.ndarray, rounds: int, patience: int, names) -> np.ndarray:
     """Product top-1 on the rows ``va`` after each boosting round of a model fitted on ``tr`` (after an
     early stop, the last value carries on). Rows are sorted by product, as the table keeps them."""
     import lightgbm as lgb
 
-    kind = "ranker" if params["objective"] == "lambdarank" else "binary"
     train_set = _dataset(X[tr], y[tr], owner[tr], kind, names)
     valid_set = _dataset(X[va], y[va], owner[va], kind, names, reference=train_set)
     v_owner, v_y = owner[va], y[va]

@@ -188,14 +188,8 @@ def _group_scores(out, owner: np.ndarray, classes: np.ndarray, level1_of: np.nda
                   mine: np.ndarray) -> np.ndarray:
     """Per candidate row: the specialist's summed top-K score over the candidate's level-1 group (0 when
     none of its top-K lies there; NaN where it did not look)."""
-    groups = np.unique(level1_of[out.topk_class[out.topk_class >= 0]])
-    per_group = np.zeros((n_products, len(groups)), np.float32)
-    top_group = np.searchsorted(groups, level1_of[np.maximum(out.topk_class, 0)])
-    for j in range(out.topk_class.shape[1]):
+    per_group = np.zeros((n_products, int(level1_of.max()) + 1), np.float32)
+    for j in range(out.topk_class.shape[1]):   # one vote per looked-at product and column: no repeated index
         ok = out.topk_class[:, j] >= 0
-        np.add.at(per_group, (out.rows[ok], top_group[ok, j]), out.topk_score[ok, j])
-    cand = level1_of[classes]
-    at = np.searchsorted(groups, cand).clip(0, max(0, len(groups) - 1))
-    known = (groups[at] == cand) if len(groups) else np.zeros(len(owner), bool)
-    value = np.where(known, per_group[owner, at] if len(groups) else 0, 0).astype(np.float32)
-    return np.where(mine, value, np.nan).astype(np.float32)
+        per_group[out.rows[ok], level1_of[out.topk_class[ok, j]]] += out.topk_score[ok, j]
+    return np.where(mine, per_group[owner, level1_of[classes]], np.nan).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Cover specialists: a product's covers read and looked at, over the classes of one group.
+"""Cover specialists: a product's covers read and looked at, over the classes of their groups.
 
 - Reading: OCR text -> normalised words -> character n-gram (2-4) and word n-gram (1-2) TF-IDF, and an
   all-MiniLM-L6-v2 sentence embedding of the text and of its dictionary words alone -> logistic
@@ -36,7 +36,7 @@ IMAGE_MODES = ("auto", "off")
 
 
 class CoverSpecialist(Specialist):
-    """Shared by the books and music specialists; subclasses only name their groups.
+    """Shared by the media, books and music specialists; subclasses only name their groups.
 
     Options: ``encoder`` ("default": the offline MiniLM package; a path; or "none"), ``C`` (inverse
     regularisation of the text model), ``word_grams`` (word n-grams beside the character ones),

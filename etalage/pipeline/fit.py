@@ -111,7 +111,7 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
     feature_names = tuple(table.features)
     save_table(folder.table_file, table, truth, ranking.top1())
     log.info("[4/4] LightGBM (%s) over %s rows x %d features",
-             "ranker and binary, the better kept" if kind == "auto" else kind, f"{len(table.owner):,}",
+             "ranker and binary, chosen by cross-validation" if kind == "auto" else kind, f"{len(table.owner):,}",
              len(feature_names))
     kinds = RERANKER_KINDS if kind == "auto" else (kind,)
     model, chosen = FusionModel.fit_best(table, truth, feature_names, kinds=kinds, seed=seed, lgb_params=lgb_params)

@@ -4,6 +4,7 @@ split on large ones, and the tree-by-tree top-1 that drives the choice."""
 import numpy as np
 import pytest
 
+from etalage.errors import ConfigError
 from etalage.fusion import model as fusion_model
 from etalage.fusion.model import LGB_CAPACITIES, FusionModel
 from etalage.fusion.table import CandidateTable
@@ -67,7 +68,7 @@ def test_top1_curve_matches_the_ranking_of_a_model_with_that_many_trees(kind):
     X, y = X[keep], y[keep]
     va = owner % 4 == 0
     params = fusion_model._native_params(kind, {"learning_rate": 0.1, "num_leaves": 7, "min_child_samples": 5}, 0)
-    curve = fusion_model._top1_curve(params, X, y, owner, ~va, va, 40, 1000, NAMES)
+    curve = fusion_model._top1_curve(params, kind, X, y, owner, ~va, va, 40, 1000, NAMES)
     assert curve.shape == (40,) and 0 < curve.min() and curve.max() <= 1
     for trees in (1, 10, 40):
         booster = lgb.train(params, fusion_model._dataset(X[~va], y[~va], owner[~va], kind, NAMES), trees)
@@ -81,3 +82,13 @@ def test_fewer_products_than_folds_still_fit():
     table, truth = _table(3, seed=3)
     model, chosen = FusionModel.fit_best(table, truth, NAMES)
     assert chosen["selection"].startswith("3-fold") and model.predict(table, 3).shape == (3,)
+
+
+@pytest.mark.parametrize("settings", [{"num_leaves": -3}, {"learning_rate": "fast"}])
+def test_settings_lightgbm_refuses_are_one_config_error(settings, monkeypatch):
+    table, truth = _table(40)
+    with pytest.raises(ConfigError, match="LightGBM refused the settings"):
+        FusionModel.fit_best(table, truth, NAMES, lgb_params=settings)
+    monkeypatch.setattr(fusion_model, "CV_MAX_PRODUCTS", 10)
+    with pytest.raises(ConfigError, match="LightGBM refused the settings"):
+        FusionModel.fit_best(table, truth, NAMES, lgb_params=settings)
