@@ -113,6 +113,10 @@ class Taxonomy:
     def __len__(self) -> int:
         return self.n_classes
 
+    def __contains__(self, category_id) -> bool:
+        """Whether ``category_id`` is one of the file's categories."""
+        return int(category_id) in self._index_of_id
+
     # -- lookups -----------------------------------------------------------------------------
     def index_of(self, category_id: int) -> int:
         """Class index of a category id; ``TaxonomyError`` if the id is not in the file."""

@@ -20,3 +20,14 @@ def package_file(module: str, relative: str, distribution: str, alternative: str
         hint = f", or {alternative}" if alternative else ""
         raise ConfigError(f"needs the PyPI package {distribution} (pip install {distribution}){hint}")
     return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on: its affinity mask where the OS has one (Kaggle
+    containers, ``taskset`` and batch schedulers restrict it below ``os.cpu_count()``), else the
+    machine's count. The one count every default number of workers and threads starts from."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)

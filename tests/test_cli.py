@@ -8,7 +8,7 @@ import pytest
 
 from etalage.cli import build_parser, main
 
-DATA_COMMANDS = ["synth", "index", "hash", "info", "score"]
+DATA_COMMANDS = ["synth", "pack", "index", "hash", "info", "score"]
 
 
 def _run(*args):

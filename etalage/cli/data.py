@@ -1,4 +1,4 @@
-"""Data commands (no torch): synth, index, hash, info, score."""
+"""Data commands (no torch): synth, pack, index, hash, info, score."""
 
 from __future__ import annotations
 
@@ -37,6 +37,30 @@ def register(sub, handlers: dict) -> None:
              "classes, book and CD covers whose printed words decide the class (or real covers: --book-covers, "
              "--music-covers). Deterministic per seed.")
     synth_options(p)
+
+    p = leaf(sub, handlers, ("pack",), cmd_pack,
+             "pack any catalogue (a listing CSV and its pictures) into a Cdiscount-shaped BSON dump",
+             "Write FILE.bson in Kaggle's layout (_id, imgs: [{picture}], category_id) from a listing with a header "
+             "(_id, category_id, picture; other columns ignored), one row per picture: rows sharing an _id are one "
+             "product's pictures in listing order and must be together. JPEGs are stored as given (each decoded "
+             "once to check it), other formats converted to JPEG; --size S letterboxes every picture to SxS on "
+             "white (Cdiscount's shape: 180). The taxonomy is written beside the dump as category_names.csv, "
+             "where train, submit and score look. --no-labels writes a test dump without categories and its answer "
+             "key for `etalage score`. A bad row is one line naming it and nothing is written; --skip-bad counts "
+             "and skips bad rows instead.")
+    p.add_argument("--listing", required=True, metavar="L.csv", help="_id,category_id,picture[,...] with a header")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder the picture column is relative to")
+    p.add_argument("--out", required=True, metavar="FILE.bson", help="the dump to write")
+    p.add_argument("--taxonomy", metavar="category_names.csv",
+                   help="categories the listing may use (default: the one beside the listing)")
+    p.add_argument("--size", type=int, help="letterbox every picture to SIZE x SIZE on white (default: as given)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of converted or resized pictures")
+    p.add_argument("--no-labels", action="store_true", help="a test dump: no category_id (answer key apart)")
+    p.add_argument("--labels-out", metavar="KEY.csv", help="with --no-labels: the answer key (default: "
+                                                           "FILE_labels.csv beside the dump)")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad rows (counted, first ones shown) instead of "
+                                                           "stopping at the first")
+    p.add_argument("--workers", type=int, help="picture processes (default: every usable core)")
 
     for name, func, help_ in (
         ("index", cmd_index, "write the offset index FILE.bson.idx.npz (and with --md5 the picture hashes)"),
@@ -113,6 +137,26 @@ def cmd_synth(args) -> int:
     real = f", {s['real_covers']} of them real covers" if s["real_covers"] else ""
     print(f"wrote {s['train']} training and {s['test']} test products ({s['pictures']} pictures{real}, "
           f"{s['classes_used']} classes) to {args.out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from etalage.catalog.pack import pack_listing
+
+    rep = pack_listing(args.listing, args.images, args.out, taxonomy=args.taxonomy, size=args.size,
+                       labels=not args.no_labels, labels_out=args.labels_out, skip_bad=args.skip_bad,
+                       quality=args.quality, workers=args.workers, progress=not args.quiet)
+    print(f"{rep.out}: {rep.products:,} products, {rep.pictures:,} pictures ({rep.converted:,} re-encoded), "
+          f"{rep.bytes_written / 1e6:.1f} MB in {rep.seconds:.1f}s ({rep.pictures_per_s:,.0f} pictures/s, "
+          f"{rep.mb_per_s:.1f} MB/s)")
+    if rep.labels_out is not None:
+        print(f"{rep.labels_out}: answer key for `etalage score`")
+    if rep.taxonomy_out is not None:
+        print(f"{rep.taxonomy_out}: the taxonomy, beside the dump")
+    if rep.skipped_rows:
+        print(f"skipped {rep.skipped_rows} bad rows ({rep.skipped_products} products left out):")
+        for line in rep.problems[:5]:
+            print(f"  {line}")
     return 0
 
 
