@@ -33,6 +33,7 @@ from etalage.catalog.derived import derived_candidates, derived_path
 from etalage.errors import DataError
 from etalage.files import save_npz_atomic
 from etalage.progress import bar as progress_bar
+from etalage.resources import usable_cpus
 
 INDEX_VERSION = 1
 MD5_VERSION = 1
@@ -440,7 +441,7 @@ def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: b
     bson_path = Path(bson_path)
     index = index or BsonIndex.open(bson_path)
     pics = index.pictures
-    workers = max(1, min(workers or os.cpu_count() or 1, 64))
+    workers = max(1, min(workers or usable_cpus(), 64))
     out = np.zeros((len(pics), 16), np.uint8)
     # Ranges of at most ~256 MB: each is mapped, hashed and unmapped, so a worker's resident memory
     # stays bounded whatever the dump's size (58 GB for the real training file).

@@ -31,6 +31,7 @@ from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import ConfigError
 from etalage.files import atomic_write
 from etalage.progress import bar as progress_bar
+from etalage.resources import usable_cpus
 from etalage.synth.covers import SIZE, draw_cover, hsv_rgb
 from etalage.synth.fonts import load_font
 from etalage.synth.words import ENGLISH, FILLER, FIRST_NAMES, FRENCH, LAST_NAMES
@@ -367,7 +368,7 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
     real = _real_cover_plan(sources, tax, plan, cfg.seed)
     jobs = [(i, int(plan["labels"][i]), 1 if i in real else int(plan["n_pics"][i]), plan["kind"][i],
              plan["stock"][i], real.get(i)) for i in range(cfg.products)]
-    workers = max(1, cfg.workers or os.cpu_count() or 1)
+    workers = max(1, cfg.workers or usable_cpus())
     bar = progress_bar(total=cfg.products, unit="product", desc="synth", enabled=progress)
     counts = {"train": 0, "test": 0, "pictures": 0}
     cat_ids = tax.category_ids

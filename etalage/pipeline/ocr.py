@@ -10,7 +10,6 @@ with their product id, counted and skipped.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from etalage.errors import ConfigError, DataError
 from etalage.ocr.cache import OcrCache, default_cache_path
 from etalage.ocr.pictures import product_pictures
 from etalage.progress import bar as progress_bar
+from etalage.resources import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name
         else:
             import multiprocessing as mp
 
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = max(1, usable_cpus() // workers)
             pool = mp.get_context("fork").Pool(workers, _init_worker, (engine_name, engine_options, catalog, threads))
             results = pool.imap(_read_batch, batches)
         try:

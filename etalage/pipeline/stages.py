@@ -34,6 +34,7 @@ from etalage.ocr.cache import default_cache_path
 from etalage.options import FUSED_TOPK
 from etalage.pipeline.workdir import WorkDir
 from etalage.progress import bar as progress_bar
+from etalage.resources import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ def map_forked(fn, items: list, workers: int):
 def fusion_workers() -> int:
     """Processes for the fusion stage: every core this process may use (``ETALAGE_FUSION_WORKERS``
     overrides)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return int(os.environ.get("ETALAGE_FUSION_WORKERS", 0)) or usable
+    return int(os.environ.get("ETALAGE_FUSION_WORKERS", 0)) or usable_cpus()
 
 
 def peak_rss_mb() -> float:
