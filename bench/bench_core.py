@@ -62,14 +62,14 @@ def bench_predict(run: Path, data: Path, work: Path, device: str, batch: int, co
     import shutil
 
     from etalage.catalog import Catalog
-    from etalage.core.data import ProductDataset, collate, to_device
+    from etalage.core.data import PictureTransform, ProductDataset, collate, to_device
     from etalage.core.predict import CorePredictor
 
     catalog = Catalog.open(data / "test.bson")
     predictor = CorePredictor(run, device=device, batch_size=batch, compile=compile_, workers=workers)
     n_pictures = int(catalog.n_pictures.sum())
     # Bare backbone: the same batches of pictures, decoded and resized beforehand.
-    ds = ProductDataset(catalog, np.arange(len(catalog)), None, predictor.spec.get("picture_size", 180), None)
+    ds = ProductDataset(catalog, np.arange(len(catalog)), None, PictureTransform.of_model(predictor.spec))
     batches = [collate([ds[i] for i in range(a, min(a + batch, len(catalog)))]) for a in range(0, len(catalog), batch)]
     backbone = predictor.model.backbone
     fwd = torch.compile(backbone) if compile_ else backbone

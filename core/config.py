@@ -6,7 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from etalage.errors import ConfigError
-from etalage.options import PICTURE_FUSIONS, SCHEDULES, check_choice
+from etalage.options import (
+    AUGMENTATIONS,
+    KEEP_CHOICES,
+    PICTURE_FUSIONS,
+    RESIZE_MODES,
+    SCHEDULES,
+    check_choice,
+)
+
+DEFAULT_EPOCHS = 3.0
+BUDGET_EPOCHS = 1000.0  # with --max-minutes and no --epochs: the budget, not a pass count, ends the run
 
 
 @dataclass
@@ -17,10 +27,15 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"     # "imagenet" (offline package), "none", or a state-dict path
     picture_fusion: str = "gate"         # how a product's pictures are combined (PICTURE_FUSIONS)
-    picture_size: int = 180              # pictures are resized to this side (180 = as stored)
-    crop: int = 160                      # random training crops; evaluation sees the whole picture
+    picture_size: int | None = None      # side pictures are brought to (None: from the dump, see auto_picture_size)
+    crop: int | None = None              # random training crops (None: 7/8 of picture_size); evaluation sees
+                                         # the whole picture
+    resize: str = "letterbox"            # how a non-square picture becomes a square (RESIZE_MODES)
+    augment: str = "crop-flip"           # training augmentation (AUGMENTATIONS)
+    mixup: float = 0.0                   # Beta(a, a) of mixup between products (0: off)
+    cutmix: float = 0.0                  # Beta(a, a) of cutmix between products (0: off)
     batch_size: int = 64                 # products per batch (per process)
-    epochs: float = 3.0
+    epochs: float | None = None          # None: 3, or with max_minutes as many as the budget allows
     max_minutes: float | None = None
     lr: float = 1e-3
     weight_decay: float = 0.02
@@ -30,29 +45,59 @@ class TrainConfig:
     level2_weight: float = 0.2
     label_smoothing: float = 0.0
     dropout: float = 0.2
+    head_epochs: float = 0.0             # passes over the data training the heads only (backbone frozen) first
+    freeze: int = 0                      # leading backbone layer groups (stem, then stages) never trained
+    layer_decay: float = 1.0             # learning rate x layer_decay per backbone stage below the heads
+    ema: float = 0.0                     # decay of an exponential moving average of the weights (0: off)
+    keep: str = "last"                   # the weights model.pt keeps: the last, or the best validation top-1
+    eval_every: float = 1.0              # epochs between validations (the learning curve's points)
     val_fraction: float = 0.05
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
     compile: bool = False
-    # NHWC memory layout on CUDA. Off by default: on an H100 with bf16, efficientnet_lite0 trained at
-    # 68 pictures/s in channels_last against 2,273 in the default layout, because every new picture
-    # count per batch sends cuDNN looking for kernels again.
-    channels_last: bool = False
+    # NHWC memory layout. None: on the CPU, where oneDNN's convolutions run 1.6x faster in it
+    # (efficientnet_lite0 training at 128px on 2 cores), and not on CUDA, where with bf16 on an H100 it
+    # trained at 68 pictures/s against 2,273 because every new picture count per batch sends cuDNN
+    # looking for kernels again.
+    channels_last: bool | None = None
     checkpoint_minutes: float = 10.0
     stop_after_steps: int | None = None  # pause after this many steps of this call (continue with resume=True)
 
     def check(self) -> None:
         check_choice(self.picture_fusion, PICTURE_FUSIONS, "--picture-fusion")
         check_choice(self.schedule, SCHEDULES, "--schedule")
-        if self.crop > self.picture_size:
+        check_choice(self.resize, RESIZE_MODES, "--resize")
+        check_choice(self.augment, AUGMENTATIONS, "--augment")
+        check_choice(self.keep, KEEP_CHOICES, "--keep")
+        if self.picture_size is not None and not 16 <= self.picture_size <= 1024:
+            raise ConfigError(f"--picture-size {self.picture_size}: expected 16 to 1024 pixels")
+        if self.crop is not None and self.picture_size is not None and self.crop > self.picture_size:
             raise ConfigError(f"--crop {self.crop} is larger than --picture-size {self.picture_size}")
-        if self.batch_size < 1 or self.epochs <= 0:
+        if self.mixup < 0 or self.cutmix < 0 or self.ema < 0 or self.ema >= 1 or self.head_epochs < 0:
+            raise ConfigError("--mixup and --cutmix must be >= 0, --ema in [0, 1), --head-epochs >= 0")
+        if not 0 < self.layer_decay <= 1 or self.freeze < 0 or self.eval_every <= 0:
+            raise ConfigError("--layer-decay must be in (0, 1], --freeze >= 0 and --eval-every > 0")
+        if self.batch_size < 1 or (self.epochs is not None and self.epochs <= 0):
             raise ConfigError("--batch-size must be >= 1 and --epochs > 0")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
             raise ConfigError("--warmup, --label-smoothing and --dropout must be in [0, 1)")
+
+    @property
+    def planned_epochs(self) -> float:
+        """Passes over the training products: as set, else 3, or with a time budget as many as fit."""
+        if self.epochs is not None:
+            return self.epochs
+        return BUDGET_EPOCHS if self.max_minutes else DEFAULT_EPOCHS
+
+    def crop_for(self, picture_size: int) -> int:
+        """The training crop: as set, else 7/8 of the side (160 of Cdiscount's 180: what the 2017 teams
+        trained on), a multiple of 8."""
+        if self.crop is not None:
+            return self.crop
+        return max(8, int(round(picture_size * 7 / 8 / 8)) * 8)
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainConfig:
@@ -65,6 +110,6 @@ class TrainConfig:
 
 # Settings a resumed run must share with the run it continues.
 RESUME_INVARIANTS = ("backbone", "picture_fusion", "picture_size", "crop", "batch_size", "seed", "val_fraction",
-                     "schedule")
+                     "schedule", "resize", "augment", "head_epochs", "freeze", "ema")
 
 

@@ -17,7 +17,7 @@ import torch
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
 from etalage.chunks import DEFAULT_CHUNK, list_parts, part_path, shard_chunk_ranges
-from etalage.core.data import ProductDataset, collate, default_workers, to_device
+from etalage.core.data import PictureTransform, ProductDataset, collate, default_workers, to_device
 from etalage.core.model import load_model
 from etalage.core.ranking import MAX_PICTURES, PREDICTION_VERSION, CoreRanking
 from etalage.core.rundir import RunDir
@@ -34,6 +34,21 @@ def _digest(positions: np.ndarray) -> str:
     return hashlib.md5(np.ascontiguousarray(positions, np.int64).tobytes()).hexdigest()
 
 
+def tta_views(x: torch.Tensor, mode: str, crop: int) -> list[torch.Tensor]:
+    """The views of a batch of pictures that test-time augmentation averages over: ``none`` the pictures,
+    ``flip`` and their mirror images, ``crops`` the 4 corner and the centre crops at the training crop's
+    side (the scale the network learnt at) and their mirror images: 10 views, the 2017 9th place's TTA10."""
+    if mode == "none":
+        return [x]
+    if mode == "flip":
+        return [x, torch.flip(x, dims=[3])]
+    h, w = x.shape[2:]
+    c = min(crop, h, w)
+    corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]
+    crops = [x[:, :, y:y + c, x0:x0 + c] for y, x0 in corners]
+    return crops + [torch.flip(v, dims=[3]) for v in crops]
+
+
 class CorePredictor:
     """A trained run's model between decoding (pre-processing) and top-K reduction (post-processing).
 
@@ -43,14 +58,15 @@ class CorePredictor:
     """
 
     def __init__(self, run: str | Path | RunDir, device: str = "auto", batch_size: int = 64,
-                 workers: int | None = None, tta: str = "none", compile: bool = False, channels_last: bool = False,
-                 trust_pickle: bool = False):
+                 workers: int | None = None, tta: str = "none", compile: bool = False,
+                 channels_last: bool | None = None, trust_pickle: bool = False):
         self.tta = check_choice(tta, TTA_MODES, "--tta")
         self.run = run if isinstance(run, RunDir) else RunDir(run)
         self.device = resolve_device(device)
         self.model, self.spec = load_model(self.run.require_model(), self.device, trust_pickle)
         self.taxonomy = self.run.taxonomy()
-        self.channels_last = channels_last and self.device.type == "cuda"  # see TrainConfig.channels_last
+        # see TrainConfig.channels_last: on by default on the CPU only
+        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile else self.model
@@ -61,7 +77,7 @@ class CorePredictor:
     def predict_batch(self, batch, topk: int, picture_topk: int, embedding: bool) -> dict[str, np.ndarray]:
         x = to_device(batch, self.device, self.spec["mean"], self.spec["std"], self.channels_last)
         owner = batch.picture_product.to(self.device)
-        views = [x] if self.tta == "none" else [x, torch.flip(x, dims=[3])]
+        views = tta_views(x, self.tta, int(self.spec.get("crop", x.shape[-1])))
         probs = pic_probs = l1 = emb = 0
         for v in views:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
@@ -109,7 +125,7 @@ class CorePredictor:
         claim_folder(out_dir / "meta.json", meta, ignore=("producer",))
         done = list_parts(out_dir)
         todo = [c for c in shard_chunk_ranges(len(positions), chunk, shard) if c not in done]
-        ds = ProductDataset(catalog, positions, None, self.spec.get("picture_size", 180), None)
+        ds = ProductDataset(catalog, positions, None, PictureTransform.of_model(self.spec))
         total = sum(b - a for a, b in todo)
         with progress_bar(total=total, unit="product", desc=f"predict {Path(catalog.path).name}",
                           enabled=progress) as bar:

@@ -3,7 +3,8 @@
 
 ``config.json`` (the training settings), ``category_names.csv`` (the taxonomy the class indices refer
 to), ``val_positions.npy`` (the held-out products: fusion trains on them), ``metrics.jsonl`` (one line
-per epoch), ``checkpoint.pt`` (resume state) and, once finished, ``model.pt``. Torch-free.
+per validation), ``curves.png`` (its chart), ``checkpoint.pt`` (resume state), ``best.pt`` (with ``--keep
+best``) and, once finished, ``model.pt``. Torch-free.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ class RunDir(Folder):
     @property
     def model_file(self) -> Path:
         return self.path / "model.pt"
+
+    @property
+    def best_file(self) -> Path:
+        """The best validation weights so far (``--keep best``), model.pt's format; becomes model.pt."""
+        return self.path / "best.pt"
+
+    @property
+    def curves_file(self) -> Path:
+        """Training loss and validation top-1 per level over the run, redrawn at every validation."""
+        return self.path / "curves.png"
 
     # -- reading ---------------------------------------------------------------------------------
     @property

@@ -10,6 +10,15 @@ keep the rate and grow the batch instead, here by accumulating 1, 2 then 4 batch
 ``max_minutes`` the run measures its own speed after three steps and fits the schedule (warm-up
 included) into the budget, so a time-boxed run still ends with a decayed rate and a validation score.
 
+Recipe options (each measured on real photos, README "Core on real photos"): a head-only phase first
+(``head_epochs``: the backbone frozen, only the heads learn, so the full fine-tune starts from a sensible
+classifier rather than pushing random-head gradients into pretrained features), frozen early layer groups
+(``freeze``: no backward through the high-resolution stem, the costliest part on a CPU), layer-wise
+learning rates (``layer_decay``), mixup / cutmix between products, an exponential moving average of the
+weights (``ema``, evaluated and kept in place of the raw weights), and keeping the best validation
+weights (``keep="best"``). Validation runs every ``eval_every`` epochs, each a line of ``metrics.jsonl``
+and a point of ``curves.png``.
+
 ``train`` reads as its steps: prepare the run, build the model and optimizer, start or restore the
 state, then train epoch by epoch (fit the budget, step, checkpoint, evaluate) and finish.
 """
@@ -34,20 +43,37 @@ import torch.nn.functional as F
 
 from etalage.catalog import Catalog, Taxonomy, validation_split
 from etalage.core.config import RESUME_INVARIANTS, TrainConfig
-from etalage.core.data import Batch, EpochSampler, ProductDataset, collate, default_workers, to_device
+from etalage.core.curves import write_curves
+from etalage.core.data import (
+    Batch,
+    EpochSampler,
+    PictureTransform,
+    ProductDataset,
+    auto_picture_size,
+    collate,
+    default_workers,
+    to_device,
+)
 from etalage.core.model import build_model, safe_torch_load
 from etalage.core.rundir import RunDir
 from etalage.core.runtime import DistInfo, all_sum, broadcast_int, init_distributed, resolve_device
 from etalage.errors import ConfigError, DataError, TaxonomyError
 from etalage.files import atomic_write, write_json_atomic
 from etalage.progress import bar as progress_bar
+from etalage.resources import usable_cpus
 
 log = logging.getLogger(__name__)
 
 BUDGET_PROBE_STEPS = 3  # steps timed before a time-boxed run fits its schedule into the budget
+HEAD_BUDGET_SHARE = 0.25  # the most of a time budget the head-only phase may take
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, total: int, cfg: TrainConfig, head_steps: int = 0) -> float:
+    """The peak-relative rate at ``step`` of ``total``: the head-only phase's first ``head_steps`` warm up
+    and hold; the fine-tune after them warms up and decays over its own steps."""
+    if step < head_steps:
+        return cfg.lr * min(1.0, (step + 1) / max(1, int(0.1 * head_steps)))
+    step, total = step - head_steps, max(1, total - head_steps)
     warm = max(1, int(cfg.warmup * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -65,34 +91,76 @@ def accumulation_at(step: int, total: int, cfg: TrainConfig) -> int:
 
 
 def _loss(out: dict, labels: torch.Tensor, level1_of: torch.Tensor, level2_of: torch.Tensor,
-          cfg: TrainConfig) -> torch.Tensor:
-    loss = F.cross_entropy(out["logits"].float(), labels, label_smoothing=cfg.label_smoothing)
-    if cfg.level1_weight:
-        loss = loss + cfg.level1_weight * F.cross_entropy(out["level1"].float(), level1_of[labels])
-    if cfg.level2_weight:
-        loss = loss + cfg.level2_weight * F.cross_entropy(out["level2"].float(), level2_of[labels])
-    return loss
+          cfg: TrainConfig, mixed: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """Class loss plus the level heads' losses; with ``mixed`` = (partner labels, lam) the mixup /
+    cutmix blend of the two products' losses."""
+    def one(y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(out["logits"].float(), y, label_smoothing=cfg.label_smoothing)
+        if cfg.level1_weight:
+            loss = loss + cfg.level1_weight * F.cross_entropy(out["level1"].float(), level1_of[y])
+        if cfg.level2_weight:
+            loss = loss + cfg.level2_weight * F.cross_entropy(out["level2"].float(), level2_of[y])
+        return loss
+
+    if mixed is None:
+        return one(labels)
+    partner, lam = mixed
+    return lam * one(labels) + (1 - lam) * one(partner)
+
+
+def mix_products(x: torch.Tensor, picture_product: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, tuple[torch.Tensor, float] | None]:
+    """Mixup or cutmix between products (one of the two per batch when both are on): each product is
+    paired with another of the batch, and every picture of it is blended with (mixup) or gets a box of
+    (cutmix) its partner's first picture. Returns the pictures and (partner labels, lam), or None when
+    off. Seeded per step, so a resumed run mixes the same way."""
+    modes = [m for m, a in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix)) if a > 0]
+    n = len(labels)
+    if not modes or n < 2:
+        return x, None
+    mode = modes[int(rng.integers(len(modes)))]
+    lam = float(rng.beta(cfg.mixup if mode == "mixup" else cfg.cutmix, cfg.mixup if mode == "mixup" else cfg.cutmix))
+    perm = torch.as_tensor(rng.permutation(n), device=x.device)
+    counts = torch.bincount(picture_product, minlength=n)
+    first = torch.cumsum(counts, 0) - counts
+    partner_pic = x[first[perm][picture_product]]
+    if mode == "mixup":
+        x = lam * x + (1 - lam) * partner_pic
+    else:
+        h, w = x.shape[2:]
+        cut = np.sqrt(1 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        y0, y1, x0, x1 = max(0, cy - ch // 2), min(h, cy + ch // 2), max(0, cx - cw // 2), min(w, cx + cw // 2)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = partner_pic[:, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    return x, (labels[perm], lam)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: torch.device, mean, std, level1_of: torch.Tensor,
-             info: DistInfo, amp: bool, channels_last: bool) -> dict:
-    """Product top-1 (and level-1 top-1) over the loader's products, summed over ranks."""
+             level2_of: torch.Tensor, info: DistInfo, amp: bool, channels_last: bool) -> dict:
+    """Product top-1 over the loader's products at each level (the best class's parents against the
+    truth's, as the competition's hierarchy reads), summed over ranks."""
     was_training = model.training
     model.eval()
-    correct = correct_l1 = n = 0
+    correct = correct_l1 = correct_l2 = n = 0
     for batch in loader:
         x = to_device(batch, device, mean, std, channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x, batch.picture_product.to(device), batch.n_products)
         labels = batch.labels.to(device)
-        correct += int((out["logits"].argmax(1) == labels).sum())
-        correct_l1 += int((out["level1"].argmax(1) == level1_of[labels]).sum())
+        best = out["logits"].argmax(1)
+        correct += int((best == labels).sum())
+        correct_l1 += int((level1_of[best] == level1_of[labels]).sum())
+        correct_l2 += int((level2_of[best] == level2_of[labels]).sum())
         n += batch.n_products
     model.train(was_training)
-    correct, correct_l1, n = all_sum([correct, correct_l1, n], info)
-    return {"val_top1": correct / n if n else float("nan"), "val_level1_top1": correct_l1 / n if n else float("nan"),
-            "val_products": int(n)}
+    correct, correct_l1, correct_l2, n = all_sum([correct, correct_l1, correct_l2, n], info)
+    nan = float("nan")
+    return {"val_top1": correct / n if n else nan, "val_level2_top1": correct_l2 / n if n else nan,
+            "val_level1_top1": correct_l1 / n if n else nan, "val_products": int(n)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,22 +229,41 @@ class TrainResult:
     model: torch.nn.Module       # the weights this process holds (every rank's, under torchrun)
 
 
-def _new_state(total_steps: int) -> dict:
-    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "budget_fitted": False,
-            "elapsed_s": 0.0, "loss_sum": 0.0, "loss_n": 0, "finished": False}
+def _new_state(total_steps: int, head_steps: int) -> dict:
+    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "head_steps": head_steps,
+            "head_fitted": False, "budget_fitted": False, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_n": 0,
+            "next_eval": None, "best_top1": None, "finished": False}
 
 
-def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the heads and the backbone's layer groups; each group carries its ``lr_scale``
+    (``layer_decay`` per group below the heads) and weight decay only on weights, not biases or norms."""
+    layers = [(model.head_parameters(), 1.0)]
+    groups = model.backbone_groups()
+    for depth, params in enumerate(reversed(groups), start=1):
+        layers.append((params, cfg.layer_decay ** depth))
+    param_groups = []
+    for params, scale in layers:
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                param_groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0,
+                                     "lr_scale": scale})
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
-def _save_checkpoint(run: RunDir, model, optimizer, state: dict, spec: dict) -> None:
+def _save_checkpoint(run: RunDir, model, optimizer, state: dict, spec: dict, ema=None) -> None:
+    blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": state, "spec": spec,
+            "rng": rng_state()}
+    if ema is not None:
+        blob["ema"] = ema.module.state_dict()
     with atomic_write(run.checkpoint_file, "wb") as fh:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": state,
-                    "spec": spec, "rng": rng_state()}, fh)
+        torch.save(blob, fh)
+
+
+def _save_model(path: Path, state_dict: dict, spec: dict) -> None:
+    with atomic_write(path, "wb") as fh:
+        torch.save({"state_dict": state_dict, "spec": spec}, fh)
 
 
 def _start_run_folder(run: RunDir, cfg: TrainConfig, tax: Taxonomy, val_pos: np.ndarray) -> None:
@@ -185,8 +272,9 @@ def _start_run_folder(run: RunDir, cfg: TrainConfig, tax: Taxonomy, val_pos: np.
     tax.save(run.taxonomy_file)
     with atomic_write(run.val_file, "wb") as fh:
         np.save(fh, val_pos)
-    with contextlib.suppress(FileNotFoundError):
-        run.metrics_file.unlink()
+    for stale in (run.metrics_file, run.best_file, run.curves_file):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 class _Trainer:
@@ -200,7 +288,7 @@ class _Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         elif self.info.world > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.info.world))
+            torch.set_num_threads(max(1, usable_cpus() // self.info.world))
         self.run, self.tax, self.catalog, self.labels = prepare_run(cfg, resume)
         torch.manual_seed(cfg.seed)
         val_mask = validation_split(self.labels, cfg.val_fraction, cfg.seed)
@@ -220,13 +308,25 @@ class _Trainer:
                     per_rank)
         return per_rank
 
+    def _picture_settings(self) -> dict:
+        """The picture side (given, or read off the dump), the training crop and how pictures are squared."""
+        cfg = self.cfg
+        size = cfg.picture_size or auto_picture_size(self.catalog)
+        crop = cfg.crop_for(size)
+        if crop > size:
+            raise ConfigError(f"--crop {crop} is larger than the picture side {size} (--picture-size)")
+        if cfg.picture_size is None:
+            log.info("picture size %d (from %s's pictures; --picture-size to choose), training crops of %d",
+                     size, Path(cfg.train).name, crop)
+        return {"picture_size": size, "crop": crop, "resize": cfg.resize}
+
     def _build(self, resume: bool) -> None:
         """Model, optimizer and progress state: new, or restored from the checkpoint."""
         cfg, tax = self.cfg, self.tax
         self.model, self.spec = build_model(tax.n_classes, tax.n_level1, tax.n_level2, cfg.backbone,
                                             None if resume else cfg.weights, cfg.picture_fusion, cfg.dropout)
-        self.spec["picture_size"] = cfg.picture_size
-        self.channels_last = cfg.channels_last and self.device.type == "cuda"
+        self.spec.update(self._picture_settings())
+        self.channels_last = self.device.type == "cpu" if cfg.channels_last is None else cfg.channels_last
         self.amp = self.device.type == "cuda"  # bf16 autocast
         self.model.to(self.device)
         if self.channels_last:
@@ -234,7 +334,13 @@ class _Trainer:
         self.optimizer = _make_optimizer(self.model, cfg)
         self.sampler = EpochSampler(len(self.train_pos), self.batch_size, cfg.seed, self.info.rank, self.info.world)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
-        self.state = _new_state(max(1, int(cfg.epochs * self.steps_per_epoch)))
+        head_steps = int(round(cfg.head_epochs * self.steps_per_epoch))
+        self.state = _new_state(head_steps + max(1, int(cfg.planned_epochs * self.steps_per_epoch)), head_steps)
+        self.ema = None
+        if cfg.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema, use_warmup=True)
         if resume:
             ckpt = safe_torch_load(self.run.checkpoint_file, "checkpoint",
                                    f"start the run again without --resume (another --out) or delete {self.run}",
@@ -243,20 +349,33 @@ class _Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.state.update(ckpt["progress"])
             self.spec = ckpt["spec"]  # normalisation of the original weights, not of a random init
+            if self.ema is not None:
+                self.ema.module.load_state_dict(ckpt["ema"])
             set_rng_state(ckpt["rng"])
         elif self.info.is_main:
             _start_run_folder(self.run, cfg, self.tax, self.val_pos)
+        self._set_phase()
+
+    def _set_phase(self) -> None:
+        """The head-only phase freezes the whole backbone; the fine-tune only the ``freeze`` first groups.
+        DDP is wrapped again for each phase: it synchronises the parameters that train when it is built."""
+        self.in_head_phase = self.state["step"] < self.state["head_steps"]
+        self.model.set_frozen(None if self.in_head_phase else self.cfg.freeze)
         self.ddp_model = self.model
         if self.info.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.forward = torch.compile(self.ddp_model) if cfg.compile else self.ddp_model
+        self.forward = torch.compile(self.ddp_model) if self.cfg.compile else self.ddp_model
+        self.ddp_model.train()
 
     def _make_loaders(self) -> None:
         cfg, info = self.cfg, self.info
         workers = cfg.workers if cfg.workers is not None else default_workers(self.device, info.world)
-        train_ds = ProductDataset(self.catalog, self.train_pos, self.labels[self.train_pos], cfg.picture_size,
-                                  cfg.crop, cfg.seed)
+        size, crop = self.spec["picture_size"], self.spec["crop"]
+        train_tf = PictureTransform(size, crop, self.spec.get("resize", "stretch"), cfg.augment,
+                                    cfg.picture_fusion == "mosaic")
+        train_ds = ProductDataset(self.catalog, self.train_pos, self.labels[self.train_pos], train_tf, train=True,
+                                  seed=cfg.seed)
         self.loader = torch.utils.data.DataLoader(
             train_ds, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate, num_workers=workers,
             pin_memory=self.device.type == "cuda", drop_last=True,
@@ -265,7 +384,7 @@ class _Trainer:
             # dropout draws from
             generator=torch.Generator().manual_seed(cfg.seed))
         mine = self.val_pos[info.rank::info.world]
-        val_ds = ProductDataset(self.catalog, mine, self.labels[mine], cfg.picture_size, None)
+        val_ds = ProductDataset(self.catalog, mine, self.labels[mine], PictureTransform.of_model(self.spec))
         self.val_loader = torch.utils.data.DataLoader(val_ds, batch_size=self.batch_size, collate_fn=collate,
                                                       num_workers=workers, persistent_workers=workers > 0)
         self.level1_of = torch.as_tensor(self.tax.level1_of, dtype=torch.int64, device=self.device)
@@ -290,18 +409,24 @@ class _Trainer:
                 signal.signal(s, h)
         return TrainResult(status, self.run.last_metrics(), self.model)
 
+    def _eval_interval(self) -> int:
+        return max(1, int(round(self.cfg.eval_every * self.steps_per_epoch)))
+
     def _epochs(self, stop: dict) -> str:
         state = self.state
         self.t_start = time.perf_counter() - state["elapsed_s"]
         self.first_step = state["step"]  # stop_after_steps counts the steps of this call: a job in slices
         self.last_ckpt = time.perf_counter()
         self.probe: tuple[float, int] | None = None
+        if state["next_eval"] is None:
+            state["next_eval"] = self._eval_interval()
         self.ddp_model.train()
         while state["step"] < state["total_steps"]:
             status = self._train_epoch(stop)
             if status == "paused":
                 return status
-            if state["batch_in_epoch"] >= self.steps_per_epoch or state["step"] >= state["total_steps"]:
+            if state["batch_in_epoch"] >= self.steps_per_epoch or state["step"] >= state["total_steps"] \
+                    or state["step"] >= state["next_eval"]:
                 self._evaluate_and_log()
         return "finished"
 
@@ -313,6 +438,9 @@ class _Trainer:
         self.pictures_seen, self.t_epoch = 0, time.perf_counter()
         try:
             for batch in self.loader:
+                if self.in_head_phase and state["step"] >= state["head_steps"]:
+                    self._set_phase()  # the head-only phase is over: the fine-tune begins
+                    self.probe = None
                 sync = self._step(batch)
                 rate = self.pictures_seen * self.info.world / max(1e-9, time.perf_counter() - self.t_epoch)
                 bar.set_postfix(loss=f"{state['loss_sum'] / state['loss_n']:.3f}", pic_s=f"{rate:.0f}",
@@ -326,10 +454,10 @@ class _Trainer:
                     return "paused"
                 if cfg.max_minutes and state["elapsed_s"] > cfg.max_minutes * 60:
                     state["total_steps"] = state["step"]
-                if state["step"] >= state["total_steps"]:
+                if state["step"] >= state["total_steps"] or (state["step"] >= state["next_eval"] and sync):
                     break
                 if self.info.is_main and now - self.last_ckpt > cfg.checkpoint_minutes * 60:
-                    _save_checkpoint(self.run, self.model, self.optimizer, state, self.spec)
+                    self._checkpoint()
                     self.last_ckpt = now
         finally:
             bar.close()
@@ -340,20 +468,25 @@ class _Trainer:
         state, cfg = self.state, self.cfg
         step, total = state["step"], state["total_steps"]
         accum = accumulation_at(step, total, cfg)
+        rate = lr_at(step, total, cfg, state["head_steps"])
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, total, cfg)
+            group["lr"] = rate * group.get("lr_scale", 1.0)
         x = to_device(batch, self.device, self.spec["mean"], self.spec["std"], self.channels_last)
         y = batch.labels.to(self.device, non_blocking=True)
+        owner = batch.picture_product.to(self.device, non_blocking=True)
+        x, mixed = mix_products(x, owner, y, cfg, np.random.default_rng([cfg.seed, step, 1]))
         sync = (step + 1) % accum == 0 or step + 1 == total
         ctx = self.ddp_model.no_sync() if (self.info.world > 1 and not sync) else contextlib.nullcontext()
         with ctx:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.forward(x, batch.picture_product.to(self.device, non_blocking=True), batch.n_products)
-            loss = _loss(out, y, self.level1_of, self.level2_of, cfg)
+                out = self.forward(x, owner, batch.n_products)
+            loss = _loss(out, y, self.level1_of, self.level2_of, cfg, mixed)
             (loss / accum).backward()
         if sync:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model, step=step + 1)
         state["step"] += 1
         state["batch_in_epoch"] += 1
         state["loss_sum"] += float(loss.detach())
@@ -362,10 +495,12 @@ class _Trainer:
         return sync
 
     def _fit_budget(self, now: float) -> None:
-        """With ``max_minutes``: once a few steps are timed, fit the total steps (and so the warm-up and
-        the decay, both shares of it) into the budget, leaving time for the evaluations."""
+        """With ``max_minutes``: once a few steps of a phase are timed, fit it into the budget. The
+        head-only phase gets at most ``HEAD_BUDGET_SHARE`` of it; the fine-tune's total steps (and so its
+        warm-up and decay, both shares of them) take what remains, less the evaluations' time."""
         state, cfg = self.state, self.cfg
-        if not cfg.max_minutes or state["budget_fitted"]:
+        key = "head_fitted" if self.in_head_phase else "budget_fitted"
+        if not cfg.max_minutes or state[key]:
             return
         if self.probe is None:  # the first step pays for allocation and warm caches: time from after it
             self.probe = (now, state["step"])
@@ -373,43 +508,72 @@ class _Trainer:
         if state["step"] - self.probe[1] < BUDGET_PROBE_STEPS:
             return
         per_step = (now - self.probe[0]) / (state["step"] - self.probe[1])
+        budget = cfg.max_minutes * 60 * 0.97
+        if self.in_head_phase:
+            head = min(state["head_steps"], state["step"] + int(max(0.0, HEAD_BUDGET_SHARE * budget -
+                                                                    state["elapsed_s"]) / per_step))
+            head = broadcast_int(max(head, state["step"]), self.info)
+            state["total_steps"] -= state["head_steps"] - head
+            state["head_steps"] = head
+            state["head_fitted"] = True
+            log.info("time budget: %d head-only steps (%.3fs per step)", head, per_step)
+            return
         val_cost = per_step * len(self.val_pos) / max(1, self.batch_size * self.info.world) * 0.5
-        epochs_left = max(1.0, (state["total_steps"] - state["step"]) / self.steps_per_epoch)
-        room = cfg.max_minutes * 60 * 0.97 - state["elapsed_s"] - val_cost * min(epochs_left, 5)
+        evals_left = max(1.0, (state["total_steps"] - state["step"]) / self._eval_interval())
+        room = budget - state["elapsed_s"] - val_cost * min(evals_left, 10)
         fitted = state["step"] + max(1, int(room / per_step))
         state["total_steps"] = broadcast_int(min(state["total_steps"], fitted), self.info)
         state["budget_fitted"] = True
         log.info("time budget: %d steps in total (%.3fs per step)", state["total_steps"], per_step)
 
+    def _evaluated_model(self):
+        return self.ema.module if self.ema is not None else self.forward
+
     def _evaluate_and_log(self) -> None:
         state = self.state
-        metrics = evaluate(self.forward, self.val_loader, self.device, self.spec["mean"], self.spec["std"],
-                           self.level1_of, self.info, self.amp, self.channels_last)
+        metrics = evaluate(self._evaluated_model(), self.val_loader, self.device, self.spec["mean"], self.spec["std"],
+                           self.level1_of, self.level2_of, self.info, self.amp, self.channels_last)
         elapsed = time.perf_counter() - self.t_epoch
         epoch_done = state["batch_in_epoch"] >= self.steps_per_epoch
         line = {"epoch": state["epoch"] + 1, "step": state["step"],
                 "epoch_fraction": state["batch_in_epoch"] / self.steps_per_epoch,
+                "phase": "head" if self.in_head_phase else "fine-tune",
                 "train_loss": state["loss_sum"] / max(1, state["loss_n"]),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_pictures_per_s": self.pictures_seen * self.info.world / max(1e-9, elapsed),
                 "elapsed_s": time.perf_counter() - self.t_start, **metrics}
         state.update(epoch=state["epoch"] + int(epoch_done), batch_in_epoch=0 if epoch_done else
-                     state["batch_in_epoch"], loss_sum=0.0, loss_n=0)
+                     state["batch_in_epoch"], loss_sum=0.0, loss_n=0,
+                     next_eval=state["step"] + self._eval_interval())
+        better = state["best_top1"] is None or not metrics["val_top1"] <= state["best_top1"]
+        if better and not math.isnan(metrics["val_top1"]):
+            state["best_top1"] = metrics["val_top1"]
         if self.info.is_main:
+            if better and self.cfg.keep == "best":
+                _save_model(self.run.best_file, self._kept_weights(), self.spec)
             with open(self.run.metrics_file, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
             log.info("epoch %d: %s", line["epoch"], json.dumps(line))
-            _save_checkpoint(self.run, self.model, self.optimizer, state, self.spec)
+            write_curves(self.run)
+            self._checkpoint()
             self.last_ckpt = time.perf_counter()
+
+    def _kept_weights(self) -> dict:
+        return (self.ema.module if self.ema is not None else self.model).state_dict()
+
+    def _checkpoint(self) -> None:
+        _save_checkpoint(self.run, self.model, self.optimizer, self.state, self.spec, self.ema)
 
     def _finish(self, status: str) -> None:
         if status == "finished":
             self.state["finished"] = True
         if self.info.is_main:
-            _save_checkpoint(self.run, self.model, self.optimizer, self.state, self.spec)
+            self._checkpoint()
             if status == "finished":
-                with atomic_write(self.run.model_file, "wb") as fh:
-                    torch.save({"state_dict": self.model.state_dict(), "spec": self.spec}, fh)
+                if self.cfg.keep == "best" and self.run.best_file.exists():
+                    os.replace(self.run.best_file, self.run.model_file)
+                else:
+                    _save_model(self.run.model_file, self._kept_weights(), self.spec)
         if self.info.world > 1:
             dist.barrier()
 

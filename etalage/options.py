@@ -1,9 +1,12 @@
 """The choices every command offers, in one torch-free place: the packages validate against these
 lists and the CLI offers them, so a new choice is added once."""
 
-PICTURE_FUSIONS = ("gate", "attention", "mean", "max", "prob-mean")  # how the core combines a product's pictures
+PICTURE_FUSIONS = ("gate", "attention", "mean", "max", "prob-mean", "mosaic")  # how the core combines a product's pictures
 SCHEDULES = ("cosine", "grow-batch")                                # core learning-rate schedules
-TTA_MODES = ("none", "flip")                                        # core test-time augmentation
+TTA_MODES = ("none", "flip", "crops")                               # core test-time augmentation
+RESIZE_MODES = ("letterbox", "stretch")                             # a non-square picture -> the core's square
+AUGMENTATIONS = ("crop-flip", "resized-crop", "trivial", "randaugment", "none")  # core training augmentation
+KEEP_CHOICES = ("last", "best")                                     # the weights a core run keeps
 OCR_ENGINES = ("easyocr", "ensemble", "rapidocr", "tesseract")      # etalage.ocr.load_engine names
 # The default reading (load_engine() without a name): engine and settings chosen by measurement on
 # real book covers (bench/bench_reading.py, README "Reading real covers").

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from etalage.cli.data import leaf
 from etalage.cli.options import alias, save_resolved
-from etalage.options import PICTURE_FUSIONS, SCHEDULES, TTA_MODES
+from etalage.options import AUGMENTATIONS, KEEP_CHOICES, PICTURE_FUSIONS, RESIZE_MODES, SCHEDULES, TTA_MODES
 
 
 def register(sub, handlers: dict) -> None:
@@ -86,10 +87,21 @@ def _train(p) -> None:
                    help="'imagenet' (offline package weights), 'none' (random init) or a state-dict file")
     alias(p, "--picture-fusion", "--fusion", default=d.picture_fusion, choices=PICTURE_FUSIONS,
           help="how a product's pictures are combined (prob-mean: average per-picture probabilities)")
-    p.add_argument("--picture-size", type=int, default=d.picture_size, help="pictures are resized to this side")
-    p.add_argument("--crop", type=int, default=d.crop, help="random training crop; evaluation uses the whole picture")
+    p.add_argument("--picture-size", type=int, default=d.picture_size,
+                   help="side every picture is brought to (default: from the dump's pictures, their median longest "
+                        "side capped at 128, which measured best within CPU budgets)")
+    p.add_argument("--crop", type=int, default=d.crop,
+                   help="random training crop (default: 7/8 of the picture side); evaluation uses the whole picture")
+    p.add_argument("--resize", default=d.resize, choices=RESIZE_MODES,
+                   help="how a non-square picture becomes a square: letterbox on white (aspect kept) or stretch")
+    p.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS,
+                   help="training augmentation: random crop and flip, random resized crops, or crop-flip then "
+                        "torchvision's TrivialAugmentWide / RandAugment")
+    p.add_argument("--mixup", type=float, default=d.mixup, help="mixup between products, Beta(a, a) (0: off)")
+    p.add_argument("--cutmix", type=float, default=d.cutmix, help="cutmix between products, Beta(a, a) (0: off)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="products per batch and process")
-    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the training products")
+    p.add_argument("--epochs", type=float, default=d.epochs,
+                   help="passes over the training products (default: 3; with --max-minutes, as many as fit)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the schedule (warm-up included) is fitted "
                                                      "into it")
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
@@ -99,6 +111,19 @@ def _train(p) -> None:
                    help="cosine decay, or keep the rate and grow the batch (1x, 2x, 4x by accumulation)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="of the class loss, 0-1")
     p.add_argument("--dropout", type=float, default=d.dropout, help="before the heads, 0-1")
+    p.add_argument("--head-epochs", type=float, default=d.head_epochs,
+                   help="passes training the heads only (backbone frozen) before the fine-tune (at most a quarter "
+                        "of --max-minutes)")
+    p.add_argument("--freeze", type=int, default=d.freeze,
+                   help="leading backbone layer groups never trained (1: the stem; 1 + N: and N stages)")
+    p.add_argument("--layer-decay", type=float, default=d.layer_decay,
+                   help="learning-rate factor per backbone layer group below the heads (1: one rate)")
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="decay of an exponential moving average of the weights, evaluated and kept (0: off)")
+    p.add_argument("--keep", default=d.keep, choices=KEEP_CHOICES,
+                   help="weights model.pt keeps: the last, or the best validation top-1 seen")
+    p.add_argument("--eval-every", type=float, default=d.eval_every,
+                   help="epochs between validations (metrics.jsonl lines, curves.png points)")
     p.add_argument("--level1-weight", type=float, default=d.level1_weight, help="weight of the level-1 head's loss "
                                                                                "(0: off)")
     p.add_argument("--level2-weight", type=float, default=d.level2_weight, help="weight of the level-2 head's loss "
@@ -110,8 +135,9 @@ def _train(p) -> None:
                                                "CUDA)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--channels-last", action="store_true",
-                   help="NHWC layout on CUDA (off by default: slower with varying pictures per batch)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout (default: on the CPU, 1.6x faster there; off on CUDA, slower there with "
+                        "varying pictures per batch)")
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
                    help="checkpoint at least this often")
     p.add_argument("--stop-after-steps", type=int,

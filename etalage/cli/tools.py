@@ -8,7 +8,7 @@ from etalage.cli.data import leaf
 from etalage.cli.options import save_resolved
 from etalage.cli.second import group
 from etalage.errors import EtalageError
-from etalage.options import OCR_ENGINES
+from etalage.options import OCR_ENGINES, TTA_MODES
 
 
 def register(sub, handlers: dict) -> None:
@@ -38,6 +38,28 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--train-listing", required=True, help="listing to train on")
     p.add_argument("--test-listing", required=True, help="listing to score")
     cover_options(p)
+
+    p = leaf(bench, handlers, ("bench", "core"), cmd_bench_core,
+             "the core on real photos: train within a budget, score a labelled test dump, beside probe and 5-NN",
+             "Trains the core on --train for --minutes (the defaults of `etalage train`, or --set KEY=VALUE of its "
+             "settings), predicts --test and reports product top-1 at the leaves, level 2 and level 1, beside a "
+             "linear probe and the 2017 8th place's 5 nearest neighbours on the same backbone's ImageNet features "
+             "(pictures letterboxed to 180x180), computed in the same run. Writes REPORT.json, REPORT.md and "
+             "REPORT.png (learning curve, most confused class pairs); the run and the anchors' features go to "
+             "REPORT_work/ and are reused when run again. Dumps come from `etalage pack`.")
+    p.add_argument("--train", required=True, metavar="A.bson", help="labelled training dump")
+    p.add_argument("--test", required=True, metavar="B.bson", help="test dump (labelled, or with --labels)")
+    p.add_argument("--labels", metavar="KEY.csv", help="_id,category_id answer key of --test (default: its own "
+                                                       "categories)")
+    p.add_argument("--taxonomy", metavar="T.csv", help="category_names.csv (default: the one beside --train)")
+    p.add_argument("--out", required=True, metavar="REPORT.json", help="the report (.md and .png go beside)")
+    p.add_argument("--minutes", type=float, default=20.0, help="training time budget")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="training settings other than the defaults, as `etalage train` names them with _ "
+                        "(e.g. picture_size=160 backbone=efficientnet_lite1)")
+    p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation of the core")
+    p.add_argument("--no-anchors", action="store_true", help="skip the linear probe and the nearest neighbours")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the run and the probe")
 
     p = leaf(sub, handlers, ("explain",), cmd_explain,
              "a web page of where the pipeline goes wrong on a labelled set (one HTML file, pictures inside)",
@@ -127,6 +149,25 @@ def cmd_bench_bookcover(args) -> int:
     _bench(args, args.train_listing, args.test_listing, 0, 180, "LIBRAIRIE")
     for name, top1 in PUBLISHED.items():
         print(f"  {name:<34}{top1:>8.3f}  (published, BookCover30's test split, 51,300 training books)")
+    return 0
+
+
+def cmd_bench_core(args) -> int:
+    from etalage.bench.core import run_core_bench
+    from etalage.cli.options import parse_key_values
+
+    rep = run_core_bench(args.train, args.test, args.out, labels=args.labels, taxonomy=args.taxonomy,
+                         minutes=args.minutes, overrides=parse_key_values(args.set, "--set"),
+                         anchors=not args.no_anchors, tta=args.tta, seed=args.seed, progress=not args.quiet)
+    print(f"{Path(args.test).name}: {rep['test_products']:,} test products, {rep['classes']} classes; core trained "
+          f"{rep['train_seconds'] / 60:.1f} min ({rep['epochs_seen'] or 0:.1f} epochs, {rep['picture_size']}px)")
+    print(f"  {'model':<26}{'leaf':>8}{'level 2':>9}{'level 1':>9}")
+    for key, name in (("core", "core"), ("linear_probe", "linear probe"), ("knn", "5 nearest neighbours"),
+                      ("majority", "majority class")):
+        if key in rep:
+            r = rep[key]
+            print(f"  {name:<26}{r['leaf']:>8.4f}{r['level2']:>9.4f}{r['level1']:>9.4f}")
+    print(f"report {args.out}, {Path(args.out).with_suffix('.md')}, {Path(args.out).with_suffix('.png')}")
     return 0
 
 

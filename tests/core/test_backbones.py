@@ -18,12 +18,13 @@ def _grace_hopper():
     return np.asarray(Image.open(path).convert("RGB").resize((224, 224)))
 
 
-def test_offline_imagenet_weights_classify_a_real_photo():
+@pytest.mark.parametrize("name", sorted(OFFLINE_WEIGHTS))
+def test_offline_imagenet_weights_classify_a_real_photo(name):
     """The in-order key mapping is right only if the ImageNet classifier still recognises a photo."""
     import timm
 
-    source = OFFLINE_WEIGHTS["efficientnet_lite0"]
-    model = timm.create_model("efficientnet_lite0", pretrained=False)  # with its 1000-class head
+    source = OFFLINE_WEIGHTS[name]
+    model = timm.create_model(name, pretrained=False)  # with its 1000-class head
     load_state_dict_checked(model, torch.load(source.path(), weights_only=True), "in_order", "test")
     x = torch.tensor(_grace_hopper()).permute(2, 0, 1)[None].float() / 255
     x = (x - torch.tensor(source.mean).view(1, 3, 1, 1)) / torch.tensor(source.std).view(1, 3, 1, 1)
