@@ -78,12 +78,9 @@ def score_submission(submission: str | Path, labels: str | Path, taxonomy: Taxon
     """
     sub_ids, sub_cats = read_id_category_csv(submission)
     lab_ids, lab_cats = read_id_category_csv(labels)
-    order = np.argsort(sub_ids)
-    pos = np.searchsorted(sub_ids[order], lab_ids).clip(0, max(len(sub_ids) - 1, 0))
-    if len(sub_ids) == 0 or (sub_ids[order][pos] != lab_ids).any():
-        missing = lab_ids if len(sub_ids) == 0 else lab_ids[sub_ids[order][pos] != lab_ids]
-        raise DataError(f"{submission}: product {int(missing[0])} of {labels} has no prediction")
-    pred = sub_cats[order][pos]
+    pred, found = align_by_id(sub_ids, sub_cats, lab_ids)
+    if not found.all():
+        raise DataError(f"{submission}: product {int(lab_ids[~found][0])} of {labels} has no prediction")
     correct = pred == lab_cats
     per_level1 = {}
     if taxonomy is not None:
@@ -92,3 +89,31 @@ def score_submission(submission: str | Path, labels: str | Path, taxonomy: Taxon
             m = l1 == g
             per_level1[taxonomy.level1_names[g]] = (float(correct[m].mean()), int(m.sum()))
     return Score(float(correct.mean()) if len(correct) else 0.0, len(correct), per_level1)
+
+
+def align_by_id(ids: np.ndarray, values: np.ndarray, product_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The one alignment of ``_id,category_id`` rows with products: ``values`` (one per id of ``ids``,
+    in any order, each id once, as ``read_id_category_csv`` returns them) at each of ``product_ids``,
+    and whether it has one (``found``; the value is 0 where not)."""
+    ids, product_ids, values = np.asarray(ids, np.int64), np.asarray(product_ids, np.int64), np.asarray(values)
+    if len(ids) == 0:
+        return np.zeros(len(product_ids), values.dtype), np.zeros(len(product_ids), bool)
+    order = np.argsort(ids, kind="stable")
+    pos = np.searchsorted(ids[order], product_ids).clip(0, len(ids) - 1)
+    found = ids[order][pos] == product_ids
+    return np.where(found, values[order][pos], 0).astype(values.dtype), found
+
+
+def answer_key_classes(labels: str | Path, product_ids: np.ndarray, taxonomy: Taxonomy,
+                       complete: bool = False) -> np.ndarray:
+    """The answer key ``labels`` (``_id,category_id``) as the class index of each of ``product_ids``
+    (a dump's products, in its order): int32, -1 where the key has no row; with ``complete``, such a
+    product is a ``DataError``."""
+    ids, cats = read_id_category_csv(labels)
+    cats, found = align_by_id(ids, cats, product_ids)
+    if complete and not found.all():
+        raise DataError(f"{labels}: product {int(np.asarray(product_ids)[~found][0])} has no category_id "
+                        f"(the answer key must cover every product)")
+    out = np.full(len(found), -1, np.int32)
+    out[found] = taxonomy.indices_of(cats[found])
+    return out

@@ -151,3 +151,17 @@ class Taxonomy:
         """(level-1, level-2, level-3) names of a class."""
         return (self.level1_names[self.level1_of[index]], self.level2_names[self.level2_of[index]],
                 self.level3_names[index])
+
+
+def taxonomy_beside(data: str | Path, explicit: str | Path | None = None, required: bool = False) -> Taxonomy | None:
+    """The taxonomy a command uses for ``data``: the one given (``--taxonomy``), else
+    ``category_names.csv`` beside ``data`` (where synth, pack and the Kaggle download put it), else None;
+    with ``required``, a ``TaxonomyError`` naming the flag instead of None."""
+    if explicit:
+        return Taxonomy.load(explicit)
+    beside = Path(data).parent / "category_names.csv"
+    if beside.exists():
+        return Taxonomy.load(beside)
+    if required:
+        raise TaxonomyError(f"{data}: pass --taxonomy category_names.csv (none beside the file)")
+    return None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from jsonargparse import ArgumentParser
 
 from etalage.cli.options import add_common
@@ -17,16 +15,6 @@ def leaf(sub, handlers: dict, path: tuple[str, ...], func, help_: str, descripti
     add_common(p, config)
     handlers[path] = func
     return p
-
-
-def taxonomy_beside(data: str | Path, explicit: str | None):
-    """The taxonomy given by flag, else ``category_names.csv`` beside the data file, else None."""
-    from etalage.catalog.taxonomy import Taxonomy
-
-    if explicit:
-        return Taxonomy.load(explicit)
-    beside = Path(data).parent / "category_names.csv"
-    return Taxonomy.load(beside) if beside.exists() else None
 
 
 def register(sub, handlers: dict) -> None:
@@ -162,6 +150,7 @@ def cmd_pack(args) -> int:
 
 def cmd_index(args, md5: bool | None = None) -> int:
     from etalage.catalog.info import index_dump
+    from etalage.catalog.taxonomy import taxonomy_beside
 
     md5 = args.md5 if md5 is None else md5
     for path in args.files:
@@ -181,6 +170,7 @@ def cmd_hash(args) -> int:
 
 def cmd_info(args) -> int:
     from etalage.catalog.info import describe_dump
+    from etalage.catalog.taxonomy import taxonomy_beside
 
     s = describe_dump(args.file, taxonomy_beside(args.file, args.taxonomy), progress=not args.quiet)
     print(f"{s.path}")
@@ -205,6 +195,7 @@ def cmd_info(args) -> int:
 
 def cmd_score(args) -> int:
     from etalage.catalog.submission import score_submission
+    from etalage.catalog.taxonomy import taxonomy_beside
 
     score = score_submission(args.submission, args.labels, taxonomy_beside(args.labels, args.taxonomy))
     print(f"product top-1 accuracy {score.accuracy:.4f} over {score.n} products")

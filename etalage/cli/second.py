@@ -6,10 +6,9 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from etalage.cli.data import leaf, taxonomy_beside
+from etalage.cli.data import leaf
 from etalage.cli.model import compute_options, pipeline_options
 from etalage.cli.options import add_common, alias, parse_key_values, save_resolved
-from etalage.errors import EtalageError
 from etalage.options import OCR_ENGINES, TTA_MODES
 
 
@@ -119,11 +118,10 @@ def _names(text: str | None) -> list[str]:
 def cmd_ocr(args) -> int:
     import time
 
+    from etalage.catalog.taxonomy import taxonomy_beside
     from etalage.pipeline.ocr import run_ocr
 
-    tax = taxonomy_beside(args.data, args.taxonomy)
-    if tax is None:
-        raise EtalageError(f"{args.data}: pass --taxonomy category_names.csv (none beside the file)")
+    tax = taxonomy_beside(args.data, args.taxonomy, required=True)
     options = {}
     if args.scale is not None:
         options["scale"] = args.scale

@@ -42,3 +42,16 @@ def test_submission_validation(tmp_path, synth_dir):
     (tmp_path / "junk.csv").write_text("_id,category_id\n1,abc\n")
     with pytest.raises(DataError, match="line 2"):
         read_id_category_csv(tmp_path / "junk.csv")
+
+
+def test_an_answer_key_is_aligned_with_the_products_by_id(tmp_path, synth_dir):
+    from etalage.catalog.submission import align_by_id, answer_key_classes
+
+    values, found = align_by_id(np.array([30, 10, 20]), np.array([3, 1, 2]), np.array([10, 40, 30]))
+    assert values.tolist() == [1, 0, 3] and found.tolist() == [True, False, True]
+    tax = Taxonomy.load(synth_dir / "category_names.csv")
+    c = tax.category_ids
+    (tmp_path / "key.csv").write_text(f"_id,category_id\n30,{c[3]}\n10,{c[1]}\n")
+    assert answer_key_classes(tmp_path / "key.csv", np.array([10, 20, 30]), tax).tolist() == [1, -1, 3]
+    with pytest.raises(DataError, match="product 20 has no category_id"):
+        answer_key_classes(tmp_path / "key.csv", np.array([10, 20, 30]), tax, complete=True)
