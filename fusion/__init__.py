@@ -6,11 +6,11 @@ LightGBM ranker orders them (``fusion.model``); ``fusion.report`` measures what 
 Running it over a data file, stage by stage, is the pipeline's job (``etalage.pipeline``).
 """
 
-from etalage.fusion.folder import FusionDir
-from etalage.fusion.model import FusionModel, assemble, feature_groups, hash_candidates
+from etalage.fusion.folder import FusionDir, FusionPlan
+from etalage.fusion.model import FusionModel, assemble, feature_groups, fused_top1, hash_candidates
 from etalage.fusion.signals import IdNeighbourPrior, PictureHashIndex, TrainingSignals, neighbour_ks
 from etalage.fusion.table import CORE_FEATURE_NAMES, CandidateTable, candidates, core_features
 
-__all__ = ["CORE_FEATURE_NAMES", "CandidateTable", "FusionDir", "FusionModel", "IdNeighbourPrior",
+__all__ = ["CORE_FEATURE_NAMES", "CandidateTable", "FusionDir", "FusionModel", "FusionPlan", "IdNeighbourPrior",
            "PictureHashIndex", "TrainingSignals", "assemble", "candidates", "core_features", "feature_groups",
-           "hash_candidates", "neighbour_ks"]
+           "fused_top1", "hash_candidates", "neighbour_ks"]

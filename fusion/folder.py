@@ -1,16 +1,19 @@
 """The fusion model's folder, as an object: what ``etalage fusion fit`` writes and every later stage
 reads (submit, fusion predict, fusion report).
 
-``fusion.lgb.txt`` (the LightGBM model, with its feature names), ``fusion.json`` (kind, features and
-the settings that built the table: core run, training file, specialists, window sizes, TTA; paths
-relative to the folder), ``table.npz`` (the training table, for the ablation), ``fit_report.json``,
-and the fitting stages' outputs ``core_val/`` and ``specialists_val/``.
+``fusion.lgb.txt`` (the LightGBM model, with its feature names), ``fusion.json`` (kind, features and,
+under ``config``, the ``FusionPlan``: the settings that built the table, paths relative to the
+folder), ``table.npz`` (the training table, for the ablation), ``fit_report.json``, and the fitting
+stages' outputs ``core_val/`` and ``specialists_val/``.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from etalage.errors import ConfigError, StageOutputError
 from etalage.files import Folder
 
 
@@ -42,3 +45,85 @@ class FusionDir(Folder):
     @property
     def exists(self) -> bool:
         return self.model_file.exists() and self.meta_file.exists()
+
+    def relative(self, path: str | Path | None) -> str | None:
+        """A path as ``fusion.json`` stores it: relative to this folder, so the folders move together."""
+        if path is None:
+            return None
+        return os.path.relpath(Path(path).resolve(), self.path.resolve())
+
+    def resolve(self, stored: str | None, what: str, flag: str) -> Path | None:
+        """A path ``fusion.json`` stores (relative to this folder, or absolute), checked: missing, it is a
+        ``StageOutputError`` naming ``what`` it is and the ``flag`` that passes it instead."""
+        if stored is None:
+            return None
+        path = Path(stored) if Path(stored).is_absolute() else (self.path / stored)
+        if not path.exists():
+            raise StageOutputError(f"{self.meta_file}: the {what} it was fitted with, {stored}, is not at {path}; "
+                                   f"pass {flag} PATH")
+        return path
+
+
+@dataclass
+class FusionPlan:
+    """The settings that built the fusion model's training table (``fusion.json``'s ``config``), which
+    prediction repeats so the table has the same columns: the core run(s), training file and fitted
+    specialists (paths relative to the fusion folder: ``build`` makes them so, ``FusionDir.resolve``
+    reads them back), the specialists used, the core's top-K and test-time augmentation, the id
+    neighbours' window sizes, and the LightGBM settings asked for and chosen.
+
+    ``runs``: the core runs whose rankings the table starts from. One today, stored under ``run`` as
+    every ``fusion.json`` so far; a list of several is stored under ``runs``. ``extra``: keys this
+    version does not know, kept as read and written back."""
+
+    runs: list[str]
+    train: str | None
+    specialists: str | None = None
+    specialist_names: list[str] = field(default_factory=list)
+    topk: int = 20
+    tta: str = "none"
+    ks: list[int] = field(default_factory=list)
+    train_stamp: dict = field(default_factory=dict)
+    lgb_params: dict = field(default_factory=dict)
+    lgb_chosen: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    KNOWN = ("run", "runs", "train", "specialists", "specialist_names", "topk", "tta", "ks", "train_stamp",
+             "lgb_params", "lgb_chosen")
+
+    @classmethod
+    def build(cls, folder: FusionDir, runs: list[str | Path], train: str | Path, specialists: str | Path | None,
+              **settings) -> FusionPlan:
+        """The plan of a model fitted into ``folder`` (paths given as they are, stored relative to it)."""
+        return cls([folder.relative(r) for r in runs], folder.relative(train), folder.relative(specialists),
+                   **settings)
+
+    @property
+    def run(self) -> str | None:
+        """The one core run (as stored), None when none is stored."""
+        if len(self.runs) > 1:
+            raise ConfigError(f"this fusion model was fitted over {len(self.runs)} core runs "
+                              f"({', '.join(self.runs)}); this etalage predicts with one")
+        return self.runs[0] if self.runs else None
+
+    def to_dict(self) -> dict:
+        runs = {"run": self.runs[0]} if len(self.runs) == 1 else {"runs": list(self.runs)}
+        return {**runs, "train": self.train, "specialists": self.specialists,
+                "specialist_names": list(self.specialist_names), "topk": self.topk, "tta": self.tta,
+                "ks": list(self.ks), "train_stamp": dict(self.train_stamp), "lgb_params": dict(self.lgb_params),
+                "lgb_chosen": dict(self.lgb_chosen), **self.extra}
+
+    @classmethod
+    def from_dict(cls, cfg: dict, source: str | Path = "fusion.json") -> FusionPlan:
+        """Read ``to_dict``'s form, and every earlier ``fusion.json`` (``run``, optional keys missing);
+        ``topk`` and ``ks`` are needed (``StageOutputError`` naming ``source`` when absent)."""
+        try:
+            runs = cfg["runs"] if "runs" in cfg else ([cfg["run"]] if cfg.get("run") is not None else [])
+            return cls([str(r) for r in runs], cfg.get("train"), cfg.get("specialists"),
+                       list(cfg.get("specialist_names") or []), int(cfg["topk"]), cfg.get("tta") or "none",
+                       [int(k) for k in cfg["ks"]], dict(cfg.get("train_stamp") or {}),
+                       dict(cfg.get("lgb_params") or {}), dict(cfg.get("lgb_chosen") or {}),
+                       {k: v for k, v in cfg.items() if k not in cls.KNOWN})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StageOutputError(f"{source}: unreadable settings ({type(exc).__name__}: {exc}); refit with "
+                                   f"`etalage fusion fit`") from None

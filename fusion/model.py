@@ -19,7 +19,7 @@ import numpy as np
 from etalage.catalog.bsonindex import ranks_within
 from etalage.errors import ConfigError, StageOutputError
 from etalage.files import atomic_write, write_json_atomic
-from etalage.fusion.folder import FusionDir
+from etalage.fusion.folder import FusionDir, FusionPlan
 from etalage.fusion.signals import (
     HASH_FEATURE_NAMES,
     PictureHashIndex,
@@ -126,13 +126,13 @@ CV_MIN_PATIENCE = 100      # top-1 on a fold of ~150 products is a step function
 @dataclass
 class FusionModel:
     """A LightGBM model over a ``CandidateTable``'s named columns, with the settings that built the
-    table (``config``) so prediction rebuilds the same columns."""
+    table (``plan``, saved as ``fusion.json``'s ``config``) so prediction rebuilds the same columns."""
 
     kind: str                       # "ranker" or "binary"
     feature_names: tuple[str, ...]
     booster: object = field(repr=False)
     best_iteration: int = 0
-    config: dict = field(default_factory=dict)
+    plan: FusionPlan | None = None
     threads: int = 0                # LightGBM prediction threads (0: all cores; 1 in worker processes)
 
     @classmethod
@@ -285,7 +285,7 @@ class FusionModel:
         with atomic_write(folder.model_file, "w") as fh:
             fh.write(self.booster.model_to_string(num_iteration=self.best_iteration or None))
         write_json_atomic(folder.meta_file, {"kind": self.kind, "features": list(self.feature_names),
-                                             "config": self.config})
+                                             "config": self.plan.to_dict() if self.plan is not None else {}})
 
     @classmethod
     def load(cls, folder: str | Path | FusionDir, expected_features: tuple[str, ...] | None = None) -> FusionModel:
@@ -308,7 +308,17 @@ class FusionModel:
         except lgb.basic.LightGBMError as exc:
             raise StageOutputError(f"{folder.model_file}: unreadable LightGBM model ({exc}); refit with "
                                    f"`etalage fusion fit`") from None
-        return cls(meta["kind"], names, booster, 0, meta.get("config", {}))
+        config = meta.get("config") or {}
+        plan = FusionPlan.from_dict(config, folder.meta_file) if config else None
+        return cls(meta["kind"], names, booster, 0, plan)
+
+
+def fused_top1(topk_class: np.ndarray, core_top1: np.ndarray) -> np.ndarray:
+    """The one fused top-1 rule (int32 class per product): fusion's best class, or the core's top-1 where
+    fusion ranked no candidate (``rank`` pads with -1). The submission, the demo's fusion figure and the
+    explain page all use it, so they agree."""
+    best = np.asarray(topk_class)[:, 0]
+    return np.where(best >= 0, best, np.asarray(core_top1)).astype(np.int32)
 
 
 def _boosting(settings: dict) -> tuple[dict, int, int]:

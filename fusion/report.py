@@ -90,8 +90,9 @@ def write_report(model_dir: str | Path, out: str | Path, folds: int = 3, progres
     folder, out = FusionDir(model_dir), Path(out)
     model = FusionModel.load(folder)
     table, truth, core_top1 = load_table(folder.table_file)
-    rows = ablation(table, truth, core_top1, model.kind, folds, specialist_names=model.config.get("specialist_names", ()),
-                    lgb_params=model.config.get("lgb_chosen") or model.config.get("lgb_params"), progress=progress)
+    plan = model.plan
+    rows = ablation(table, truth, core_top1, model.kind, folds, specialist_names=plan.specialist_names if plan else (),
+                    lgb_params=(plan.lgb_chosen or plan.lgb_params) if plan else None, progress=progress)
     importance = model.importance()
     total = sum(importance.values()) or 1.0
     lines = [f"# Fusion report: {folder}", "",

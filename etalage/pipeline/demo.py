@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
-from etalage.catalog.submission import read_id_category_csv
+from etalage.catalog.submission import answer_key_classes
 from etalage.core.rundir import RunDir
 from etalage.files import write_json_atomic
 from etalage.fusion.folder import FusionDir
+from etalage.fusion.model import fused_top1
 from etalage.fusion.report import write_report
 from etalage.pipeline.stages import PredictPlan, load_fused, merge_submission, predict_file
 from etalage.pipeline.workdir import WorkDir
@@ -27,7 +29,8 @@ STEPS = 7
 
 def stage_top1(work: WorkDir, taxonomy: Taxonomy, specialist_names: list[str]) -> dict[str, np.ndarray]:
     """Product top-1 (class index) of each stage, from a finished ``submit`` work folder: the core alone,
-    the core with its specialists (``specialists_rule``) and fusion."""
+    the core with its specialists (``specialists_rule``) and fusion (``fused_top1``, the submission's
+    rule)."""
     from etalage.specialists.plugins import available
     from etalage.specialists.runner import SpecialistRanking
 
@@ -40,7 +43,7 @@ def stage_top1(work: WorkDir, taxonomy: Taxonomy, specialist_names: list[str]) -
         groups = [taxonomy.level1_index(g) for g in plugins[name].factory.groups] if name in plugins else []
         votes.append((spec.rows, spec.topk_class[:, 0], groups))
     return {"core": core, "core+specialists": specialists_rule(core, votes, taxonomy.level1_of),
-            "fusion": fused["topk_class"][:, 0].astype(np.int32)}
+            "fusion": fused_top1(fused["topk_class"], fused["core_top1"])}
 
 
 def specialists_rule(core_top1: np.ndarray, votes: list[tuple[np.ndarray, np.ndarray, list[int]]],
@@ -94,10 +97,6 @@ def run_demo(out: str | Path, products: int | None = None, minutes: float = 5.0,
     points, on the 216 test covers by 17); ``specialist_train`` (None) every training product of the
     specialist's groups instead of 300 (a specialist's top-1 on real covers still grows past 1,200
     training covers, bench/bench_cover_curve.py; drawn covers are learnt from a few hundred)."""
-    from etalage.core.train import TrainConfig, train
-    from etalage.pipeline.fit import fit_fusion, fit_specialists_job
-    from etalage.synth import SynthConfig, write_synthetic_catalogue
-
     real = bool(book_covers or music_covers)
     if products is None:
         products = REAL_COVER_PRODUCTS if real else DRAWN_PRODUCTS
@@ -107,9 +106,49 @@ def run_demo(out: str | Path, products: int | None = None, minutes: float = 5.0,
         val_fraction = REAL_COVER_VAL_FRACTION if real else DRAWN_VAL_FRACTION
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    timings: dict[str, float] = {}
+    with _timed(timings, "synth_s"):
+        _synth_step(out, products, seed, book_covers, music_covers, progress)
+    with _timed(timings, "index_s"):
+        tax = _index_step(out, progress)
+    with _timed(timings, "train_s"):
+        run = _train_step(out, backbone, weights, picture_size, crop, batch_size, minutes, val_fraction, seed,
+                          progress)
+    with _timed(timings, "specialists_fit_s"):
+        spec_dir, fitted_rows = _specialists_step(out, run, specialists, specialist_train, ocr_engine, seed, progress)
+    with _timed(timings, "fusion_fit_s"):
+        fusion, fit, ablation = _fusion_step(out, run, spec_dir, ablation_folds, progress)
+    with _timed(timings, "submit_s"):
+        work, plan = _submit_step(out, fusion, tax, progress)
+    _step(7, "score (product top-1 on the test set) and explain.html")
+    result = {**_score_step(out, work, tax, list(plan.specialist_names), run),
+              "fusion_fit": {k: fit[k] for k in ("kind", "products", "candidate_coverage", "valid_top1_by_kind")},
+              "fusion_ablation": ablation, "pictures": _pictures_used(book_covers, music_covers),
+              "specialists": [{k: r[k] for k in ("specialist", "groups", "train_products")} for r in fitted_rows],
+              "timings": timings,
+              "outputs": {name: str(out / name) for name in ("submission.csv", "test_labels.csv",
+                                                               "category_names.csv", "report.json",
+                                                               "fusion_report.md")}}
+    from etalage.pipeline.explain import explain
 
+    explain(work.path, out / "explain.html", labels=out / "test_labels.csv", progress=progress)
+    result["outputs"]["explain.html"] = str(out / "explain.html")
+    write_json_atomic(out / "report.json", result)
+    return result
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str):
+    """Seconds the block took, into ``timings[key]``."""
     t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+
+
+def _synth_step(out: Path, products: int, seed: int, book_covers, music_covers, progress: bool) -> None:
+    """Step 1: the synthetic catalogue under ``out``, unless one made with the same settings is there."""
+    from etalage.synth import SynthConfig, write_synthetic_catalogue
+
     cfg = SynthConfig(products=products, seed=seed, book_covers=str(book_covers) if book_covers else None,
                       music_covers=str(music_covers) if music_covers else None)
     stamp = out / "synth.json"
@@ -118,43 +157,59 @@ def run_demo(out: str | Path, products: int | None = None, minutes: float = 5.0,
         write_json_atomic(stamp, write_synthetic_catalogue(out, cfg, progress=progress))
     else:
         _step(1, f"synth: reusing {out}")
-    timings["synth_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+
+def _index_step(out: Path, progress: bool) -> Taxonomy:
+    """Step 2: index both dumps (and hash their pictures); returns the catalogue's taxonomy."""
     tax = Taxonomy.load(out / "category_names.csv")
     _step(2, "index: train.bson, test.bson (+ picture MD5s)")
     for name in ("train.bson", "test.bson"):
         Catalog.open(out / name, tax, md5=True, progress=progress)
-    timings["index_s"] = time.perf_counter() - t0
+    return tax
 
-    t0 = time.perf_counter()
+
+def _train_step(out: Path, backbone: str, weights: str | None, picture_size: int, crop: int, batch_size: int,
+                minutes: float, val_fraction: float, seed: int, progress: bool) -> RunDir:
+    """Step 3: the core run ``out/run``, time-boxed to ``minutes``; a finished run is reused, a stopped
+    one resumed."""
+    from etalage.core.train import TrainConfig, train
+
     run = RunDir(out / "run")
     if run.finished:
         _step(3, f"train: reusing {run}")
-    else:
-        resume = run.checkpoint_file.exists()
-        _step(3, f"train: {backbone} for at most {minutes:g} min -> {run}" + (" (resuming)" if resume else ""))
-        train(TrainConfig(train=str(out / "train.bson"), out=str(run.path), backbone=backbone, weights=weights,
-                          picture_size=picture_size, crop=crop, batch_size=batch_size, epochs=20.0,
-                          max_minutes=minutes, val_fraction=val_fraction, seed=seed), resume=resume, progress=progress)
-    timings["train_s"] = time.perf_counter() - t0
+        return run
+    resume = run.checkpoint_file.exists()
+    _step(3, f"train: {backbone} for at most {minutes:g} min -> {run}" + (" (resuming)" if resume else ""))
+    train(TrainConfig(train=str(out / "train.bson"), out=str(run.path), backbone=backbone, weights=weights,
+                      picture_size=picture_size, crop=crop, batch_size=batch_size, epochs=20.0,
+                      max_minutes=minutes, val_fraction=val_fraction, seed=seed), resume=resume, progress=progress)
+    return run
 
-    t0 = time.perf_counter()
-    spec_dir = None
-    fitted_rows = []
-    if specialists:
-        most = "all" if specialist_train is None else f"up to {specialist_train}"
-        _step(4, f"specialists: fit {', '.join(specialists)} on {most} training products of their groups "
-                 f"(covers read with {ocr_engine or 'the default reading'}; the core's validation products left out)")
-        spec_dir = out / "specialists"
-        fitted_rows = fit_specialists_job(out / "train.bson", spec_dir, list(specialists), run=run.path,
-                                          max_train=specialist_train, ocr_engine=ocr_engine, seed=seed,
-                                          progress=progress)
-    else:
+
+def _specialists_step(out: Path, run: RunDir, specialists: tuple[str, ...], specialist_train: int | None,
+                      ocr_engine: str | None, seed: int, progress: bool) -> tuple[Path | None, list[dict]]:
+    """Step 4: fit the specialists into ``out/specialists`` (the core's validation products left out);
+    returns the folder (None without specialists) and a row per fitted specialist."""
+    from etalage.pipeline.fit import fit_specialists_job
+
+    if not specialists:
         _step(4, "specialists: none")
-    timings["specialists_fit_s"] = time.perf_counter() - t0
+        return None, []
+    most = "all" if specialist_train is None else f"up to {specialist_train}"
+    _step(4, f"specialists: fit {', '.join(specialists)} on {most} training products of their groups "
+             f"(covers read with {ocr_engine or 'the default reading'}; the core's validation products left out)")
+    spec_dir = out / "specialists"
+    rows = fit_specialists_job(out / "train.bson", spec_dir, list(specialists), run=run.path,
+                               max_train=specialist_train, ocr_engine=ocr_engine, seed=seed, progress=progress)
+    return spec_dir, rows
 
-    t0 = time.perf_counter()
+
+def _fusion_step(out: Path, run: RunDir, spec_dir: Path | None, ablation_folds: int,
+                 progress: bool) -> tuple[FusionDir, dict, list]:
+    """Step 5: fit the fusion model into ``out/fusion`` and write its report (``fusion_report.md``, the
+    ablation); each reused when there. Returns the folder, the fit report and the ablation rows."""
+    from etalage.pipeline.fit import fit_fusion
+
     fusion = FusionDir(out / "fusion")
     if fusion.fit_report_file.exists():
         _step(5, f"fusion fit: reusing {fusion}")
@@ -169,38 +224,32 @@ def run_demo(out: str | Path, products: int | None = None, minutes: float = 5.0,
         log.info("      fusion report: what each signal adds (%d-fold cross-validation) -> %s", ablation_folds, report_md)
         ablation = write_report(fusion.path, report_md, folds=ablation_folds, progress=progress)["ablation"]
         write_json_atomic(out / "fusion_ablation.json", ablation)
-    timings["fusion_fit_s"] = time.perf_counter() - t0
+    return fusion, fit, ablation
 
-    t0 = time.perf_counter()
+
+def _submit_step(out: Path, fusion: FusionDir, tax: Taxonomy, progress: bool) -> tuple[WorkDir, PredictPlan]:
+    """Step 6: every stage over ``test.bson`` into ``out/submission_work``, then ``submission.csv``."""
     work = WorkDir(out / "submission_work")
     _step(6, f"submit: index -> core -> specialists -> fusion -> submission.csv (work: {work.path.name})")
     plan = PredictPlan.from_model(fusion.path)
     predict_file(plan, out / "test.bson", work, command=f"etalage submit --fusion {fusion} --data "
                  f"{out / 'test.bson'} --out {out / 'submission.csv'}", progress=progress)
     merge_submission(work, out / "submission.csv", tax, out / "test.bson")
-    timings["submit_s"] = time.perf_counter() - t0
+    return work, plan
 
-    _step(7, "score (product top-1 on the test set) and explain.html")
-    ids, cats = read_id_category_csv(out / "test_labels.csv")
+
+def _score_step(out: Path, work: WorkDir, tax: Taxonomy, specialist_names: list[str], run: RunDir) -> dict:
+    """Step 7's figures: every stage's product top-1 on the test set against ``test_labels.csv``, overall
+    and per level-1 group, and the core run's last validation top-1."""
     test_ids = Catalog.open(out / "test.bson").product_ids
-    order = np.argsort(ids)
-    truth = tax.indices_of(cats[order][np.searchsorted(ids[order], test_ids)])
-    scored = score_stages(stage_top1(work, tax, list(plan.specialist_names)), truth, tax)
+    truth = answer_key_classes(out / "test_labels.csv", test_ids, tax, complete=True)
+    scored = score_stages(stage_top1(work, tax, specialist_names), truth, tax)
     metrics = run.metrics()
-    result = {**scored, "test_products": len(truth),
-              "val_top1_last_epoch": metrics[-1]["val_top1"] if metrics else None, "epochs": len(metrics),
-              "fusion_fit": {k: fit[k] for k in ("kind", "products", "candidate_coverage", "valid_top1_by_kind")},
-              "fusion_ablation": ablation, "pictures": {"books": "real covers from " + str(book_covers) if book_covers
-                                                        else "drawn", "music": "real covers from " + str(music_covers)
-                                                        if music_covers else "drawn", "other groups": "drawn"},
-              "specialists": [{k: r[k] for k in ("specialist", "groups", "train_products")} for r in fitted_rows],
-              "timings": timings,
-              "outputs": {name: str(out / name) for name in ("submission.csv", "test_labels.csv",
-                                                               "category_names.csv", "report.json",
-                                                               "fusion_report.md")}}
-    from etalage.pipeline.explain import explain
+    return {**scored, "test_products": len(truth),
+            "val_top1_last_epoch": metrics[-1]["val_top1"] if metrics else None, "epochs": len(metrics)}
 
-    explain(work.path, out / "explain.html", labels=out / "test_labels.csv", progress=progress)
-    result["outputs"]["explain.html"] = str(out / "explain.html")
-    write_json_atomic(out / "report.json", result)
-    return result
+
+def _pictures_used(book_covers, music_covers) -> dict[str, str]:
+    """What the report says the pictures of each group are."""
+    return {"books": "real covers from " + str(book_covers) if book_covers else "drawn",
+            "music": "real covers from " + str(music_covers) if music_covers else "drawn", "other groups": "drawn"}

@@ -19,13 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
-from etalage.catalog.submission import read_id_category_csv
+from etalage.catalog.submission import answer_key_classes
 from etalage.core.ranking import CoreRanking
 from etalage.errors import DataError
 from etalage.files import atomic_write
-from etalage.fusion.model import FusionModel, assemble
+from etalage.fusion.model import FusionModel, fused_top1
 from etalage.ocr.cache import OcrCache, default_cache_path
-from etalage.pipeline.stages import PredictPlan, load_fused, specialist_rankings, training_signals
+from etalage.pipeline.stages import (
+    PredictPlan,
+    fusion_table,
+    load_fused,
+    specialist_rankings,
+    training_signals,
+)
 from etalage.pipeline.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -40,13 +46,7 @@ def _truth(catalog: Catalog, taxonomy: Taxonomy, labels: str | Path | None) -> n
         if not catalog.has_labels:
             raise DataError(f"{catalog.path} has no category_id: pass --labels ANSWER_KEY.csv")
         return taxonomy.indices_of(catalog.category_ids)
-    ids, cats = read_id_category_csv(labels)
-    order = np.argsort(ids)
-    pos = np.searchsorted(ids[order], catalog.product_ids).clip(0, len(ids) - 1)
-    known = ids[order][pos] == catalog.product_ids
-    out = np.full(len(catalog), -1, np.int32)
-    out[known] = taxonomy.indices_of(cats[order][pos[known]])
-    return out
+    return answer_key_classes(labels, catalog.product_ids, taxonomy)
 
 
 def _status(core_ok: np.ndarray, fused_ok: np.ndarray) -> np.ndarray:
@@ -78,9 +78,8 @@ def _contributions(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Ca
     for a in sorted({int(r) // chunk * chunk for r in rows}):
         b = min(a + chunk, len(catalog))
         part = CoreRanking.load(work.core, (a, b))
-        pic_rows, pic_owner = catalog.picture_rows(np.arange(a, b))
-        table = assemble(part, taxonomy, signals, catalog.md5[pic_rows], pic_owner,
-                         specialist_rankings(work.specialists, list(plan.specialist_names), (a, b)))
+        table = fusion_table(part, catalog, np.arange(a, b), taxonomy, signals, work.specialists,
+                             plan.specialist_names, (a, b))
         contrib = model.contributions(table)
         for r in rows[(rows >= a) & (rows < b)]:
             hit = np.flatnonzero((table.owner == r - a) & (table.classes == fused_top[r]))
@@ -109,7 +108,7 @@ def explain(work: str | Path, out: str | Path, labels: str | Path | None = None,
     fused = load_fused(work, len(catalog))
     core = CoreRanking.load(work.core)
     specs = {s.name: s for s in specialist_rankings(work.specialists, list(plan.specialist_names))}
-    fused_top = np.where(fused["topk_class"][:, 0] >= 0, fused["topk_class"][:, 0], core.top1())
+    fused_top = fused_top1(fused["topk_class"], fused["core_top1"])
     known = truth >= 0
     status = _status(core.top1() == truth, fused_top == truth)
     rows = _choose(status, known, limit)

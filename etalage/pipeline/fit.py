@@ -7,36 +7,19 @@ import logging
 import time
 from pathlib import Path
 
-from etalage.catalog import Catalog, Taxonomy
+from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
+from etalage.catalog.taxonomy import taxonomy_beside
 from etalage.core.rundir import RunDir
-from etalage.errors import EtalageError
 from etalage.files import write_json_atomic
-from etalage.fusion.folder import FusionDir
-from etalage.fusion.model import FusionModel, assemble
+from etalage.fusion.folder import FusionDir, FusionPlan
+from etalage.fusion.model import FusionModel
 from etalage.fusion.report import coverage, save_table
 from etalage.ocr.cache import default_cache_path
 from etalage.options import RERANKER_KINDS
-from etalage.pipeline.stages import (
-    relative_config_path,
-    score_specialists,
-    specialist_rankings,
-    training_signals,
-)
+from etalage.pipeline.stages import fusion_table, score_specialists, training_signals
 
 log = logging.getLogger(__name__)
-
-
-def taxonomy_for(train: str | Path, run: RunDir | None = None, explicit: str | Path | None = None) -> Taxonomy:
-    """The taxonomy given, else the run's, else ``category_names.csv`` beside the training file."""
-    if explicit:
-        return Taxonomy.load(explicit)
-    if run is not None:
-        return run.taxonomy()
-    beside = Path(train).parent / "category_names.csv"
-    if not beside.exists():
-        raise EtalageError(f"{train}: pass --taxonomy category_names.csv (none beside the file)")
-    return Taxonomy.load(beside)
 
 
 def fit_specialists_job(train: str | Path, out: str | Path, names: list[str], run: str | Path | None = None,
@@ -52,7 +35,10 @@ def fit_specialists_job(train: str | Path, out: str | Path, names: list[str], ru
     from etalage.specialists.runner import fit_specialists
 
     run_dir = RunDir(run) if run else None
-    tax = taxonomy_for(train, run_dir, taxonomy)
+    if run_dir is not None and not taxonomy:
+        tax = run_dir.taxonomy()  # the given taxonomy first, then the run's, then the one beside ``train``
+    else:
+        tax = taxonomy_beside(train, taxonomy, required=True)
     catalog = Catalog.open(train, tax, md5=True, progress=progress)
     catalog.require_labels()
     exclude = run_dir.val_positions() if run_dir else None
@@ -103,10 +89,8 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
         log.info("[2/4] specialists: none (pass --specialists DIR from `etalage specialists fit`)")
     log.info("[3/4] table: candidates and features (hash and id signals exclude each product itself)")
     signals = training_signals(catalog, taxonomy)
-    pic_rows, pic_owner = catalog.picture_rows(val)
-    table = assemble(ranking, taxonomy, signals, catalog.md5[pic_rows], pic_owner,
-                     specialist_rankings(folder.specialists_val, spec_names), training_queries=True,
-                     own_classes=labels[val])
+    table = fusion_table(ranking, catalog, val, taxonomy, signals, folder.specialists_val, spec_names,
+                         own_classes=labels[val])
     truth = labels[val]
     feature_names = tuple(table.features)
     save_table(folder.table_file, table, truth, ranking.top1())
@@ -115,10 +99,9 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
              len(feature_names))
     kinds = RERANKER_KINDS if kind == "auto" else (kind,)
     model, chosen = FusionModel.fit_best(table, truth, feature_names, kinds=kinds, seed=seed, lgb_params=lgb_params)
-    model.config = {"run": relative_config_path(folder.path, run.path), "train": relative_config_path(folder.path, train),
-                    "specialists": relative_config_path(folder.path, specialists), "specialist_names": spec_names,
-                    "topk": topk, "tta": tta, "ks": signals.ks, "train_stamp": file_stamp(train),
-                    "lgb_params": lgb_params or {}, "lgb_chosen": chosen.get("params", {})}
+    model.plan = FusionPlan.build(folder, [run.path], train, specialists, specialist_names=spec_names, topk=topk,
+                                  tta=tta, ks=list(signals.ks), train_stamp=file_stamp(train),
+                                  lgb_params=lgb_params or {}, lgb_chosen=chosen.get("params", {}))
     model.save(folder)
     fit = {"products": len(val), "rows": len(table.owner), "features": len(feature_names), "kind": model.kind,
            "valid_top1_by_kind": chosen["valid_top1_by_kind"],

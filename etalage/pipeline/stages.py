@@ -28,8 +28,9 @@ from etalage.core.rundir import RunDir
 from etalage.errors import ConfigError, DataError, StageOutputError
 from etalage.files import save_npz_atomic
 from etalage.fusion.folder import FusionDir
-from etalage.fusion.model import FusionModel, assemble
+from etalage.fusion.model import FusionModel, assemble, fused_top1
 from etalage.fusion.signals import TrainingSignals
+from etalage.fusion.table import CandidateTable
 from etalage.ocr.cache import default_cache_path
 from etalage.options import FUSED_TOPK
 from etalage.pipeline.workdir import WorkDir
@@ -139,7 +140,8 @@ def predict_core_file(run: str | Path, data: str | Path, out: str | Path, topk: 
 
 @dataclass
 class PredictPlan:
-    """What ``predict_file`` runs with: the fusion model's settings, each overridable per call."""
+    """What ``predict_file`` runs with: the fusion model's ``FusionPlan``, paths resolved and checked,
+    each overridable per call."""
 
     model: FusionDir
     run: RunDir
@@ -154,23 +156,19 @@ class PredictPlan:
     def from_model(cls, model_dir: str | Path, run=None, train=None, specialists=None) -> PredictPlan:
         """The plan stored in ``model_dir/fusion.json`` (paths relative to the folder), each path checked."""
         folder = FusionDir(model_dir)
-        cfg = FusionModel.load(folder).config
+        stored = FusionModel.load(folder).plan
+        if stored is None:
+            raise StageOutputError(f"{folder.meta_file}: no settings to predict with; refit with `etalage fusion fit`")
 
-        def resolve(given, key: str, flag: str) -> Path | None:
-            if given:
-                return Path(given)
-            stored = cfg.get(key)
-            if stored is None:
-                return None
-            path = Path(stored) if Path(stored).is_absolute() else (folder.path / stored)
-            if not path.exists():
-                raise StageOutputError(f"{folder.meta_file}: the {key} it was fitted with, {stored}, is not at "
-                                       f"{path}; pass {flag} PATH")
-            return path
+        def pick(given, key: str, flag: str) -> Path | None:
+            return Path(given) if given else folder.resolve(getattr(stored, key), key, flag)
 
-        return cls(folder, RunDir(resolve(run, "run", "--run")), resolve(train, "train", "--train"),
-                   resolve(specialists, "specialists", "--specialists"), cfg.get("specialist_names", []),
-                   int(cfg["topk"]), list(cfg["ks"]), cfg.get("tta", "none"))
+        run_path = pick(run, "run", "--run")
+        if run_path is None:
+            raise StageOutputError(f"{folder.meta_file}: no core run stored; pass --run PATH")
+        return cls(folder, RunDir(run_path), pick(train, "train", "--train"),
+                   pick(specialists, "specialists", "--specialists"), list(stored.specialist_names), stored.topk,
+                   list(stored.ks), stored.tta)
 
     def check_tta(self, tta: str | None) -> None:
         if tta is not None and tta != self.tta:
@@ -178,11 +176,22 @@ class PredictPlan:
                               f"the same (drop --tta) or refit with `etalage fusion fit --tta {tta}`")
 
 
-def relative_config_path(folder: Path, path: str | Path | None) -> str | None:
-    """A path as ``fusion.json`` stores it: relative to the fusion folder, so the folders move together."""
-    if path is None:
-        return None
-    return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+# ---------------------------------------------------------------------------------------------
+# the fusion table of a chunk
+
+
+def fusion_table(ranking, catalog: Catalog, positions: np.ndarray, taxonomy: Taxonomy, signals: TrainingSignals,
+                 specialists_dir: Path, specialist_names: list[str], rows: tuple[int, int] | None = None,
+                 own_classes: np.ndarray | None = None) -> CandidateTable:
+    """The one way a fusion table is built, when fitting and when predicting: the products at
+    ``positions`` of ``catalog``, ``ranking`` their core ranking row for row; their pictures' MD5s; the
+    specialists ``specialist_names`` scored under ``specialists_dir`` (``rows``: the products' rows
+    there, a chunk ``(a, b)``; None: all). ``own_classes``: the products' labels when they are the
+    fit's training queries (each product's own hash and id contribution removed)."""
+    pic_rows, pic_owner = catalog.picture_rows(positions)
+    return assemble(ranking, taxonomy, signals, catalog.md5[pic_rows], pic_owner,
+                    specialist_rankings(specialists_dir, list(specialist_names), rows),
+                    training_queries=own_classes is not None, own_classes=own_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +249,7 @@ def fuse_chunks(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catal
     todo = [c for c in chunks if c not in done or c in redo]
     workers = min(fusion_workers(), len(todo))
     model.threads = 1 if workers > 1 else 0
-    _FUSE.update(work=work, catalog=catalog, taxonomy=taxonomy, signals=signals, md5=catalog.md5, model=model,
+    _FUSE.update(work=work, catalog=catalog, taxonomy=taxonomy, signals=signals, model=model,
                  specialists=list(plan.specialist_names))
     try:
         with progress_bar(total=sum(b - a for a, b in todo), unit="product", desc="fusion", enabled=progress) as bar:
@@ -261,9 +270,8 @@ def _fuse_chunk(chunk: tuple[int, int]) -> tuple[int, int]:
     st = _FUSE
     work: WorkDir = st["work"]
     part = CoreRanking.load(work.core, (a, b))
-    pic_rows, pic_owner = st["catalog"].picture_rows(np.arange(a, b))
-    specs = specialist_rankings(work.specialists, st["specialists"], (a, b))
-    table = assemble(part, st["taxonomy"], st["signals"], st["md5"][pic_rows], pic_owner, specs)
+    table = fusion_table(part, st["catalog"], np.arange(a, b), st["taxonomy"], st["signals"], work.specialists,
+                         st["specialists"], (a, b))
     classes, scores = st["model"].rank(table, b - a, FUSED_TOPK)
     save_npz_atomic(part_path(work.fused, a, b), product_ids=part.product_ids, topk_class=classes,
                     topk_score=scores, core_top1=part.top1())
@@ -296,8 +304,7 @@ def merge_submission(work: WorkDir, out: str | Path, taxonomy: Taxonomy, data: s
     fused = load_fused(work, len(catalog), command)
     if not np.array_equal(fused["product_ids"], catalog.product_ids):
         raise DataError(f"{work}: fused products do not match {data} (another file?)")
-    best = fused["topk_class"][:, 0]
-    best = np.where(best >= 0, best, fused["core_top1"])
+    best = fused_top1(fused["topk_class"], fused["core_top1"])
     write_submission(out, fused["product_ids"], taxonomy.category_ids[best], expected_ids=catalog.product_ids,
                      taxonomy=taxonomy)
     from etalage.core.ranking import write_ranking_parquet
