@@ -28,11 +28,6 @@ class CandidateTable:
     classes: np.ndarray      # (R,) int32: taxonomy class index
     features: dict[str, np.ndarray]
 
-    @property
-    def groups(self) -> np.ndarray:
-        """Rows per product, in product order (LightGBM ``group``)."""
-        return np.bincount(self.owner, minlength=int(self.owner.max()) + 1 if len(self.owner) else 0)
-
     def matrix(self, names: tuple[str, ...]) -> np.ndarray:
         missing = [n for n in names if n not in self.features]
         if missing:
@@ -117,7 +112,6 @@ def core_features(ranking, owner: np.ndarray, classes: np.ndarray, taxonomy) -> 
             "n_pictures": ranking.n_pictures[owner].astype(np.float32)}
 
 
-SPECIALIST_FEATURE_NAMES = ("specialist_score", "specialist_rank")
 SPECIALIST_CANDIDATES = 5  # each specialist's top-k that joins the candidates
 
 

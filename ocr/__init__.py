@@ -2,6 +2,6 @@
 box features, and a cache keyed by picture MD5 so that specialists and re-runs never read a picture
 twice."""
 
-from etalage.ocr.base import OcrEngine, TextBox, engine_names, load_engine
+from etalage.ocr.base import OcrEngine, TextBox, load_engine
 
-__all__ = ["OcrEngine", "TextBox", "engine_names", "load_engine"]
+__all__ = ["OcrEngine", "TextBox", "load_engine"]

@@ -144,11 +144,6 @@ def load_engine(name: str | None = None, lexicon: bool = False, **options) -> Oc
     return engine.use_lexicon() if lexicon else engine
 
 
-def engine_names() -> list[str]:
-    _register_builtins()
-    return sorted(_ENGINES)
-
-
 def merge_readings(readings: list[list[TextBox]]) -> list[TextBox]:
     """Boxes of the first reading, plus those of later readings that read something new: a box whose
     text (case aside) an earlier box overlapping it already read is dropped."""

