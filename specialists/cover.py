@@ -8,11 +8,14 @@
 - Looking: ImageNet CNN features of the pictures (efficientnet_lite0; each picture averaged with its
   mirror image) -> a strongly regularised logistic regression (a linear probe). Genres have looks (a
   romance is not a textbook), albums often show no readable title.
-- Fused: the two parts' out-of-fold probabilities on the training products (``fuse_folds`` folds)
+- Blend: the two parts' out-of-fold probabilities on the training products (``blend_folds`` folds)
   decide how to combine them: a weighted mean for every weight from 0 to 1, or a stacked logistic
   regression over both parts' log-probabilities; the one with the best out-of-fold top-1 is kept, so
-  the fused scores do as well as the better part on the products it was fitted on, and the looking part
-  weighs nothing where covers differ only by their words (the synthetic catalogue's do).
+  the blended scores do as well as the better part on the products it was fitted on, and the looking
+  part weighs nothing where covers differ only by their words (the synthetic catalogue's do). (The
+  blend is the specialist's own; "fusion" is the reranker over every signal, ``etalage.fusion``. The
+  names ``fused`` in ``path_scores`` and ``oof_top1_`` and the ``fused_*`` features are kept: saved
+  fusion models and the cover benchmark's reports use them.)
 
 Settings chosen by exploratory 5-fold cross-validation runs on the real book covers of ``books-dev``
 (one run each, not kept in bench/results): word n-grams +1.4 points, the second embedding +0.8, the
@@ -43,7 +46,8 @@ class CoverSpecialist(Specialist):
     ``embedding_weight`` and ``box_weight`` (scale of the dense blocks beside the TF-IDF blocks; the box
     features at 0.3 cost 4.6 points on rendered covers, so 0), ``image`` ("auto": fit the looking part
     and let cross-validation weigh it; "off"), ``image_C`` (the looking part's regularisation),
-    ``fuse_folds`` (folds of the out-of-fold search).
+    ``blend_folds`` (folds of the out-of-fold search that chooses the blend; ``fuse_folds``, its name
+    before, is read too, so specialists saved with it still load).
     """
 
     feature_names = FEATURE_NAMES
@@ -51,12 +55,16 @@ class CoverSpecialist(Specialist):
 
     def __init__(self, encoder: str = "default", C: float = 3.0, word_grams: bool = True,
                  embedding_weight: float = 0.7, box_weight: float = 0.0, image: str = "auto", image_C: float = 0.001,
-                 fuse_folds: int = 3):
+                 blend_folds: int = 3, **renamed):
+        if "fuse_folds" in renamed:  # the option's name in specialists saved before it was renamed
+            blend_folds = renamed.pop("fuse_folds")
+        if renamed:
+            raise TypeError(f"unexpected options {', '.join(sorted(renamed))}")
         if image not in IMAGE_MODES:
             raise ConfigError(f"image must be one of {', '.join(IMAGE_MODES)}, got {image!r}")
         self.encoder, self.C, self.word_grams = encoder, C, word_grams
         self.embedding_weight, self.box_weight = embedding_weight, box_weight
-        self.image, self.image_C, self.fuse_folds = image, image_C, fuse_folds
+        self.image, self.image_C, self.blend_folds = image, image_C, blend_folds
         if image == "off":
             self.needs = ("text",)
         self._text_encoder: TextEncoder | None = None
@@ -162,7 +170,7 @@ class CoverSpecialist(Specialist):
             p_image[va] = self._image_proba(scaler, iclf, looks[va], only)
         return p_text, p_image
 
-    def _choose_fusion(self, texts, dense, looks, labels) -> tuple[dict, object, dict]:
+    def _choose_blend(self, texts, dense, looks, labels) -> tuple[dict, object, dict]:
         """The combination with the best out-of-fold top-1 (ties: the better log-likelihood): a weighted
         mean (weight of the reading part 0..1) or a stacked logistic regression; returns it, the fitted
         stacker (or None) and each candidate's out-of-fold top-1."""
@@ -170,7 +178,7 @@ class CoverSpecialist(Specialist):
         from sklearn.model_selection import cross_val_predict
 
         counts = np.bincount(np.unique(labels, return_inverse=True)[1])
-        folds = min(self.fuse_folds, int(counts.max()))
+        folds = min(self.blend_folds, int(counts.max()))
         if folds < 2 or len(counts) < 2:
             return {"kind": "mean", "weight": 1.0}, None, {}
         p_text, p_image = self._oof(texts, dense, looks, labels, folds)
@@ -216,23 +224,32 @@ class CoverSpecialist(Specialist):
         self.only_class_ = int(labels[0]) if len(np.unique(labels)) == 1 else None
         self.vectorisers_, self.clf_, self.train_tf_ = self._fit_text(texts, dense, labels)
         self.train_labels_ = labels.astype(np.int32)
-        self.fusion_, self.stacker_, self.oof_top1_ = {"kind": "mean", "weight": 1.0}, None, {}
+        self.blend_, self.stacker_, self.oof_top1_ = {"kind": "mean", "weight": 1.0}, None, {}
         self.image_scaler_ = self.image_clf_ = None
         if self.looks:
             looks = self._looks(readings)
             self.image_scaler_, self.image_clf_ = self._fit_image(looks, labels)
-            self.fusion_, self.stacker_, self.oof_top1_ = self._choose_fusion(texts, dense, looks, labels)
+            self.blend_, self.stacker_, self.oof_top1_ = self._choose_blend(texts, dense, looks, labels)
         return self
+
+    @property
+    def fusion_(self) -> dict:
+        """``blend_`` under its name before the rename (not saved: ``learned_state`` reads attributes)."""
+        return self.blend_
+
+    @fusion_.setter
+    def fusion_(self, value: dict) -> None:  # specialists saved before the rename hold ``fusion_``
+        self.blend_ = value
 
     @property
     def weight_(self) -> float:
         """The reading part's weight in the weighted mean (1: the looking part is not used)."""
-        return float(self.fusion_["weight"])
+        return float(self.blend_["weight"])
 
     def path_scores(self, readings: list[ProductReading]) -> dict[str, np.ndarray]:
         """Scores over ``class_indices_`` of each part: ``text``, ``image`` (uniform when unused) and
-        ``fused`` (what ``predict`` returns), plus ``similarity`` and ``neighbour`` (the nearest training
-        product's character TF-IDF cosine and class)."""
+        ``fused`` (the blend, what ``predict`` returns), plus ``similarity`` and ``neighbour`` (the nearest
+        training product's character TF-IDF cosine and class)."""
         if not hasattr(self, "class_indices_"):
             raise ConfigError(f"specialist {self.name!r} is not fitted")
         n, c = len(readings), len(self.class_indices_)
@@ -247,21 +264,22 @@ class CoverSpecialist(Specialist):
         if self.looks and (self.stacker_ is not None or self.weight_ < 1.0):
             p_image = self._image_proba(self.image_scaler_, self.image_clf_, self._looks(readings), self.only_class_)
         if self.stacker_ is not None:
-            fused = self._columns(self.stacker_.predict_proba(self._stack_input(p_text, p_image)), self.stacker_.classes_)
+            blended = self._columns(self.stacker_.predict_proba(self._stack_input(p_text, p_image)),
+                                    self.stacker_.classes_)
         else:
-            w = self.fusion_["weight"]
-            fused = w * p_text + (1 - w) * p_image
+            w = self.blend_["weight"]
+            blended = w * p_text + (1 - w) * p_image
         tf = self.vectorisers_[0].transform(texts)
         sims = (tf @ self.train_tf_.T).toarray() if self.train_tf_.shape[0] else np.zeros((n, 1))
         nn = sims.argmax(1)
-        return {"text": p_text, "image": p_image, "fused": fused.astype(np.float32),
+        return {"text": p_text, "image": p_image, "fused": blended.astype(np.float32),
                 "similarity": sims[np.arange(n), nn].astype(np.float32), "neighbour": self.train_labels_[nn]}
 
     def predict(self, readings: list[ProductReading]) -> SpecialistOutput:
         parts = self.path_scores(readings)
-        fused, text = parts["fused"], parts["text"]
+        blended, text = parts["fused"], parts["text"]
         if len(readings) == 0:
-            return SpecialistOutput(self.class_indices_, fused, np.zeros((0, len(FEATURE_NAMES)), np.float32),
+            return SpecialistOutput(self.class_indices_, blended, np.zeros((0, len(FEATURE_NAMES)), np.float32),
                                     FEATURE_NAMES)
 
         def top2(p):
@@ -269,9 +287,9 @@ class CoverSpecialist(Specialist):
             return s[:, 0], s[:, 0] - (s[:, 1] if s.shape[1] > 1 else 0)
 
         t1, tm = top2(text)
-        f1, fm = top2(fused)
-        best = self.class_indices_[fused.argmax(1)]
+        f1, fm = top2(blended)
+        best = self.class_indices_[blended.argmax(1)]
         feats = np.stack([t1, tm, parts["similarity"], (parts["neighbour"] == best).astype(np.float32),
                           parts["image"].max(1), f1, fm], axis=1).astype(np.float32)
-        return SpecialistOutput(self.class_indices_, fused, feats, FEATURE_NAMES)
+        return SpecialistOutput(self.class_indices_, blended, feats, FEATURE_NAMES)
 

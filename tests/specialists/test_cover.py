@@ -88,3 +88,27 @@ def test_normalise_and_letterbox():
     tall = np.zeros((224, 112, 3), np.uint8)
     box = letterbox(tall, 180)
     assert box.shape == (180, 180, 3) and (box[:, :40] == 255).all() and (box[:, 50:130] == 0).all()
+
+
+def test_a_cover_specialist_saved_before_the_blend_rename_still_loads(tmp_path):
+    import json
+
+    import skops.io as sio
+
+    tax = default_taxonomy()
+    train, y = _data(tax, 40, 0)
+    spec = create_specialist("books", encoder="none", image="off", blend_folds=2).fit(train, y, tax)
+    spec.save(tmp_path / "books")
+    assert "fusion_" not in spec.learned_state() and spec.get_params()["blend_folds"] == 2
+    # what etalage wrote before: the option fuse_folds, the learned blend as fusion_
+    manifest = json.loads((tmp_path / "books" / "specialist.json").read_text())
+    manifest["params"]["fuse_folds"] = manifest["params"].pop("blend_folds")
+    (tmp_path / "books" / "specialist.json").write_text(json.dumps(manifest))
+    state = spec.learned_state()
+    state["fusion_"] = state.pop("blend_")
+    (tmp_path / "books" / "state.skops").write_bytes(sio.dumps(state))
+    old = type(spec).load(tmp_path / "books")
+    assert old.blend_folds == 2 and old.blend_ == spec.blend_
+    assert np.allclose(old.predict(train[:5]).scores, spec.predict(train[:5]).scores)
+    with pytest.raises(ConfigError, match="bad options"):
+        create_specialist("books", no_such_option=1)
