@@ -26,8 +26,9 @@ import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
 from etalage.catalog.bsonindex import file_stamp
-from etalage.catalog.submission import read_id_category_csv
-from etalage.errors import ConfigError, DataError
+from etalage.catalog.submission import answer_key_classes
+from etalage.catalog.taxonomy import taxonomy_beside
+from etalage.errors import ConfigError
 from etalage.files import atomic_write, save_npz_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,8 @@ def answer_key(catalog: Catalog, labels: str | Path | None, tax: Taxonomy) -> np
     """Class index per product of ``catalog``: from the answer key ``labels``, else the dump's own."""
     if labels is None:
         catalog.require_labels()
-        return tax.indices_of(catalog.category_ids)
-    ids, cats = read_id_category_csv(labels)
-    order = np.argsort(ids)
-    pos = np.searchsorted(ids[order], catalog.product_ids).clip(0, len(ids) - 1)
-    found = ids[order][pos] == catalog.product_ids
-    if not found.all():
-        raise DataError(f"{labels}: product {int(catalog.product_ids[~found][0])} of {catalog.path} has no "
-                        f"category in the answer key")
-    return tax.indices_of(cats[order][pos])
+        return tax.indices_of(catalog.category_ids).astype(np.int64)
+    return answer_key_classes(labels, catalog.product_ids, tax, complete=True).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,10 +148,8 @@ def run_core_bench(train: str | Path, test: str | Path, out: str | Path, labels:
     out = Path(out)
     work = out.with_name(out.stem + "_work")
     train, test = Path(train), Path(test)
-    tax_path = Path(taxonomy) if taxonomy else train.parent / "category_names.csv"
-    if not tax_path.exists():
-        raise ConfigError(f"{tax_path}: no taxonomy; pass --taxonomy category_names.csv")
-    tax = Taxonomy.load(tax_path)
+    tax = taxonomy_beside(train, taxonomy, required=True)
+    tax_path = Path(tax.source)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides or {}) - known)
     if unknown:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from etalage.catalog.csvrows import INT64, csv_rows
 from etalage.catalog.pictures import CorruptPicture, decode_picture, letterbox
-from etalage.catalog.taxonomy import Taxonomy
+from etalage.catalog.taxonomy import Taxonomy, taxonomy_beside
 from etalage.errors import DataError
 from etalage.files import atomic_write
 from etalage.progress import bar as progress_bar
@@ -229,8 +229,7 @@ def pack_listing(listing: str | Path, images: str | Path, out: str | Path, taxon
         raise DataError(f"{images}: no such folder of pictures (--images)")
     if size is not None and not 8 <= size <= 2048:
         raise DataError(f"--size {size}: expected a side between 8 and 2048 pixels")
-    tax_path = Path(taxonomy) if taxonomy else listing.parent / "category_names.csv"
-    tax = Taxonomy.load(tax_path) if (taxonomy or tax_path.exists()) else None
+    tax = taxonomy_beside(listing, taxonomy)
     if labels and tax is None:
         raise DataError(f"{listing}: no taxonomy to check its categories against (none beside it); pass "
                         f"--taxonomy category_names.csv")

@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from etalage.catalog import Catalog, Taxonomy, validation_split
+from etalage.catalog.taxonomy import taxonomy_beside
 from etalage.core.config import RESUME_INVARIANTS, TrainConfig
 from etalage.core.curves import write_curves
 from etalage.core.data import (
@@ -198,10 +199,7 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[RunDir, Taxonomy, Catal
     """Check inputs and the run folder; returns (run, taxonomy, catalog, class label per product)."""
     cfg.check()
     run = RunDir(cfg.out)
-    tax_path = Path(cfg.taxonomy) if cfg.taxonomy else Path(cfg.train).parent / "category_names.csv"
-    if not tax_path.exists():
-        raise TaxonomyError(f"{tax_path}: no category file; pass --taxonomy category_names.csv")
-    tax = Taxonomy.load(tax_path)
+    tax = taxonomy_beside(cfg.train, cfg.taxonomy, required=True)
     catalog = Catalog.open(cfg.train)
     if len(catalog) == 0:
         raise DataError(f"{cfg.train}: empty training set")
@@ -209,7 +207,7 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[RunDir, Taxonomy, Catal
     try:
         labels = tax.indices_of(catalog.category_ids)
     except TaxonomyError as exc:
-        raise TaxonomyError(f"{cfg.train}: {exc} ({tax_path}); is this the right category file?") from None
+        raise TaxonomyError(f"{cfg.train}: {exc} ({tax.source}); is this the right category file?") from None
     if run.checkpoint_file.exists() and not resume:
         raise ConfigError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
     if resume:
