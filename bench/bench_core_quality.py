@@ -28,11 +28,11 @@ import torch
 
 VARIANTS = {
     "gate": {},
-    "prob-mean": {"picture_fusion": "prob-mean"},
+    "prob-mean": {"picture_pooling": "prob-mean"},
     "random-init": {"weights": "none"},
     "no-levels": {"level1_weight": 0.0, "level2_weight": 0.0},
 }
-MORE = {"mean": {"picture_fusion": "mean"}, "max": {"picture_fusion": "max"}, "attention": {"picture_fusion": "attention"}}
+MORE = {"mean": {"picture_pooling": "mean"}, "max": {"picture_pooling": "max"}, "attention": {"picture_pooling": "attention"}}
 
 
 def main() -> None:

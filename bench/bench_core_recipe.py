@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lock", default="/tmp/etalage-cpu.lock", help="held while a variant trains (others wait)")
     args = ap.parse_args(argv)
     from etalage.bench.core import run_core_bench
-    from etalage.cli.options import parse_key_values
+    from etalage.options import parse_key_values
 
     files = prepare(args.set)
     out = RESULTS / f"core_recipe_{args.set}_{args.minutes:g}min.json"

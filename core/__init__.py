@@ -1,6 +1,6 @@
 """The core: a multi-picture CNN that ranks every class of the taxonomy for each product.
 
-``create_backbone`` (timm + offline weights) -> ``MultiImageNet`` (fusion over 1-4 pictures,
+``create_backbone`` (timm + offline weights) -> ``MultiImageNet`` (pooling over 1-4 pictures,
 level-1/2 heads) -> ``train`` (one process or torchrun, into a ``RunDir``) -> ``CorePredictor`` ->
 ``CoreRanking``. ``CoreRanking`` and ``RunDir`` are torch-free; the rest imports torch when first
 used, so reading predictions never loads it.
@@ -13,7 +13,7 @@ import importlib
 _WHERE = {
     "CoreRanking": "ranking", "RunDir": "rundir",
     "OFFLINE_WEIGHTS": "backbones", "create_backbone": "backbones",
-    "FUSIONS": "model", "MultiImageNet": "model", "build_model": "model", "load_model": "model",
+    "POOLINGS": "model", "MultiImageNet": "model", "build_model": "model", "load_model": "model",
     "CorePredictor": "predict",
     "TrainConfig": "config", "train": "train",
 }

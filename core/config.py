@@ -9,7 +9,7 @@ from etalage.errors import ConfigError
 from etalage.options import (
     AUGMENTATIONS,
     KEEP_CHOICES,
-    PICTURE_FUSIONS,
+    PICTURE_POOLINGS,
     RESIZE_MODES,
     SCHEDULES,
     check_choice,
@@ -26,7 +26,7 @@ class TrainConfig:
     taxonomy: str | None = None          # default: category_names.csv beside the training file
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"     # "imagenet" (offline package), "none", or a state-dict path
-    picture_fusion: str = "gate"         # how a product's pictures are combined (PICTURE_FUSIONS)
+    picture_pooling: str = "gate"        # how a product's pictures are pooled (PICTURE_POOLINGS)
     picture_size: int | None = None      # side pictures are brought to (None: from the dump, see auto_picture_size)
     crop: int | None = None              # random training crops (None: 7/8 of picture_size); evaluation sees
                                          # the whole picture
@@ -65,7 +65,7 @@ class TrainConfig:
     stop_after_steps: int | None = None  # pause after this many steps of this call (continue with resume=True)
 
     def check(self) -> None:
-        check_choice(self.picture_fusion, PICTURE_FUSIONS, "--picture-fusion")
+        check_choice(self.picture_pooling, PICTURE_POOLINGS, "--picture-pooling")
         check_choice(self.schedule, SCHEDULES, "--schedule")
         check_choice(self.resize, RESIZE_MODES, "--resize")
         check_choice(self.augment, AUGMENTATIONS, "--augment")
@@ -101,15 +101,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainConfig:
-        """From a saved ``config.json`` (older runs wrote the picture fusion as ``fusion``)."""
+        """From a saved ``config.json`` (older runs wrote the picture pooling as ``fusion`` or
+        ``picture_fusion``)."""
         raw = dict(raw)
-        if "fusion" in raw and "picture_fusion" not in raw:
-            raw["picture_fusion"] = raw.pop("fusion")
+        for old in ("picture_fusion", "fusion"):
+            if old in raw and "picture_pooling" not in raw:
+                raw["picture_pooling"] = raw.pop(old)
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
 # Settings a resumed run must share with the run it continues.
-RESUME_INVARIANTS = ("backbone", "picture_fusion", "picture_size", "crop", "batch_size", "seed", "val_fraction",
+RESUME_INVARIANTS = ("backbone", "picture_pooling", "picture_size", "crop", "batch_size", "seed", "val_fraction",
                      "schedule", "resize", "augment", "head_epochs", "freeze", "ema")
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from etalage.catalog import Catalog
 from etalage.catalog.pictures import DecodeStats, letterbox, random_crop
+from etalage.core.model import picture_pooling_of
 from etalage.options import AUGMENTATIONS, RESIZE_MODES, check_choice
 from etalage.resources import usable_cpus
 
@@ -41,14 +42,14 @@ class PictureTransform:
     crop: int
     resize: str = "letterbox"
     augment: str = "crop-flip"
-    mosaic: bool = False   # the ``mosaic`` picture fusion: a product's pictures tiled into one
+    mosaic: bool = False   # the ``mosaic`` picture pooling: a product's pictures tiled into one
 
     @classmethod
     def of_model(cls, spec: dict) -> PictureTransform:
         """The evaluation transform a trained network expects (older runs: stretched, crop 8/9)."""
         size = int(spec.get("picture_size", 180))
         return cls(size, int(spec.get("crop", size * 8 // 9)), spec.get("resize", "stretch"), "none",
-                   spec.get("fusion") == "mosaic")
+                   picture_pooling_of(spec) == "mosaic")
 
     def __post_init__(self):
         check_choice(self.resize, RESIZE_MODES, "--resize")

@@ -1,8 +1,8 @@
-"""MultiImageNet: one backbone pass per picture, fusion over a product's 1-4 pictures, class heads.
+"""MultiImageNet: one backbone pass per picture, pooling over a product's 1-4 pictures, class heads.
 
 Pictures travel flat, ``(P, 3, H, W)`` with ``picture_product`` (P,) saying which product of the
 batch each belongs to, so a batch of mostly one-picture products wastes no compute on padding.
-Picture fusions (2017 evidence: the 2nd place measured FcNet3 0.7817 against 0.7791 for max-pooling on
+Picture poolings (2017 evidence: the 2nd place measured FcNet3 0.7817 against 0.7791 for max-pooling on
 the same features; averaging probabilities was the common floor):
 
 - ``prob-mean``: average the per-picture class probabilities (the floor most teams started from);
@@ -31,9 +31,9 @@ from torch import nn
 
 from etalage.core.backbones import create_backbone
 from etalage.errors import DataError, UnsafeFileError
-from etalage.options import PICTURE_FUSIONS, check_choice
+from etalage.options import PICTURE_POOLINGS, check_choice
 
-FUSIONS = PICTURE_FUSIONS
+POOLINGS = PICTURE_POOLINGS
 
 
 def _segment_sum(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
@@ -50,15 +50,15 @@ def _segment_softmax(scores: torch.Tensor, segment: torch.Tensor, n: int) -> tor
 
 class MultiImageNet(nn.Module):
     def __init__(self, backbone: nn.Module, num_features: int, n_classes: int, n_level1: int, n_level2: int,
-                 fusion: str = "gate", dropout: float = 0.2):
+                 pooling: str = "gate", dropout: float = 0.2):
         super().__init__()
-        check_choice(fusion, FUSIONS, "picture fusion")
+        check_choice(pooling, POOLINGS, "picture pooling")
         self.backbone = backbone
-        self.fusion = fusion
+        self.pooling = pooling
         self.num_features = num_features
-        if fusion == "gate":
+        if pooling == "gate":
             self.gate = nn.Linear(num_features, 1)
-        elif fusion == "attention":
+        elif pooling == "attention":
             self.attention = nn.Sequential(nn.Linear(num_features, 128), nn.Tanh(), nn.Linear(128, 1))
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(num_features, n_classes)
@@ -99,11 +99,11 @@ class MultiImageNet(nn.Module):
         return self
 
     def picture_weights(self, feats: torch.Tensor, picture_product: torch.Tensor, n: int) -> torch.Tensor:
-        """Each picture's weight within its product (sums to 1 per product), for the pooling fusions."""
-        if self.fusion == "gate":
+        """Each picture's weight within its product (sums to 1 per product), for the weighted poolings."""
+        if self.pooling == "gate":
             g = torch.sigmoid(self.gate(feats).squeeze(1)) + 1e-4
             return g / _segment_sum(g, picture_product, n)[picture_product]
-        if self.fusion == "attention":
+        if self.pooling == "attention":
             return _segment_softmax(self.attention(feats).squeeze(1), picture_product, n)
         ones = torch.ones_like(feats[:, 0])
         return ones / _segment_sum(ones, picture_product, n)[picture_product]
@@ -113,7 +113,7 @@ class MultiImageNet(nn.Module):
         """Returns ``logits`` (B, C) as log-probabilities-compatible scores, ``picture_logits`` (P, C),
         ``level1`` (B, L1), ``level2`` (B, L2) and the fused ``embedding`` (B, F)."""
         feats = self.backbone(pictures)
-        if self.fusion == "max":
+        if self.pooling == "max":
             emb = feats.new_full((n_products, feats.shape[1]), float("-inf"))
             emb = emb.scatter_reduce(0, picture_product[:, None].expand_as(feats), feats, reduce="amax",
                                      include_self=True)
@@ -121,7 +121,7 @@ class MultiImageNet(nn.Module):
             w = self.picture_weights(feats, picture_product, n_products)
             emb = _segment_sum(feats * w[:, None].to(feats.dtype), picture_product, n_products)
         picture_logits = self.classifier(self.dropout(feats))
-        if self.fusion == "prob-mean":
+        if self.pooling == "prob-mean":
             # Log of the mean of per-picture probabilities: a proper log-probability for the loss.
             w = self.picture_weights(feats, picture_product, n_products)
             logp = F.log_softmax(picture_logits.float(), dim=1) + torch.log(w)[:, None]
@@ -136,13 +136,13 @@ class MultiImageNet(nn.Module):
                 "level2": self.level2_head(emb_d), "embedding": emb}
 
 
-def build_model(n_classes: int, n_level1: int, n_level2: int, backbone: str, weights: str | None, fusion: str,
+def build_model(n_classes: int, n_level1: int, n_level2: int, backbone: str, weights: str | None, pooling: str,
                 dropout: float = 0.2) -> tuple[MultiImageNet, dict]:
     """The core network and the description ``model.pt`` stores to rebuild it without weight files."""
     bb = create_backbone(backbone, weights)
-    model = MultiImageNet(bb.model, bb.num_features, n_classes, n_level1, n_level2, fusion, dropout)
+    model = MultiImageNet(bb.model, bb.num_features, n_classes, n_level1, n_level2, pooling, dropout)
     spec = {"backbone": backbone, "num_features": bb.num_features, "n_classes": n_classes, "n_level1": n_level1,
-            "n_level2": n_level2, "fusion": fusion, "dropout": dropout, "mean": list(bb.mean), "std": list(bb.std)}
+            "n_level2": n_level2, "pooling": pooling, "dropout": dropout, "mean": list(bb.mean), "std": list(bb.std)}
     return model, spec
 
 
@@ -164,6 +164,11 @@ def safe_torch_load(path: str | Path, what: str, rebuild: str, trust_pickle: boo
                               ) from None
 
 
+def picture_pooling_of(spec: dict) -> str:
+    """A saved network's picture pooling (runs before 0.3 stored it as ``fusion``)."""
+    return spec.get("pooling", spec.get("fusion", "gate"))
+
+
 def load_model(model_file: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False
                ) -> tuple[MultiImageNet, dict]:
     """The finished network saved in ``model_file`` (``RUN/model.pt``) and its spec, in eval mode."""
@@ -171,7 +176,7 @@ def load_model(model_file: str | Path, device: str | torch.device = "cpu", trust
                            trust_pickle)
     spec = blob["spec"]
     model, _ = build_model(spec["n_classes"], spec["n_level1"], spec["n_level2"], spec["backbone"], None,
-                           spec["fusion"], spec.get("dropout", 0.2))
+                           picture_pooling_of(spec), spec.get("dropout", 0.2))
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return model, spec

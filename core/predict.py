@@ -18,7 +18,7 @@ from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
 from etalage.chunks import DEFAULT_CHUNK, list_parts, part_path, shard_chunk_ranges
 from etalage.core.data import PictureTransform, ProductDataset, collate, default_workers, to_device
-from etalage.core.model import load_model
+from etalage.core.model import load_model, picture_pooling_of
 from etalage.core.ranking import MAX_PICTURES, PREDICTION_VERSION, CoreRanking
 from etalage.core.rundir import RunDir
 from etalage.core.runtime import resolve_device
@@ -121,7 +121,7 @@ class CorePredictor:
                 "data_stamp": file_stamp(Path(catalog.path)), "n_products": len(positions),
                 "positions_digest": _digest(positions), "producer": producer, "chunk": chunk,
                 "topk": topk, "picture_topk": picture_topk, "tta": self.tta, "embedding": embedding,
-                "n_classes": self.spec["n_classes"], "fusion": self.spec["fusion"], "backbone": self.spec["backbone"]}
+                "n_classes": self.spec["n_classes"], "pooling": picture_pooling_of(self.spec), "backbone": self.spec["backbone"]}
         claim_folder(out_dir / "meta.json", meta, ignore=("producer",))
         done = list_parts(out_dir)
         todo = [c for c in shard_chunk_ranges(len(positions), chunk, shard) if c not in done]

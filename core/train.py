@@ -322,7 +322,7 @@ class _Trainer:
         """Model, optimizer and progress state: new, or restored from the checkpoint."""
         cfg, tax = self.cfg, self.tax
         self.model, self.spec = build_model(tax.n_classes, tax.n_level1, tax.n_level2, cfg.backbone,
-                                            None if resume else cfg.weights, cfg.picture_fusion, cfg.dropout)
+                                            None if resume else cfg.weights, cfg.picture_pooling, cfg.dropout)
         self.spec.update(self._picture_settings())
         self.channels_last = self.device.type == "cpu" if cfg.channels_last is None else cfg.channels_last
         self.amp = self.device.type == "cuda"  # bf16 autocast
@@ -371,7 +371,7 @@ class _Trainer:
         workers = cfg.workers if cfg.workers is not None else default_workers(self.device, info.world)
         size, crop = self.spec["picture_size"], self.spec["crop"]
         train_tf = PictureTransform(size, crop, self.spec.get("resize", "stretch"), cfg.augment,
-                                    cfg.picture_fusion == "mosaic")
+                                    cfg.picture_pooling == "mosaic")
         train_ds = ProductDataset(self.catalog, self.train_pos, self.labels[self.train_pos], train_tf, train=True,
                                   seed=cfg.seed)
         self.loader = torch.utils.data.DataLoader(

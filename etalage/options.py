@@ -1,7 +1,7 @@
 """The choices every command offers, in one torch-free place: the packages validate against these
 lists and the CLI offers them, so a new choice is added once."""
 
-PICTURE_FUSIONS = ("gate", "attention", "mean", "max", "prob-mean", "mosaic")  # how the core combines a product's pictures
+PICTURE_POOLINGS = ("gate", "attention", "mean", "max", "prob-mean", "mosaic")  # how the core pools a product's pictures
 SCHEDULES = ("cosine", "grow-batch")                                # core learning-rate schedules
 TTA_MODES = ("none", "flip", "crops")                               # core test-time augmentation
 RESIZE_MODES = ("letterbox", "stretch")                             # a non-square picture -> the core's square
@@ -27,3 +27,21 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise ConfigError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def parse_key_values(items: list[str], what: str) -> dict:
+    """``["num_leaves=63", "learning_rate=0.05"]`` -> dict; values read as JSON when they parse."""
+    import json
+
+    from etalage.errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out

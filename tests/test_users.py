@@ -146,7 +146,7 @@ def test_renamed_flags_still_work_with_a_warning(synth_dir, tmp_path, capsys, ol
             old, "mean", "-q", *_tiny_flags()]
     assert main(argv) == 0
     assert f"{old} is deprecated" in capsys.readouterr().err
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["picture_fusion"] == "mean"
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["picture_pooling"] == "mean"
 
 
 def test_check_specialist_on_a_plugin_built_from_the_docs(tmp_path):

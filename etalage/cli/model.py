@@ -7,13 +7,13 @@ from pathlib import Path
 
 from etalage.cli.data import leaf
 from etalage.cli.options import alias, save_resolved
-from etalage.options import AUGMENTATIONS, KEEP_CHOICES, PICTURE_FUSIONS, RESIZE_MODES, SCHEDULES, TTA_MODES
+from etalage.options import AUGMENTATIONS, KEEP_CHOICES, PICTURE_POOLINGS, RESIZE_MODES, SCHEDULES, TTA_MODES
 
 
 def register(sub, handlers: dict) -> None:
     _train(leaf(sub, handlers, ("train",), cmd_train,
                 "train the multi-picture CNN on a labelled BSON dump (one process or torchrun)",
-                "Train the core: a timm backbone on every picture, fusion over each product's 1-4 pictures, a class "
+                "Train the core: a timm backbone on every picture, pooling over each product's 1-4 pictures, a class "
                 "head over the taxonomy plus level-1/level-2 heads. Writes RUN/config.json, RUN/config.yaml (these "
                 "options, for --config), RUN/metrics.jsonl (validation product top-1 per epoch), RUN/checkpoint.pt "
                 "and, when done, RUN/model.pt. Several GPUs or machines: torchrun --nproc_per_node N -m etalage.cli "
@@ -85,7 +85,7 @@ def _train(p) -> None:
     p.add_argument("--backbone", default=d.backbone, help="any timm model name")
     p.add_argument("--weights", default=d.weights,
                    help="'imagenet' (offline package weights), 'none' (random init) or a state-dict file")
-    alias(p, "--picture-fusion", "--fusion", default=d.picture_fusion, choices=PICTURE_FUSIONS,
+    alias(p, "--picture-pooling", "--picture-fusion", "--fusion", default=d.picture_pooling, choices=PICTURE_POOLINGS,
           help="how a product's pictures are combined (prob-mean: average per-picture probabilities)")
     p.add_argument("--picture-size", type=int, default=d.picture_size,
                    help="side every picture is brought to (default: from the dump's pictures, their median longest "

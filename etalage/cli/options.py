@@ -45,24 +45,6 @@ def add_common(parser: ArgumentParser, config: bool = True) -> None:
                                  "flags given after it win). Outputs hold the resolved one (config.yaml) to rerun")
 
 
-def parse_key_values(items: list[str], what: str) -> dict:
-    """``["num_leaves=63", "learning_rate=0.05"]`` -> dict; values read as JSON when they parse."""
-    import json
-
-    from etalage.errors import ConfigError
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 NOT_SETTINGS = ("config", "verbose", "quiet", "cache_dir", "resume", "merge", "trust_pickle", "__path__",
                 "__default_config__")  # per-call actions and output switches, not settings of the result
 

@@ -8,8 +8,8 @@ from jsonargparse import ArgumentParser
 
 from etalage.cli.data import leaf
 from etalage.cli.model import compute_options, pipeline_options
-from etalage.cli.options import add_common, alias, parse_key_values, save_resolved
-from etalage.options import OCR_ENGINES, TTA_MODES
+from etalage.cli.options import add_common, alias, save_resolved
+from etalage.options import OCR_ENGINES, TTA_MODES, parse_key_values
 
 
 def group(sub, name: str, help_: str, description: str, dest: str = "action"):

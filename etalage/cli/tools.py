@@ -154,7 +154,7 @@ def cmd_bench_bookcover(args) -> int:
 
 def cmd_bench_core(args) -> int:
     from etalage.bench.core import run_core_bench
-    from etalage.cli.options import parse_key_values
+    from etalage.options import parse_key_values
 
     rep = run_core_bench(args.train, args.test, args.out, labels=args.labels, taxonomy=args.taxonomy,
                          minutes=args.minutes, overrides=parse_key_values(args.set, "--set"),

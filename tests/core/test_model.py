@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from etalage.core.model import FUSIONS, MultiImageNet
+from etalage.core.model import POOLINGS, MultiImageNet
 
 
 class Flat(nn.Module):
@@ -18,10 +18,10 @@ class Flat(nn.Module):
 
 def _net(fusion):
     torch.manual_seed(0)
-    return MultiImageNet(Flat(), 8, n_classes=6, n_level1=2, n_level2=3, fusion=fusion, dropout=0.0).eval()
+    return MultiImageNet(Flat(), 8, n_classes=6, n_level1=2, n_level2=3, pooling=fusion, dropout=0.0).eval()
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", POOLINGS)
 def test_products_do_not_see_each_other(fusion):
     net = _net(fusion)
     x = torch.rand(5, 3, 4, 4)
@@ -36,7 +36,7 @@ def test_products_do_not_see_each_other(fusion):
     assert not torch.allclose(out["logits"][1], out2["logits"][1])
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", POOLINGS)
 def test_fusion_ignores_picture_order(fusion):
     net = _net(fusion)
     x = torch.rand(3, 3, 4, 4)
@@ -57,7 +57,7 @@ def test_prob_mean_is_the_average_of_picture_probabilities():
 def test_gate_learns_to_ignore_a_placeholder():
     """A learned gate can down-weight an uninformative picture that mean pooling cannot."""
     torch.manual_seed(0)
-    net = MultiImageNet(Flat(), 8, 2, 1, 1, fusion="gate", dropout=0.0)
+    net = MultiImageNet(Flat(), 8, 2, 1, 1, pooling="gate", dropout=0.0)
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
     for _ in range(300):
         y = torch.randint(0, 2, (16,))
@@ -73,6 +73,6 @@ def test_gate_learns_to_ignore_a_placeholder():
     assert w[16:].mean() < 0.3, "the placeholder gets less weight than the informative picture"
 
 
-def test_unknown_fusion():
-    with pytest.raises(ValueError, match="fusion must be one of"):
-        MultiImageNet(Flat(), 8, 2, 1, 1, fusion="median")
+def test_unknown_pooling():
+    with pytest.raises(ValueError, match="picture pooling must be one of"):
+        MultiImageNet(Flat(), 8, 2, 1, 1, pooling="median")

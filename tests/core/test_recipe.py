@@ -60,9 +60,10 @@ def test_mosaic_tiles_a_products_pictures():
 
 
 def test_picture_size_from_the_dump(synth_dir, tmp_path):
+    from PIL import Image
+
     from etalage.catalog import Catalog
     from etalage.catalog.pack import pack_listing
-    from PIL import Image
 
     assert auto_picture_size(Catalog.open(synth_dir / "train.bson")) == 128, "180x180 pictures: the cap"
     (tmp_path / "images").mkdir()
