@@ -33,7 +33,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from etalage.catalog import Catalog, Taxonomy, validation_split
+from etalage.catalog.split import fold_split
 from etalage.catalog.taxonomy import taxonomy_beside
 from etalage.core.config import RESUME_INVARIANTS, TrainConfig
 from etalage.core.curves import write_curves
@@ -66,6 +67,7 @@ from etalage.resources import usable_cpus
 log = logging.getLogger(__name__)
 
 BUDGET_PROBE_STEPS = 3  # steps timed before a time-boxed run fits its schedule into the budget
+BUDGET_REFITS = (0.1, 0.25, 0.5)  # shares of the budget at which it fits its schedule again, from the speed since
 HEAD_BUDGET_SHARE = 0.25  # the most of a time budget the head-only phase may take
 
 
@@ -228,9 +230,9 @@ class TrainResult:
 
 
 def _new_state(total_steps: int, head_steps: int) -> dict:
-    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "head_steps": head_steps,
-            "head_fitted": False, "budget_fitted": False, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_n": 0,
-            "next_eval": None, "best_top1": None, "finished": False}
+    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "planned_total": total_steps,
+            "head_steps": head_steps, "head_fitted": False, "budget_fits": 0, "elapsed_s": 0.0, "eval_s": 0.0,
+            "loss_sum": 0.0, "loss_n": 0, "next_eval": None, "best_top1": None, "finished": False}
 
 
 def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -289,7 +291,10 @@ class _Trainer:
             torch.set_num_threads(max(1, usable_cpus() // self.info.world))
         self.run, self.tax, self.catalog, self.labels = prepare_run(cfg, resume)
         torch.manual_seed(cfg.seed)
-        val_mask = validation_split(self.labels, cfg.val_fraction, cfg.seed)
+        if cfg.folds:
+            val_mask = fold_split(self.labels, cfg.folds, cfg.seed) == cfg.fold
+        else:
+            val_mask = validation_split(self.labels, cfg.val_fraction, cfg.seed)
         self.train_pos, self.val_pos = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
         self.batch_size = self._batch_size()
         self._build(resume)
@@ -415,7 +420,8 @@ class _Trainer:
         self.t_start = time.perf_counter() - state["elapsed_s"]
         self.first_step = state["step"]  # stop_after_steps counts the steps of this call: a job in slices
         self.last_ckpt = time.perf_counter()
-        self.probe: tuple[float, int] | None = None
+        self.probe: tuple[float, int, float] | None = None
+        self.eval_cost: float | None = None
         if state["next_eval"] is None:
             state["next_eval"] = self._eval_interval()
         self.ddp_model.train()
@@ -493,35 +499,48 @@ class _Trainer:
         return sync
 
     def _fit_budget(self, now: float) -> None:
-        """With ``max_minutes``: once a few steps of a phase are timed, fit it into the budget. The
-        head-only phase gets at most ``HEAD_BUDGET_SHARE`` of it; the fine-tune's total steps (and so its
-        warm-up and decay, both shares of them) take what remains, less the evaluations' time."""
+        """With ``max_minutes``: fit each phase into the budget from its measured speed. The head-only
+        phase gets at most ``HEAD_BUDGET_SHARE`` of it, fitted once. The fine-tune's total steps (and so
+        its warm-up and decay, both shares of them) take what remains, less the validations' time: fitted
+        after ``BUDGET_PROBE_STEPS`` steps, then again at each share of ``BUDGET_REFITS`` of the budget
+        from the speed measured since the previous fit, since the first steps are often unrepresentative
+        (pages of the dump read for the first time, caches cold, another job finishing); never beyond
+        ``--epochs``."""
         state, cfg = self.state, self.cfg
-        key = "head_fitted" if self.in_head_phase else "budget_fitted"
-        if not cfg.max_minutes or state[key]:
+        if not cfg.max_minutes:
             return
         if self.probe is None:  # the first step pays for allocation and warm caches: time from after it
-            self.probe = (now, state["step"])
+            self.probe = (now, state["step"], state["eval_s"])
             return
-        if state["step"] - self.probe[1] < BUDGET_PROBE_STEPS:
-            return
-        per_step = (now - self.probe[0]) / (state["step"] - self.probe[1])
+        steps = state["step"] - self.probe[1]
         budget = cfg.max_minutes * 60 * 0.97
+        fits = state["budget_fits"]
         if self.in_head_phase:
+            if state["head_fitted"] or steps < BUDGET_PROBE_STEPS:
+                return
+            per_step = (now - self.probe[0]) / steps
             head = min(state["head_steps"], state["step"] + int(max(0.0, HEAD_BUDGET_SHARE * budget -
                                                                     state["elapsed_s"]) / per_step))
             head = broadcast_int(max(head, state["step"]), self.info)
             state["total_steps"] -= state["head_steps"] - head
+            state["planned_total"] -= state["head_steps"] - head
             state["head_steps"] = head
             state["head_fitted"] = True
             log.info("time budget: %d head-only steps (%.3fs per step)", head, per_step)
             return
-        val_cost = per_step * len(self.val_pos) / max(1, self.batch_size * self.info.world) * 0.5
+        if fits > len(BUDGET_REFITS) or steps < BUDGET_PROBE_STEPS:
+            return
+        if fits and state["elapsed_s"] < BUDGET_REFITS[fits - 1] * budget:
+            return
+        per_step = (now - self.probe[0] - (state["eval_s"] - self.probe[2])) / steps
+        eval_cost = self.eval_cost if self.eval_cost is not None else \
+            per_step * len(self.val_pos) / max(1, self.batch_size * self.info.world) * 0.5
         evals_left = max(1.0, (state["total_steps"] - state["step"]) / self._eval_interval())
-        room = budget - state["elapsed_s"] - val_cost * min(evals_left, 10)
+        room = budget - state["elapsed_s"] - eval_cost * min(evals_left, 10)
         fitted = state["step"] + max(1, int(room / per_step))
-        state["total_steps"] = broadcast_int(min(state["total_steps"], fitted), self.info)
-        state["budget_fitted"] = True
+        state["total_steps"] = broadcast_int(min(state["planned_total"], fitted), self.info)
+        state["budget_fits"] = fits + 1
+        self.probe = (now, state["step"], state["eval_s"])  # the next fit measures the speed from here
         log.info("time budget: %d steps in total (%.3fs per step)", state["total_steps"], per_step)
 
     def _evaluated_model(self):
@@ -529,6 +548,7 @@ class _Trainer:
 
     def _evaluate_and_log(self) -> None:
         state = self.state
+        t_eval = time.perf_counter()
         metrics = evaluate(self._evaluated_model(), self.val_loader, self.device, self.spec["mean"], self.spec["std"],
                            self.level1_of, self.level2_of, self.info, self.amp, self.channels_last)
         elapsed = time.perf_counter() - self.t_epoch
@@ -540,6 +560,8 @@ class _Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_pictures_per_s": self.pictures_seen * self.info.world / max(1e-9, elapsed),
                 "elapsed_s": time.perf_counter() - self.t_start, **metrics}
+        self.eval_cost = time.perf_counter() - t_eval
+        state["eval_s"] += self.eval_cost
         state.update(epoch=state["epoch"] + int(epoch_done), batch_in_epoch=0 if epoch_done else
                      state["batch_in_epoch"], loss_sum=0.0, loss_n=0,
                      next_eval=state["step"] + self._eval_interval())
@@ -574,6 +596,30 @@ class _Trainer:
                     _save_model(self.run.model_file, self._kept_weights(), self.spec)
         if self.info.world > 1:
             dist.barrier()
+
+
+def fold_runs(out: str | Path, folds: int) -> list[RunDir]:
+    """The run folders of a fold set (``train --folds K --fold all --out OUT``): ``OUT/fold0`` ..."""
+    return [RunDir(Path(out) / f"fold{i}") for i in range(folds)]
+
+
+def train_folds(cfg: TrainConfig, progress: bool = True, trust_pickle: bool = False) -> list[TrainResult]:
+    """Train the ``cfg.folds`` fold runs of one split one after the other into ``OUT/fold0`` ...: each
+    holds its fold out, the same ``max_minutes`` each. A finished fold is kept and an interrupted one
+    resumed, so the command continues where it stopped; a paused fold stops the loop."""
+    results = []
+    for run in fold_runs(cfg.out, cfg.folds):
+        fold_cfg = replace(cfg, fold=int(run.path.name[4:]), out=str(run.path))
+        if run.finished:
+            log.info("%s: finished before", run)
+            results.append(TrainResult("finished", run.last_metrics(), None))
+            continue
+        log.info("fold %d of %d -> %s", fold_cfg.fold + 1, cfg.folds, run)
+        res = train(fold_cfg, resume=run.checkpoint_file.exists(), progress=progress, trust_pickle=trust_pickle)
+        results.append(res)
+        if res.status != "finished":
+            break
+    return results
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, trust_pickle: bool = False) -> TrainResult:

@@ -167,3 +167,26 @@ def test_crops_tta_views():
     assert len(views) == 10 and all(v.shape == (2, 3, 56, 56) for v in views)
     assert torch.equal(views[0], x[:, :, :56, :56]) and torch.equal(views[5], torch.flip(views[0], dims=[3]))
     assert len(tta_views(x, "flip", 56)) == 2 and tta_views(x, "none", 56)[0] is x
+
+
+def test_time_budget_is_used_after_a_slow_start(synth_dir, tmp_path, monkeypatch):
+    """The first steps of a run are often slow (cold pages, another job finishing): the schedule is fitted
+    again from the speed measured later, so the run still trains for most of its budget."""
+    from etalage.core import data
+
+    calls = {"n": 0}
+    original = data.ProductDataset.__getitem__
+
+    def slow_start(self, key):
+        calls["n"] += 1
+        if self.train and calls["n"] <= 6 * TINY["batch_size"]:
+            import time
+
+            time.sleep(0.02)
+        return original(self, key)
+
+    monkeypatch.setattr(data.ProductDataset, "__getitem__", slow_start)
+    cfg = TrainConfig(train=str(synth_dir / "train.bson"), out=str(tmp_path / "b"), max_minutes=0.25, **TINY)
+    res = train(cfg, progress=False)
+    assert res.status == "finished"
+    assert res.metrics["elapsed_s"] > 0.7 * 15, f"stopped after {res.metrics['elapsed_s']:.1f}s of a 15s budget"
