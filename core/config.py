@@ -52,6 +52,8 @@ class TrainConfig:
     keep: str = "last"                   # the weights model.pt keeps: the last, or the best validation top-1
     eval_every: float = 1.0              # epochs between validations (the learning curve's points)
     val_fraction: float = 0.05
+    folds: int | None = None             # K: the products are split into K stratified folds and the run
+    fold: int | None = None              # holds fold ``fold`` out (instead of a val_fraction share)
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
@@ -80,6 +82,13 @@ class TrainConfig:
             raise ConfigError("--layer-decay must be in (0, 1], --freeze >= 0 and --eval-every > 0")
         if self.batch_size < 1 or (self.epochs is not None and self.epochs <= 0):
             raise ConfigError("--batch-size must be >= 1 and --epochs > 0")
+        if self.folds is not None:
+            if self.folds < 2:
+                raise ConfigError(f"--folds must be at least 2, got {self.folds}")
+            if self.fold is None or not 0 <= self.fold < self.folds:
+                raise ConfigError(f"--fold must be one of 0..{self.folds - 1} (or all), got {self.fold}")
+        elif self.fold is not None:
+            raise ConfigError("--fold goes with --folds K")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
@@ -112,6 +121,6 @@ class TrainConfig:
 
 # Settings a resumed run must share with the run it continues.
 RESUME_INVARIANTS = ("backbone", "picture_pooling", "picture_size", "crop", "batch_size", "seed", "val_fraction",
-                     "schedule", "resize", "augment", "head_epochs", "freeze", "ema")
+                     "schedule", "resize", "augment", "head_epochs", "freeze", "ema", "folds", "fold")
 
 

@@ -14,6 +14,18 @@ import numpy as np
 
 from etalage.chunks import load_chunked
 
+CLASS_BITS = 23  # class indices < 2**23 (5270 on the real taxonomy)
+
+
+def pack_pairs(rows: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(row, class) pairs as sortable int64 keys ``row << 23 | class``: one searchsorted finds a pair."""
+    return (np.asarray(rows, np.int64) << CLASS_BITS) | np.asarray(classes, np.int64)
+
+
+def unpack_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return keys >> CLASS_BITS, keys & ((1 << CLASS_BITS) - 1)
+
+
 PREDICTION_VERSION = 1
 MAX_PICTURES = 4
 ROUTING_THRESHOLD = 0.3  # level-1 probability mass on a group that sends a product to its reader
@@ -56,6 +68,20 @@ class CoreRanking:
         return CoreRanking(self.product_ids[rows], self.topk_class[rows], self.topk_prob[rows], self.n_pictures[rows],
                            self.picture_topk_class[rows], self.picture_topk_prob[rows], self.level1_prob[rows], emb,
                            self.meta)
+
+    @classmethod
+    def concat(cls, parts: list[CoreRanking]) -> CoreRanking:
+        """Several rankings one after the other (e.g. each fold run's ranking of its own fold)."""
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(name):
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        return cls(cat("product_ids"), cat("topk_class"), cat("topk_prob"), cat("n_pictures"),
+                   cat("picture_topk_class"), cat("picture_topk_prob"), cat("level1_prob"), cat("embedding"),
+                   parts[0].meta)
 
     def top1(self) -> np.ndarray:
         """Best class index per product (int32)."""

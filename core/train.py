@@ -66,31 +66,42 @@ from etalage.resources import usable_cpus
 
 log = logging.getLogger(__name__)
 
-BUDGET_PROBE_STEPS = 3  # steps timed before a time-boxed run fits its schedule into the budget
-BUDGET_REFITS = (0.1, 0.25, 0.5)  # shares of the budget at which it fits its schedule again, from the speed since
 HEAD_BUDGET_SHARE = 0.25  # the most of a time budget the head-only phase may take
+BUDGET_MARGIN = 0.97      # share of --max-minutes the run plans to use (the rest: saving, the last validation)
+
+
+def rate_at(progress: float, cfg: TrainConfig) -> float:
+    """The rate at ``progress`` (0 to 1) of the fine-tune: linear warm-up over its first ``warmup`` share,
+    then cosine decay to 2% of the peak (or, for grow-batch, the peak kept)."""
+    if progress < cfg.warmup:
+        return cfg.lr * max(progress / cfg.warmup, 1e-3)
+    if cfg.schedule == "grow-batch":
+        return cfg.lr
+    p = min(1.0, (progress - cfg.warmup) / max(1e-9, 1 - cfg.warmup))
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig, head_steps: int = 0) -> float:
-    """The peak-relative rate at ``step`` of ``total``: the head-only phase's first ``head_steps`` warm up
-    and hold; the fine-tune after them warms up and decays over its own steps."""
+    """The peak-relative rate at ``step`` of ``total`` (a run counted in steps): the head-only phase's first
+    ``head_steps`` warm up and hold; the fine-tune after them warms up and decays over its own steps."""
     if step < head_steps:
         return cfg.lr * min(1.0, (step + 1) / max(1, int(0.1 * head_steps)))
     step, total = step - head_steps, max(1, total - head_steps)
     warm = max(1, int(cfg.warmup * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm
-    if cfg.schedule == "grow-batch":
-        return cfg.lr
-    progress = min(1.0, (step - warm) / max(1, total - warm))
-    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return rate_at(cfg.warmup + (1 - cfg.warmup) * (step - warm) / max(1, total - warm), cfg)
 
 
 def accumulation_at(step: int, total: int, cfg: TrainConfig) -> int:
     """Batches per optimizer update: 1 for cosine; 1, 2, 4 over thirds of the run for grow-batch."""
+    return accumulation_for(step / max(1, total), cfg)
+
+
+def accumulation_for(progress: float, cfg: TrainConfig) -> int:
     if cfg.schedule != "grow-batch":
         return 1
-    return 2 ** min(2, int(3 * step / max(1, total)))
+    return 2 ** min(2, int(3 * progress))
 
 
 def _loss(out: dict, labels: torch.Tensor, level1_of: torch.Tensor, level2_of: torch.Tensor,
@@ -230,9 +241,9 @@ class TrainResult:
 
 
 def _new_state(total_steps: int, head_steps: int) -> dict:
-    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "planned_total": total_steps,
-            "head_steps": head_steps, "head_fitted": False, "budget_fits": 0, "elapsed_s": 0.0, "eval_s": 0.0,
-            "loss_sum": 0.0, "loss_n": 0, "next_eval": None, "best_top1": None, "finished": False}
+    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "head_steps": head_steps,
+            "elapsed_s": 0.0, "eval_s": 0.0, "fine_tune_start": None, "progress": 0.0, "loss_sum": 0.0,
+            "loss_n": 0, "next_eval": None, "best_top1": None, "finished": False}
 
 
 def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -420,7 +431,6 @@ class _Trainer:
         self.t_start = time.perf_counter() - state["elapsed_s"]
         self.first_step = state["step"]  # stop_after_steps counts the steps of this call: a job in slices
         self.last_ckpt = time.perf_counter()
-        self.probe: tuple[float, int, float] | None = None
         self.eval_cost: float | None = None
         if state["next_eval"] is None:
             state["next_eval"] = self._eval_interval()
@@ -444,7 +454,6 @@ class _Trainer:
             for batch in self.loader:
                 if self.in_head_phase and state["step"] >= state["head_steps"]:
                     self._set_phase()  # the head-only phase is over: the fine-tune begins
-                    self.probe = None
                 sync = self._step(batch)
                 rate = self.pictures_seen * self.info.world / max(1e-9, time.perf_counter() - self.t_epoch)
                 bar.set_postfix(loss=f"{state['loss_sum'] / state['loss_n']:.3f}", pic_s=f"{rate:.0f}",
@@ -452,12 +461,10 @@ class _Trainer:
                 bar.update(1)
                 now = time.perf_counter()
                 state["elapsed_s"] = now - self.t_start
-                self._fit_budget(now)
+                self._follow_budget()
                 paused = cfg.stop_after_steps is not None and state["step"] - self.first_step >= cfg.stop_after_steps
                 if (stop["signal"] is not None or paused) and sync:  # never drop accumulated gradients
                     return "paused"
-                if cfg.max_minutes and state["elapsed_s"] > cfg.max_minutes * 60:
-                    state["total_steps"] = state["step"]
                 if state["step"] >= state["total_steps"] or (state["step"] >= state["next_eval"] and sync):
                     break
                 if self.info.is_main and now - self.last_ckpt > cfg.checkpoint_minutes * 60:
@@ -471,8 +478,11 @@ class _Trainer:
         """One batch forward and backward (and an optimizer update when accumulation is complete)."""
         state, cfg = self.state, self.cfg
         step, total = state["step"], state["total_steps"]
-        accum = accumulation_at(step, total, cfg)
-        rate = lr_at(step, total, cfg, state["head_steps"])
+        if cfg.max_minutes and not self.in_head_phase:  # the budget's share spent, or the steps', if further
+            progress = max(state["progress"], (step - state["head_steps"]) / max(1, total - state["head_steps"]))
+            accum, rate = accumulation_for(progress, cfg), rate_at(progress, cfg)
+        else:
+            accum, rate = accumulation_at(step, total, cfg), lr_at(step, total, cfg, state["head_steps"])
         for group in self.optimizer.param_groups:
             group["lr"] = rate * group.get("lr_scale", 1.0)
         x = to_device(batch, self.device, self.spec["mean"], self.spec["std"], self.channels_last)
@@ -498,50 +508,41 @@ class _Trainer:
         self.pictures_seen += len(batch.pictures)
         return sync
 
-    def _fit_budget(self, now: float) -> None:
-        """With ``max_minutes``: fit each phase into the budget from its measured speed. The head-only
-        phase gets at most ``HEAD_BUDGET_SHARE`` of it, fitted once. The fine-tune's total steps (and so
-        its warm-up and decay, both shares of them) take what remains, less the validations' time: fitted
-        after ``BUDGET_PROBE_STEPS`` steps, then again at each share of ``BUDGET_REFITS`` of the budget
-        from the speed measured since the previous fit, since the first steps are often unrepresentative
-        (pages of the dump read for the first time, caches cold, another job finishing); never beyond
-        ``--epochs``."""
+    def _follow_budget(self) -> None:
+        """With ``max_minutes``, after each step: the schedule follows the time spent, not a number of steps
+        guessed from the first ones (pages of the dump read for the first time, cold caches or another job
+        make those unrepresentative). The head-only phase ends after ``head_epochs`` or
+        ``HEAD_BUDGET_SHARE`` of the budget; the fine-tune's progress is its training time over the
+        training time left to it (the budget less the validations already run and those still to come,
+        estimated from the last one), so its warm-up and decay stretch over the whole budget whatever the
+        speed, and it stops when that reaches 1 (or at ``--epochs``). Rank 0's clock decides under DDP."""
         state, cfg = self.state, self.cfg
         if not cfg.max_minutes:
             return
-        if self.probe is None:  # the first step pays for allocation and warm caches: time from after it
-            self.probe = (now, state["step"], state["eval_s"])
-            return
-        steps = state["step"] - self.probe[1]
-        budget = cfg.max_minutes * 60 * 0.97
-        fits = state["budget_fits"]
+        budget = cfg.max_minutes * 60 * BUDGET_MARGIN
+        now = state["elapsed_s"]
         if self.in_head_phase:
-            if state["head_fitted"] or steps < BUDGET_PROBE_STEPS:
-                return
-            per_step = (now - self.probe[0]) / steps
-            head = min(state["head_steps"], state["step"] + int(max(0.0, HEAD_BUDGET_SHARE * budget -
-                                                                    state["elapsed_s"]) / per_step))
-            head = broadcast_int(max(head, state["step"]), self.info)
-            state["total_steps"] -= state["head_steps"] - head
-            state["planned_total"] -= state["head_steps"] - head
-            state["head_steps"] = head
-            state["head_fitted"] = True
-            log.info("time budget: %d head-only steps (%.3fs per step)", head, per_step)
+            over = broadcast_int(int(now > HEAD_BUDGET_SHARE * budget), self.info)
+            if over:
+                state["total_steps"] -= state["head_steps"] - state["step"]
+                state["head_steps"] = state["step"]
+                log.info("time budget: head-only phase ends after %d steps", state["step"])
             return
-        if fits > len(BUDGET_REFITS) or steps < BUDGET_PROBE_STEPS:
-            return
-        if fits and state["elapsed_s"] < BUDGET_REFITS[fits - 1] * budget:
-            return
-        per_step = (now - self.probe[0] - (state["eval_s"] - self.probe[2])) / steps
+        if state["fine_tune_start"] is None:
+            state["fine_tune_start"] = [now, state["eval_s"], state["step"]]
+        start, evals_before, first = state["fine_tune_start"]
+        evals = state["eval_s"] - evals_before
+        trained = now - start - evals
+        per_step = trained / max(1, state["step"] - first)
         eval_cost = self.eval_cost if self.eval_cost is not None else \
             per_step * len(self.val_pos) / max(1, self.batch_size * self.info.world) * 0.5
-        evals_left = max(1.0, (state["total_steps"] - state["step"]) / self._eval_interval())
-        room = budget - state["elapsed_s"] - eval_cost * min(evals_left, 10)
-        fitted = state["step"] + max(1, int(room / per_step))
-        state["total_steps"] = broadcast_int(min(state["planned_total"], fitted), self.info)
-        state["budget_fits"] = fits + 1
-        self.probe = (now, state["step"], state["eval_s"])  # the next fit measures the speed from here
-        log.info("time budget: %d steps in total (%.3fs per step)", state["total_steps"], per_step)
+        left = max(0.0, budget - now)
+        evals_to_come = 1 + left / max(1e-9, self._eval_interval() * per_step + eval_cost)
+        available = max(trained, budget - start - evals - eval_cost * evals_to_come)
+        progress = broadcast_int(int(1e6 * min(1.0, trained / max(1e-9, available))), self.info) / 1e6
+        state["progress"] = progress
+        if progress >= 1.0 or now > cfg.max_minutes * 60:
+            state["total_steps"] = state["step"]
 
     def _evaluated_model(self):
         return self.ema.module if self.ema is not None else self.forward

@@ -43,6 +43,15 @@ class FusionDir(Folder):
         return self.path / "specialists_val"
 
     @property
+    def neighbours_dir(self) -> Path:
+        """The embedding-neighbour indexes (one per run of the first core model) and the training
+        embeddings they were built from."""
+        return self.path / "neighbours"
+
+    def neighbour_index(self, run: int) -> Path:
+        return self.neighbours_dir / f"run{run}"
+
+    @property
     def exists(self) -> bool:
         return self.model_file.exists() and self.meta_file.exists()
 
@@ -72,9 +81,10 @@ class FusionPlan:
     reads them back), the specialists used, the core's top-K and test-time augmentation, the id
     neighbours' window sizes, and the LightGBM settings asked for and chosen.
 
-    ``runs``: the core runs whose rankings the table starts from. One today, stored under ``run`` as
-    every ``fusion.json`` so far; a list of several is stored under ``runs``. ``extra``: keys this
-    version does not know, kept as read and written back."""
+    ``runs``: the core models (a run, or a folder of fold runs) whose rankings the table starts from. One
+    is stored under ``run`` as every ``fusion.json`` so far; several under ``runs``, with ``run_names``, the
+    prefixes of their columns. ``neighbours``: embedding neighbours per product (0: that signal off).
+    ``extra``: keys this version does not know, kept as read and written back."""
 
     runs: list[str]
     train: str | None
@@ -86,10 +96,12 @@ class FusionPlan:
     train_stamp: dict = field(default_factory=dict)
     lgb_params: dict = field(default_factory=dict)
     lgb_chosen: dict = field(default_factory=dict)
+    run_names: list[str] = field(default_factory=list)   # each core model's column prefix (several runs)
+    neighbours: int = 0                                  # embedding neighbours per product (0: none)
     extra: dict = field(default_factory=dict)
 
     KNOWN = ("run", "runs", "train", "specialists", "specialist_names", "topk", "tta", "ks", "train_stamp",
-             "lgb_params", "lgb_chosen")
+             "lgb_params", "lgb_chosen", "run_names", "neighbours")
 
     @classmethod
     def build(cls, folder: FusionDir, runs: list[str | Path], train: str | Path, specialists: str | Path | None,
@@ -111,7 +123,9 @@ class FusionPlan:
         return {**runs, "train": self.train, "specialists": self.specialists,
                 "specialist_names": list(self.specialist_names), "topk": self.topk, "tta": self.tta,
                 "ks": list(self.ks), "train_stamp": dict(self.train_stamp), "lgb_params": dict(self.lgb_params),
-                "lgb_chosen": dict(self.lgb_chosen), **self.extra}
+                "lgb_chosen": dict(self.lgb_chosen),
+                **({"run_names": list(self.run_names)} if len(self.runs) > 1 else {}),
+                **({"neighbours": self.neighbours} if self.neighbours else {}), **self.extra}
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str | Path = "fusion.json") -> FusionPlan:
@@ -123,6 +137,7 @@ class FusionPlan:
                        list(cfg.get("specialist_names") or []), int(cfg["topk"]), cfg.get("tta") or "none",
                        [int(k) for k in cfg["ks"]], dict(cfg.get("train_stamp") or {}),
                        dict(cfg.get("lgb_params") or {}), dict(cfg.get("lgb_chosen") or {}),
+                       [str(n) for n in cfg.get("run_names") or []], int(cfg.get("neighbours") or 0),
                        {k: v for k, v in cfg.items() if k not in cls.KNOWN})
         except (KeyError, TypeError, ValueError) as exc:
             raise StageOutputError(f"{source}: unreadable settings ({type(exc).__name__}: {exc}); refit with "

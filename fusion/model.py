@@ -17,22 +17,26 @@ from pathlib import Path
 import numpy as np
 
 from etalage.catalog.bsonindex import ranks_within
+from etalage.core.ranking import unpack_pairs
 from etalage.errors import ConfigError, StageOutputError
 from etalage.files import atomic_write, write_json_atomic
 from etalage.fusion.folder import FusionDir, FusionPlan
+from etalage.fusion.neighbours import NEIGHBOUR_FEATURE_NAMES, neighbour_candidates, neighbour_features
 from etalage.fusion.signals import (
     HASH_FEATURE_NAMES,
     PictureHashIndex,
     TrainingSignals,
     md5_keys,
-    unpack_pairs,
 )
 from etalage.fusion.table import (
     CORE_FEATURE_NAMES,
+    ENSEMBLE_FEATURE_NAMES,
     CandidateTable,
     candidates,
     core_evidence,
     core_features,
+    ensemble_candidates,
+    ensemble_features,
     specialist_candidates,
     specialist_features,
 )
@@ -57,15 +61,21 @@ def hash_candidates(index: PictureHashIndex, picture_md5: np.ndarray, picture_ow
 
 def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarray, picture_owner: np.ndarray,
              specialists: list = (), training_queries: bool = False,
-             own_classes: np.ndarray | None = None, prune: bool = True) -> CandidateTable:
-    """The full table for the products of ``ranking``: candidates from the core's top-K, hash matches
-    and the specialists' top-k, with every feature. ``picture_md5``/``picture_owner``: the products'
-    pictures and the ranking row of each; ``specialists``: ``SpecialistRanking``s over the same rows.
-    ``training_queries`` removes each product's own contribution to the hash and id signals
-    (``own_classes``: their labels, per product row). ``prune``: the core's weak top-K classes stay only
-    with other evidence (``core_evidence``); the same rule must hold when fitting and predicting."""
+             own_classes: np.ndarray | None = None, prune: bool = True, models: list = (),
+             neighbours: list = ()) -> CandidateTable:
+    """The full table for the products of ``ranking``: candidates from the core's top-K, hash matches,
+    the specialists' top-k (and, when given, every core model's evidence and the embedding neighbours'
+    classes), with every feature. ``picture_md5``/``picture_owner``: the products' pictures and the
+    ranking row of each; ``specialists``: ``SpecialistRanking``s over the same rows; ``models``: with
+    several core models, ``(name, CoreRanking)`` of each (``ranking`` is then their mean); ``neighbours``:
+    ``NeighbourHits`` over the same rows, one per index. ``training_queries`` removes each product's own
+    contribution to the hash and id signals (``own_classes``: their labels, per product row). ``prune``:
+    the core's weak top-K classes stay only with other evidence (``core_evidence``); the same rule must
+    hold when fitting and predicting."""
     h_owner, h_cls = hash_candidates(signals.hash_index, picture_md5, picture_owner)
     s_owner, s_cls = specialist_candidates(specialists)
+    e_owner, e_cls = ensemble_candidates(models) if len(models) > 1 else (np.zeros(0, np.int64),) * 2
+    n_owner, n_cls = neighbour_candidates(neighbours)
     keep = None
     if prune:
         keep = core_evidence(ranking)
@@ -73,8 +83,13 @@ def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarra
         seen = signals.id_prior.seen_nearby(ranking.product_ids[rows], ranking.topk_class[rows, slots],
                                             min(signals.ks), exclude_self=training_queries)
         keep[rows[seen], slots[seen]] = True
-    owner, cls = candidates(ranking, np.concatenate([h_owner, s_owner]), np.concatenate([h_cls, s_cls]), keep)
+    owner, cls = candidates(ranking, np.concatenate([h_owner, s_owner, e_owner, n_owner]),
+                            np.concatenate([h_cls, s_cls, e_cls, n_cls]), keep)
     feats = core_features(ranking, owner, cls, taxonomy)
+    if len(models) > 1:
+        feats.update(ensemble_features(models, owner, cls))
+    if neighbours:
+        feats.update(neighbour_features(neighbours, owner, cls))
     pic_own = None
     if training_queries:
         if own_classes is None:
@@ -91,12 +106,17 @@ def feature_groups(names, specialist_names: list[str] | tuple[str, ...] = ()) ->
     """The table's columns by signal, for the ablation: core, hash, id (with the class frequency),
     specialists (scores, their own features, OCR summary), and each specialist's own columns under
     ``specialist:NAME`` (its score and rank of the class and its features)."""
-    groups: dict[str, list[str]] = {"core": [], "hash": [], "id": [], "specialists": []}
+    groups: dict[str, list[str]] = {"core": [], "ensemble": [], "neighbours": [], "hash": [], "id": [],
+                                    "specialists": []}
     for name in specialist_names:
         groups[f"specialist:{name}"] = []
     for n in names:
         if n in CORE_FEATURE_NAMES:
             groups["core"].append(n)
+        elif n in ENSEMBLE_FEATURE_NAMES or n.startswith("run_"):
+            groups["ensemble"].append(n)
+        elif n in NEIGHBOUR_FEATURE_NAMES:
+            groups["neighbours"].append(n)
         elif n in HASH_FEATURE_NAMES:
             groups["hash"].append(n)
         elif n.startswith("id_") or n == "class_frequency":

@@ -4,6 +4,7 @@ markdown + PNG. Reads only the fusion folder's table and model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +40,77 @@ def load_table(path: Path) -> tuple[CandidateTable, np.ndarray, np.ndarray]:
         return table, z["truth"], z["core_top1"]
 
 
+SIGNAL_GROUPS = ("core", "ensemble", "neighbours", "hash", "id", "specialists")
+
+
 def ablation_sets(groups: dict[str, list[str]], specialist_names=()) -> list[tuple[str, tuple[str, ...]]]:
-    """(label, signal groups) of each ablation row: the core alone, the core with each signal, the core
-    with each specialist on its own, everything but the product-id neighbours, everything."""
-    sets = [("core", ("core",)), ("core + hash", ("core", "hash")), ("core + id", ("core", "id")),
-            ("core + specialists", ("core", "specialists"))]
+    """(label, signal groups) of each ablation row: the core alone, the core with each signal (the other
+    core models, the embedding neighbours, the picture hash, the product-id neighbours, the specialists,
+    each specialist on its own), everything but the embedding neighbours, everything but the product-id
+    neighbours, everything. Rows whose signals the table lacks are left out."""
+    present = [g for g in SIGNAL_GROUPS if g == "core" or groups.get(g)]
+    single = [("core + other core runs", "ensemble"), ("core + embedding neighbours", "neighbours"),
+              ("core + hash", "hash"), ("core + id", "id"), ("core + specialists", "specialists")]
+    sets = [("core", ("core",))] + [(label, ("core", g)) for label, g in single if g in present]
     if len(specialist_names) > 1:
-        sets += [(f"core + {name}", ("core", f"specialist:{name}")) for name in specialist_names]
-    sets += [("all but id", ("core", "hash", "specialists")), ("all", ("core", "hash", "id", "specialists"))]
-    return [(label, parts) for label, parts in sets
-            if parts == ("core",) or any(groups.get(g) for g in parts if g != "core")]
+        sets += [(f"core + {name}", ("core", f"specialist:{name}")) for name in specialist_names
+                 if groups.get(f"specialist:{name}")]
+    for label, left_out in (("all but embedding neighbours", "neighbours"), ("all but id", "id")):
+        if left_out in present:
+            sets.append((label, tuple(g for g in present if g != left_out)))
+    sets.append(("all", tuple(present)))
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for label, parts in sets:
+        if all(parts != p for _, p in out):
+            out.append((label, parts))
+    return out
+
+
+def ensemble_baselines(table: CandidateTable, truth: np.ndarray, folds: int = 5, seed: int = 0,
+                       step: float = 0.1) -> dict:
+    """The 2017 second levels' baselines on the fusion products, from the table's ``run_NAME_prob``
+    columns: each run alone (the best one named), the plain mean of the runs' probabilities, and the
+    weighted arithmetic and geometric means, their weights (a grid of ``step`` over the simplex) chosen
+    out of fold: on the other ``folds`` folds of products, scored on the held-out one. Empty with one run."""
+    from itertools import product as grid
+
+    from etalage.core.ensemble import GEOMEAN_FLOOR
+
+    runs = sorted(n[len("run_"):-len("_prob")] for n in table.features if n.startswith("run_") and n.endswith("_prob"))
+    if len(runs) < 2:
+        return {}
+    truth = np.asarray(truth)
+    n = len(truth)
+    P = np.stack([table.features[f"run_{r}_prob"] for r in runs], 1).astype(np.float64)
+    right = table.classes == truth[table.owner]
+    order = np.lexsort((-np.arange(len(table.owner)), table.owner))
+    starts = np.searchsorted(table.owner[order], np.arange(n))
+
+    def top1_by_product(score: np.ndarray) -> np.ndarray:
+        """Whether each product's best-scored candidate is its true class (ties: the first row)."""
+        s = score[order]
+        best = np.maximum.reduceat(s, starts)
+        first = np.minimum.reduceat(np.where(s == np.repeat(best, np.diff(np.r_[starts, len(s)])),
+                                             np.arange(len(s)), len(s)), starts)
+        return right[order][first]
+
+    ticks = np.round(np.arange(0, 1 + 1e-9, step), 6)
+    weights = [np.array(w) for w in grid(ticks, repeat=len(runs)) if abs(sum(w) - 1) < 1e-6]
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    out = {"runs": {r: float(top1_by_product(P[:, j]).mean()) for j, r in enumerate(runs)}}
+    out["best_single_run"] = max(out["runs"], key=out["runs"].get)
+    out["plain_mean"] = float(top1_by_product(P.mean(1)).mean())
+    for key, transform in (("weighted_mean", P), ("weighted_geomean", np.log(np.maximum(P, GEOMEAN_FLOOR)))):
+        hits = np.stack([top1_by_product(transform @ w) for w in weights])   # (weights, products)
+        got = np.zeros(n, bool)
+        chosen = []
+        for f in range(folds):
+            best = int(np.argmax(hits[:, fold != f].mean(1)))
+            got[fold == f] = hits[best, fold == f]
+            chosen.append([float(x) for x in weights[best]])
+        out[key] = float(got.mean())
+        out[f"{key}_weights_by_fold"] = chosen
+    return out
 
 
 def ablation(table: CandidateTable, truth: np.ndarray, core_top1: np.ndarray, kind: str = "ranker", folds: int = 3,
@@ -95,12 +157,22 @@ def write_report(model_dir: str | Path, out: str | Path, folds: int = 3, progres
                     lgb_params=(plan.lgb_chosen or plan.lgb_params) if plan else None, progress=progress)
     importance = model.importance()
     total = sum(importance.values()) or 1.0
+    fit = json.loads(folder.fit_report_file.read_text()) if folder.fit_report_file.exists() else {}
+    held = fit.get("held_out", "validation products")
     lines = [f"# Fusion report: {folder}", "",
-             f"{len(truth):,} products (the core run's validation products), {len(table.owner):,} candidate rows, "
+             f"{len(truth):,} products ({held}), {len(table.owner):,} candidate rows, "
              f"candidate coverage {coverage(table, truth):.4f}; model kind {model.kind}.", "",
              f"## Ablation (product top-1, {folds}-fold cross-validation over those products)", "",
              "| signals | features | top-1 |", "|---|---:|---:|"]
     lines += [f"| {r['signals']} | {r['features']} | {r['top1']:.4f} |" for r in rows]
+    base = ensemble_baselines(table, truth)
+    if base:
+        lines += ["", "## The 2017 second-level baselines on the same products", "",
+                  "| combination of the core runs | top-1 |", "|---|---:|"]
+        lines += [f"| {name} alone | {v:.4f} |" for name, v in base["runs"].items()]
+        lines += [f"| plain mean of probabilities | {base['plain_mean']:.4f} |",
+                  f"| weighted mean (weights out of fold) | {base['weighted_mean']:.4f} |",
+                  f"| weighted geometric mean (weights out of fold) | {base['weighted_geomean']:.4f} |"]
     lines += ["", "## Feature importance (share of total gain, fitted model)", "", "| feature | gain share |",
               "|---|---:|"]
     lines += [f"| {k} | {v / total:.4f} |" for k, v in list(importance.items())[:25]]
@@ -109,7 +181,7 @@ def write_report(model_dir: str | Path, out: str | Path, folds: int = 3, progres
     lines += ["", f"![ablation and importance]({png.name})", ""]
     with atomic_write(out, "w") as fh:
         fh.write("\n".join(lines))
-    return {"ablation": rows, "importance": importance, "markdown": str(out), "png": str(png)}
+    return {"ablation": rows, "baselines": base, "importance": importance, "markdown": str(out), "png": str(png)}
 
 
 def _chart(rows: list[dict], importance: dict[str, float], png: Path) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from etalage.catalog.bsonindex import ranks_within
+from etalage.core.ranking import pack_pairs, unpack_pairs
 
 _SHIFT = np.int64(2**40)  # product ids are < 2**40; class indices < 2**23
 
@@ -106,18 +107,6 @@ class IdNeighbourPrior:
 def md5_keys(md5: np.ndarray) -> np.ndarray:
     """(n, 16) uint8 MD5s -> int64 keys (first 8 bytes; a collision in 12M pictures has odds ~1e-5)."""
     return np.ascontiguousarray(md5[:, :8]).view("<i8").ravel()
-
-
-CLASS_BITS = 23  # class indices < 2**23 (5270 on the real taxonomy)
-
-
-def pack_pairs(rows: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """(row, class) pairs as sortable int64 keys ``row << 23 | class``: one searchsorted finds a pair."""
-    return (np.asarray(rows, np.int64) << CLASS_BITS) | np.asarray(classes, np.int64)
-
-
-def unpack_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return keys >> CLASS_BITS, keys & ((1 << CLASS_BITS) - 1)
 
 
 @dataclass

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from etalage.core.ranking import pack_pairs, unpack_pairs
 from etalage.errors import ConfigError
-from etalage.fusion.signals import pack_pairs, unpack_pairs
 from etalage.ocr.features import OCR_SUMMARY_NAMES
 
 CORE_FEATURE_NAMES = (
@@ -187,3 +187,50 @@ def _group_scores(out, owner: np.ndarray, classes: np.ndarray, level1_of: np.nda
         ok = out.topk_class[:, j] >= 0
         per_group[out.rows[ok], level1_of[out.topk_class[ok, j]]] += out.topk_score[ok, j]
     return np.where(mine, per_group[owner, level1_of[classes]], np.nan).astype(np.float32)
+
+
+ENSEMBLE_FEATURE_NAMES = ("ens_geomean_prob", "ens_top1_votes", "ens_best_rank", "ens_min_prob")
+
+
+def ensemble_candidates(models) -> tuple[np.ndarray, np.ndarray]:
+    """(product row, class) pairs: each core model's evidence slots (``core_evidence`` on its own
+    ranking), so a class one model ranks high is a candidate even where the average buries it."""
+    owners, classes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for _, ranking in models:
+        keep = core_evidence(ranking)
+        n, k = ranking.topk_class.shape
+        owners.append(np.repeat(np.arange(n, dtype=np.int64), k)[keep.reshape(-1)])
+        classes.append(ranking.topk_class.reshape(-1)[keep.reshape(-1)].astype(np.int64))
+    return np.concatenate(owners), np.concatenate(classes)
+
+
+def ensemble_features(models, owner: np.ndarray, classes: np.ndarray) -> dict[str, np.ndarray]:
+    """Per candidate, with several core models (``(name, CoreRanking)`` over the same rows): each model's
+    probability and rank of the class (``run_NAME_prob``, ``run_NAME_rank``; 0 and K outside its top-K) and,
+    across them, the geometric mean of the probabilities (a model's absent class counts
+    ``GEOMEAN_FLOOR``), how many models rank the class first, its best rank and its smallest probability.
+    (Their mean is the combined ranking's ``core_prob``.)"""
+    from etalage.core.ensemble import GEOMEAN_FLOOR
+
+    feats: dict[str, np.ndarray] = {}
+    log_sum = np.zeros(len(owner), np.float64)
+    votes = np.zeros(len(owner), np.float32)
+    best_rank = np.full(len(owner), np.inf, np.float32)
+    min_prob = np.full(len(owner), np.inf, np.float32)
+    for name, ranking in models:
+        k = ranking.topk_class.shape[1]
+        hit = ranking.topk_class[owner] == classes[:, None]
+        first = hit.argmax(1)
+        found = hit[np.arange(len(owner)), first]
+        prob = np.where(found, ranking.topk_prob.astype(np.float32)[owner, first], 0.0).astype(np.float32)
+        rank = np.where(found, first, k).astype(np.float32)
+        feats[f"run_{name}_prob"], feats[f"run_{name}_rank"] = prob, rank
+        log_sum += np.log(np.maximum(prob, GEOMEAN_FLOOR))
+        votes += rank == 0
+        best_rank = np.minimum(best_rank, rank)
+        min_prob = np.minimum(min_prob, prob)
+    feats["ens_geomean_prob"] = np.exp(log_sum / max(1, len(models))).astype(np.float32)
+    feats["ens_top1_votes"] = votes
+    feats["ens_best_rank"] = best_rank
+    feats["ens_min_prob"] = min_prob
+    return feats

@@ -24,7 +24,7 @@ from etalage.catalog import Catalog
 from etalage.chunks import list_parts, load_chunked, part_path, shard_chunk_ranges
 from etalage.core.ranking import CoreRanking
 from etalage.errors import ConfigError, StageOutputError
-from etalage.files import save_npz_atomic, write_json_atomic
+from etalage.files import atomic_write, save_npz_atomic, write_json_atomic
 from etalage.ocr.features import OCR_SUMMARY_NAMES, text_summary
 from etalage.progress import bar as progress_bar
 from etalage.specialists.base import ProductReading, Specialist
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SPECIALIST_TOPK = 10   # classes kept per product and specialist (all later stages need)
 FIT_STAMP = "fit.json"
+TRAIN_POSITIONS = "train_positions.npy"  # the training products a specialist was fitted on
 
 
 def needs_of(specialists) -> tuple[str, ...]:
@@ -86,10 +87,25 @@ def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path,
                           f"deprecated)", DeprecationWarning, stacklevel=2)
         check_fitted(spec, readings, taxonomy)
         spec.save(folder)
+        with atomic_write(folder / TRAIN_POSITIONS, "wb") as fh:  # fusion must not learn from these products
+            np.save(fh, pos.astype(np.int64))
         row = {"specialist": name, "groups": list(spec.groups), "train_products": int(len(pos)), "settings": settings}
         write_json_atomic(stamp, row)
         rows.append(row)
     return rows
+
+
+def trained_positions(folder: str | Path, train: str | Path) -> np.ndarray:
+    """The positions in ``train`` of the products every specialist under ``folder`` was fitted on (their
+    scores of those products are not honest; fusion leaves them out). Empty for specialists fitted on
+    another file."""
+    out = [np.zeros(0, np.int64)]
+    for name in fitted_names(folder):
+        stamp = json.loads((Path(folder) / name / FIT_STAMP).read_text())
+        path = Path(folder) / name / TRAIN_POSITIONS
+        if path.exists() and Path(stamp["settings"]["train"]).resolve() == Path(train).resolve():
+            out.append(np.load(path, allow_pickle=False).astype(np.int64))
+    return np.unique(np.concatenate(out))
 
 
 def fitted_names(folder: str | Path) -> list[str]:

@@ -60,7 +60,9 @@ def pipeline_options(p) -> None:
     alias(p, "--data", "--test", required=True, metavar="FILE.bson", help="the dump to predict")
     p.add_argument("--fusion", metavar="FUSION", help="fusion model (`etalage fusion fit`); it names the run, "
                                                      "training file and specialists it was fitted with")
-    p.add_argument("--run", help="core run (unset: the fusion model's; required without --fusion)")
+    p.add_argument("--run", action="append",
+                   help="core run (unset: the fusion model's; required without --fusion); repeat for a fusion of "
+                        "several, in its order")
     p.add_argument("--train", metavar="FILE.bson", help="training dump for the hash and id signals (unset: the "
                                                        "fusion model's)")
     p.add_argument("--specialists", metavar="SPECS", help="fitted specialists (unset: the fusion model's)")
@@ -130,6 +132,11 @@ def _train(p) -> None:
                                                                                "(0: off)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="held-out products, stratified by class (fusion trains on them)")
+    p.add_argument("--folds", type=int, help="split the products into K stratified folds instead: each fold run "
+                                              "holds one out, and together they predict every training product "
+                                              "out of fold (fusion and audit learn from all of them)")
+    p.add_argument("--fold", help="with --folds: the fold to hold out (0..K-1), or 'all' (the default): the K runs "
+                                  "one after the other into RUN/fold0 ..., --max-minutes each")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (split, order, augmentation)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: none on CPU, most cores on "
                                                "CUDA)")
@@ -153,9 +160,27 @@ def cmd_train(args) -> int:
     from dataclasses import fields
 
     from etalage.core.config import TrainConfig
-    from etalage.core.train import train
+    from etalage.core.train import fold_runs, train, train_folds
+    from etalage.errors import ConfigError
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    fold = values.pop("fold")
+    if args.folds and fold in (None, "all"):
+        cfg = TrainConfig(**values, fold=0)
+        cfg.check()
+        results = train_folds(cfg, progress=not args.quiet, trust_pickle=args.trust_pickle)
+        save_resolved(args, Path(args.out) / "config.yaml")
+        for run, res in zip(fold_runs(args.out, args.folds), results, strict=False):
+            m = res.metrics or {}
+            print(f"{run}: {res.status}, validation (its fold) top-1 {m.get('val_top1', float('nan')):.4f}")
+        if len(results) < args.folds or results[-1].status != "finished":
+            print("paused; continue with the same command (finished folds are kept, the paused one resumes)")
+        return 0
+    try:
+        values["fold"] = None if fold is None else int(fold)
+    except ValueError:
+        raise ConfigError(f"--fold must be 0..K-1 or all, got {fold!r}") from None
+    cfg = TrainConfig(**values)
     res = train(cfg, resume=args.resume, progress=not args.quiet, trust_pickle=args.trust_pickle)
     save_resolved(args, Path(args.out) / "config.yaml")
     m = res.metrics

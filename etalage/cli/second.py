@@ -70,16 +70,26 @@ def register(sub, handlers: dict) -> None:
     fusion = group(sub, "fusion", "the second level: fit, predict, report",
                    "A LightGBM ranker over candidate classes (core top-K, picture-hash matches, specialists' top-k) "
                    "with core, picture-hash, product-id-neighbour and specialist/OCR features.")
-    p = leaf(fusion, handlers, ("fusion", "fit"), cmd_fusion_fit, "fit the fusion model on the core run's validation "
-             "products",
-             "Predict the core on the run's validation products of --train (the core never trained on them), score "
-             "them with the fitted specialists, build the table (hash and id signals leave each product itself out) "
+    p = leaf(fusion, handlers, ("fusion", "fit"), cmd_fusion_fit, "fit the fusion model on the products the core "
+             "runs never trained on",
+             "Predict the core on the products of --train it never trained on: a run's validation products, or with "
+             "fold runs (`etalage train --folds K`) every training product by the run that held its fold out; with "
+             "several --run, each model's prediction (the second level of 2017's winners: their average leads, each "
+             "model's probability and rank, their geometric mean, agreement and best rank are features). Score them "
+             "with the fitted specialists (less the products those trained on), find their embedding neighbours "
+             "(--neighbours), build the table (hash, id and neighbour signals leave each product itself out) "
              "and fit LightGBM: each kind (lambdarank, binary) with each capacity (default or small trees) is scored "
              "by 5-fold cross-validation over those products, tree by tree, and the best (kind, capacity, number of "
              "trees) is refitted on all of them (above 50,000 products: one 20 percent split with early stopping). Writes "
              "OUT/fusion.lgb.txt (with feature names), OUT/fusion.json, OUT/table.npz, OUT/fit_report.json.")
-    p.add_argument("--run", required=True, help="trained core run")
-    p.add_argument("--train", required=True, metavar="FILE.bson", help="the run's training dump")
+    p.add_argument("--run", required=True, action="append",
+                   help="a trained core run, or a folder of fold runs (`train --folds K`); repeat for several models "
+                        "(runs sharing their validation products, or fold sets of one split)")
+    p.add_argument("--train", required=True, metavar="FILE.bson", help="the runs' training dump")
+    p.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="K nearest training products by the first model's embeddings (faiss): their classes join the "
+                        "candidates, with best cosine, the 2017 8th place's vote and count per class (0: off; 10 is "
+                        "a good start; costs a pass of that model's runs over the training dump)")
     p.add_argument("--out", required=True, metavar="FUSION", help="fusion model folder")
     p.add_argument("--specialists", metavar="SPECS", help="fitted specialists (`etalage specialists fit`)")
     p.add_argument("--names", help="comma-separated specialists to use (default: every one fitted in SPECS)")
@@ -172,7 +182,8 @@ def cmd_fusion_fit(args) -> int:
     from etalage.pipeline.fit import fit_fusion
 
     fit = fit_fusion(args.run, args.train, args.out, specialists=args.specialists, names=_names(args.names) or None,
-                     kind=args.kind, topk=args.topk, tta=args.tta, ocr_cache=args.ocr_cache, seed=args.seed,
+                     kind=args.kind, topk=args.topk, tta=args.tta, neighbours=args.neighbours,
+                     ocr_cache=args.ocr_cache, seed=args.seed,
                      device=args.device, batch_size=args.batch_size, workers=args.workers,
                      lgb_params=parse_key_values(args.lgb, "--lgb"), trust_pickle=args.trust_pickle,
                      progress=not args.quiet)
@@ -182,6 +193,12 @@ def cmd_fusion_fit(args) -> int:
           f"features); candidate coverage {fit['candidate_coverage']:.4f}; core top-1 {fit['core_top1']:.4f}; "
           f"top-1 by kind ({fit['selection']['selection']}): {kinds}; kept {fit['kind']} with "
           f"{fit['selection']['trees']} trees")
+    base = fit.get("baselines") or {}
+    if base:
+        runs = ", ".join(f"{k} {v:.4f}" for k, v in base["runs"].items())
+        print(f"  second-level baselines on the same products: runs {runs}; plain mean {base['plain_mean']:.4f}; "
+              f"weighted mean {base['weighted_mean']:.4f}; weighted geometric mean {base['weighted_geomean']:.4f} "
+              f"(weights out of fold)")
     return 0
 
 

@@ -61,6 +61,29 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--no-anchors", action="store_true", help="skip the linear probe and the nearest neighbours")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run and the probe")
 
+    p = leaf(sub, handlers, ("audit",), cmd_audit,
+             "the labelled products probably filed in the wrong category, most suspicious first",
+             "Scores every labelled product of --data with a network that never trained on it (fold runs from "
+             "`etalage train --folds K`: each product by the run that held its fold out; a single run: only its "
+             "validation products) and flags those confident learning disputes (Northcutt et al.; cleanlab's "
+             "find_label_issues, computed from the top-K rankings): the given category under its class's "
+             "self-confidence while another clears its own. Writes AUDIT/suspects.parquet and .csv (product id, "
+             "given and suggested category, their probabilities, suspicion, rule), most suspicious first; "
+             "AUDIT/audit.html (the top suspects as cards with pictures, the core's top-5 and the specialists' "
+             "votes); AUDIT/report.json.")
+    p.add_argument("--run", required=True, action="append",
+                   help="a core run or a folder of fold runs trained on --data; repeat to average several")
+    p.add_argument("--data", required=True, metavar="LABELLED.bson", help="the labelled dump the runs trained on")
+    p.add_argument("--out", required=True, metavar="AUDIT", help="output folder")
+    p.add_argument("--top", type=int, default=50, help="suspects shown in audit.html")
+    p.add_argument("--topk", type=int, default=20, help="classes kept per product (the rest bounded by the K-th)")
+    p.add_argument("--tta", default="none", choices=TTA_MODES, help="core test-time augmentation")
+    p.add_argument("--specialists", metavar="SPECS", help="fitted specialists whose votes the cards show")
+    p.add_argument("--ocr-cache", help="SQLite OCR cache for the specialists (default: beside --data)")
+    p.add_argument("--batch-size", type=int, default=64, help="products per batch")
+    p.add_argument("--workers", type=int, help="decoding processes (default: none on CPU, most cores on CUDA)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
     p = leaf(sub, handlers, ("explain",), cmd_explain,
              "a web page of where the pipeline goes wrong on a labelled set (one HTML file, pictures inside)",
              "For a finished submit or fusion predict work folder of a labelled file (or one with an answer key): "
@@ -102,6 +125,11 @@ def register(sub, handlers: dict) -> None:
                                                         "+ DIR/images, e.g. ../shared/data/real-covers/books-dev)")
     p.add_argument("--music-covers", metavar="DIR", help="real album covers as the MUSIQUE pictures (same layout, "
                                                          "e.g. ../shared/data/real-covers/albums-dev)")
+    p.add_argument("--folds", type=int, help="K fold runs instead of one run (--minutes / K each): fusion learns from "
+                                              "every training product out of fold, and the fit report gives the "
+                                              "second-level baselines")
+    p.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="the embedding-neighbour signal of fusion, with K neighbours (0: off)")
 
 
 def cover_options(p) -> None:
@@ -171,6 +199,18 @@ def cmd_bench_core(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from etalage.pipeline.audit import audit
+
+    rep = audit(args.run, args.data, args.out, top=args.top, topk=args.topk, tta=args.tta, specialists=args.specialists,
+                ocr_cache=args.ocr_cache, device=args.device, batch_size=args.batch_size, workers=args.workers,
+                progress=not args.quiet)
+    print(f"{args.out}: {rep['flagged']:,} suspects among {rep['scored']:,} products ({100 * rep['flagged_share']:.1f}%; "
+          f"{rep['protocol']})")
+    print(f"  {rep['outputs']['suspects.parquet']}, {rep['outputs']['suspects.csv']}, {rep['outputs']['audit.html']}")
+    return 0
+
+
 def cmd_explain(args) -> int:
     from etalage.pipeline.explain import explain
 
@@ -191,7 +231,8 @@ def cmd_demo(args) -> int:
     result = run_demo(args.out, products=args.products, minutes=args.minutes, seed=args.seed, backbone=args.backbone,
                       weights=args.weights, picture_size=args.picture_size, crop=args.crop, specialists=specialists,
                       ocr_engine=args.ocr_engine, specialist_train=args.specialist_train, val_fraction=args.val_fraction,
-                      book_covers=args.book_covers, music_covers=args.music_covers, progress=not args.quiet)
+                      book_covers=args.book_covers, music_covers=args.music_covers, folds=args.folds,
+                      neighbours=args.neighbours, progress=not args.quiet)
     save_resolved(args, Path(args.out) / "config.yaml")
     print_stage_table(result)
     print(f"  what each signal adds (fusion report, cross-validated on the {result['fusion_fit']['products']} fusion "

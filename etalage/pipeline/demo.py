@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,7 @@ def run_demo(out: str | Path, products: int | None = None, minutes: float = 5.0,
              crop: int = 96, batch_size: int = 32, specialists: tuple[str, ...] = ("media",),
              ocr_engine: str | None = None, specialist_train: int | None = None, val_fraction: float | None = None,
              book_covers: str | Path | None = None, music_covers: str | Path | None = None,
-             ablation_folds: int = 3, progress: bool = True) -> dict:
+             ablation_folds: int = 3, folds: int | None = None, neighbours: int = 0, progress: bool = True) -> dict:
     """Run (or resume) the demo under ``out``; returns what ``out/report.json`` holds. ``book_covers`` /
     ``music_covers``: real covers as the LIBRAIRIE / MUSIQUE pictures (``etalage.synth.real_covers``).
 
@@ -96,7 +96,11 @@ def run_demo(out: str | Path, products: int | None = None, minutes: float = 5.0,
     the reranker could not see what the specialist is worth (on those 118 it beat the core by 2.5
     points, on the 216 test covers by 17); ``specialist_train`` (None) every training product of the
     specialist's groups instead of 300 (a specialist's top-1 on real covers still grows past 1,200
-    training covers, bench/bench_cover_curve.py; drawn covers are learnt from a few hundred)."""
+    training covers, bench/bench_cover_curve.py; drawn covers are learnt from a few hundred).
+
+    ``folds``: K fold runs instead of one run (``minutes / K`` each, so the demo keeps its time), and fusion
+    learns from every training product out of fold (those the specialists trained on left out) instead
+    of the validation share; ``neighbours``: the embedding-neighbour signal with that many neighbours."""
     real = bool(book_covers or music_covers)
     if products is None:
         products = REAL_COVER_PRODUCTS if real else DRAWN_PRODUCTS
@@ -112,17 +116,19 @@ def run_demo(out: str | Path, products: int | None = None, minutes: float = 5.0,
     with _timed(timings, "index_s"):
         tax = _index_step(out, progress)
     with _timed(timings, "train_s"):
-        run = _train_step(out, backbone, weights, picture_size, crop, batch_size, minutes, val_fraction, seed,
-                          progress)
+        run, core = _train_step(out, backbone, weights, picture_size, crop, batch_size, minutes, val_fraction, seed,
+                                folds, progress)
     with _timed(timings, "specialists_fit_s"):
-        spec_dir, fitted_rows = _specialists_step(out, run, specialists, specialist_train, ocr_engine, seed, progress)
+        spec_dir, fitted_rows = _specialists_step(out, None if folds else run, specialists, specialist_train,
+                                                  ocr_engine, seed, progress)
     with _timed(timings, "fusion_fit_s"):
-        fusion, fit, ablation = _fusion_step(out, run, spec_dir, ablation_folds, progress)
+        fusion, fit, ablation = _fusion_step(out, core, spec_dir, ablation_folds, neighbours, progress)
     with _timed(timings, "submit_s"):
         work, plan = _submit_step(out, fusion, tax, progress)
     _step(7, "score (product top-1 on the test set) and explain.html")
     result = {**_score_step(out, work, tax, list(plan.specialist_names), run),
-              "fusion_fit": {k: fit[k] for k in ("kind", "products", "candidate_coverage", "valid_top1_by_kind")},
+              "fusion_fit": {k: fit.get(k) for k in ("kind", "products", "held_out", "candidate_coverage",
+                                                     "valid_top1_by_kind", "baselines")},
               "fusion_ablation": ablation, "pictures": _pictures_used(book_covers, music_covers),
               "specialists": [{k: r[k] for k in ("specialist", "groups", "train_products")} for r in fitted_rows],
               "timings": timings,
@@ -169,27 +175,37 @@ def _index_step(out: Path, progress: bool) -> Taxonomy:
 
 
 def _train_step(out: Path, backbone: str, weights: str | None, picture_size: int, crop: int, batch_size: int,
-                minutes: float, val_fraction: float, seed: int, progress: bool) -> RunDir:
-    """Step 3: the core run ``out/run``, time-boxed to ``minutes``; a finished run is reused, a stopped
-    one resumed."""
-    from etalage.core.train import TrainConfig, train
+                minutes: float, val_fraction: float, seed: int, folds: int | None, progress: bool
+                ) -> tuple[RunDir, Path]:
+    """Step 3: the core run ``out/run`` time-boxed to ``minutes`` (with ``folds``, the K fold runs
+    ``out/runs/fold*``, ``minutes / K`` each); finished runs are reused, a stopped one resumed. Returns the
+    (first) run and the core model's folder."""
+    from etalage.core.train import TrainConfig, fold_runs, train, train_folds
 
-    run = RunDir(out / "run")
+    cfg = TrainConfig(train=str(out / "train.bson"), out=str(out / "run"), backbone=backbone, weights=weights,
+                      picture_size=picture_size, crop=crop, batch_size=batch_size, epochs=20.0,
+                      max_minutes=minutes, val_fraction=val_fraction, seed=seed)
+    if folds:
+        runs = fold_runs(out / "runs", folds)
+        _step(3, f"train: {folds} fold runs of {backbone}, at most {minutes / folds:g} min each -> {out / 'runs'}")
+        train_folds(replace(cfg, out=str(out / "runs"), folds=folds, fold=0, max_minutes=minutes / folds),
+                    progress=progress)
+        return runs[0], out / "runs"
+    run = RunDir(cfg.out)
     if run.finished:
         _step(3, f"train: reusing {run}")
-        return run
+        return run, run.path
     resume = run.checkpoint_file.exists()
     _step(3, f"train: {backbone} for at most {minutes:g} min -> {run}" + (" (resuming)" if resume else ""))
-    train(TrainConfig(train=str(out / "train.bson"), out=str(run.path), backbone=backbone, weights=weights,
-                      picture_size=picture_size, crop=crop, batch_size=batch_size, epochs=20.0,
-                      max_minutes=minutes, val_fraction=val_fraction, seed=seed), resume=resume, progress=progress)
-    return run
+    train(cfg, resume=resume, progress=progress)
+    return run, run.path
 
 
-def _specialists_step(out: Path, run: RunDir, specialists: tuple[str, ...], specialist_train: int | None,
+def _specialists_step(out: Path, run: RunDir | None, specialists: tuple[str, ...], specialist_train: int | None,
                       ocr_engine: str | None, seed: int, progress: bool) -> tuple[Path | None, list[dict]]:
-    """Step 4: fit the specialists into ``out/specialists`` (the core's validation products left out);
-    returns the folder (None without specialists) and a row per fitted specialist."""
+    """Step 4: fit the specialists into ``out/specialists`` (the core run's validation products left out;
+    with fold runs, fusion leaves the specialists' products out instead); returns the folder (None
+    without specialists) and a row per fitted specialist."""
     from etalage.pipeline.fit import fit_specialists_job
 
     if not specialists:
@@ -199,12 +215,12 @@ def _specialists_step(out: Path, run: RunDir, specialists: tuple[str, ...], spec
     _step(4, f"specialists: fit {', '.join(specialists)} on {most} training products of their groups "
              f"(covers read with {ocr_engine or 'the default reading'}; the core's validation products left out)")
     spec_dir = out / "specialists"
-    rows = fit_specialists_job(out / "train.bson", spec_dir, list(specialists), run=run.path,
+    rows = fit_specialists_job(out / "train.bson", spec_dir, list(specialists), run=run.path if run else None,
                                max_train=specialist_train, ocr_engine=ocr_engine, seed=seed, progress=progress)
     return spec_dir, rows
 
 
-def _fusion_step(out: Path, run: RunDir, spec_dir: Path | None, ablation_folds: int,
+def _fusion_step(out: Path, core: Path, spec_dir: Path | None, ablation_folds: int, neighbours: int,
                  progress: bool) -> tuple[FusionDir, dict, list]:
     """Step 5: fit the fusion model into ``out/fusion`` and write its report (``fusion_report.md``, the
     ablation); each reused when there. Returns the folder, the fit report and the ablation rows."""
@@ -215,8 +231,9 @@ def _fusion_step(out: Path, run: RunDir, spec_dir: Path | None, ablation_folds: 
         _step(5, f"fusion fit: reusing {fusion}")
         fit = json.loads(fusion.fit_report_file.read_text())
     else:
-        _step(5, f"fusion fit: LightGBM on the core's validation products -> {fusion}")
-        fit = fit_fusion(run.path, out / "train.bson", fusion.path, specialists=spec_dir, progress=progress)
+        _step(5, f"fusion fit: LightGBM on the products the core never trained on -> {fusion}")
+        fit = fit_fusion(core, out / "train.bson", fusion.path, specialists=spec_dir, neighbours=neighbours,
+                         progress=progress)
     report_md = out / "fusion_report.md"
     if report_md.exists() and (out / "fusion_ablation.json").exists():
         ablation = json.loads((out / "fusion_ablation.json").read_text())

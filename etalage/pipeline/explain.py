@@ -27,7 +27,7 @@ from etalage.fusion.model import FusionModel, fused_top1
 from etalage.ocr.cache import OcrCache, default_cache_path
 from etalage.pipeline.stages import (
     PredictPlan,
-    fusion_table,
+    chunk_table,
     load_fused,
     specialist_rankings,
     training_signals,
@@ -72,14 +72,15 @@ def _finite_or_none(value) -> float | None:
 def _contributions(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
                    rows: np.ndarray, fused_top: np.ndarray, chunk: int) -> dict[int, list]:
     """Product row -> [(feature, value, contribution)] of its fused top class, the four that moved it most."""
+    from etalage.pipeline.cores import load_indexes
+
     model = FusionModel.load(plan.model)
     signals = training_signals(train, taxonomy, plan.ks)
+    indexes = load_indexes(plan.model, len(plan.models[0].runs)) if plan.neighbours else []
     out: dict[int, list] = {}
     for a in sorted({int(r) // chunk * chunk for r in rows}):
         b = min(a + chunk, len(catalog))
-        part = CoreRanking.load(work.core, (a, b))
-        table = fusion_table(part, catalog, np.arange(a, b), taxonomy, signals, work.specialists,
-                             plan.specialist_names, (a, b))
+        _, table = chunk_table(plan, work, catalog, taxonomy, signals, indexes, (a, b))
         contrib = model.contributions(table)
         for r in rows[(rows >= a) & (rows < b)]:
             hit = np.flatnonzero((table.owner == r - a) & (table.classes == fused_top[r]))
@@ -102,7 +103,7 @@ def explain(work: str | Path, out: str | Path, labels: str | Path | None = None,
     work = WorkDir(work)
     job = work.job("etalage submit --fusion FUSION --data FILE.bson --out submission.csv")
     plan = PredictPlan.from_model(job["model"])
-    taxonomy = plan.run.taxonomy()
+    taxonomy = plan.taxonomy()
     catalog = Catalog.open(job["data"], md5=True, progress=progress)
     truth = _truth(catalog, taxonomy, labels)
     fused = load_fused(work, len(catalog))

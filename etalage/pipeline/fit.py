@@ -1,11 +1,14 @@
 """Fitting the second level as jobs: the specialists on training products, then the fusion model on the
-core run's validation products (the core never trained on them)."""
+training products the core models never trained on (a run's validation products, or all of them out of
+fold with fold runs)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
+
+import numpy as np
 
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
@@ -14,7 +17,7 @@ from etalage.core.rundir import RunDir
 from etalage.files import write_json_atomic
 from etalage.fusion.folder import FusionDir, FusionPlan
 from etalage.fusion.model import FusionModel
-from etalage.fusion.report import coverage, save_table
+from etalage.fusion.report import coverage, ensemble_baselines, save_table
 from etalage.ocr.cache import default_cache_path
 from etalage.options import RERANKER_KINDS
 from etalage.pipeline.stages import fusion_table, score_specialists, training_signals
@@ -54,44 +57,65 @@ def fit_specialists_job(train: str | Path, out: str | Path, names: list[str], ru
             cache.close()
 
 
-def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists: str | Path | None = None,
+def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path | None = None,
                names: list[str] | None = None, kind: str = "auto", topk: int = 20, tta: str = "none",
-               ocr_cache: str | Path | None = None, seed: int = 0, device: str = "auto", batch_size: int = 64,
-               workers: int | None = None, lgb_params: dict | None = None, trust_pickle: bool = False,
-               progress: bool = True) -> dict:
-    """Fit the fusion model on the core run's validation products of ``train``. Writes the fusion folder
-    (``FusionDir``): model, settings (paths relative to the folder), table, fit report. ``names``: only
-    these of the fitted specialists (default: all)."""
-    from etalage.core.predict import CorePredictor
-    from etalage.specialists.runner import fitted_names
+               neighbours: int = 0, ocr_cache: str | Path | None = None, seed: int = 0, device: str = "auto",
+               batch_size: int = 64, workers: int | None = None, lgb_params: dict | None = None,
+               trust_pickle: bool = False, progress: bool = True) -> dict:
+    """Fit the fusion model on the training products of ``train`` that the core models ``runs`` (a run or
+    a folder of fold runs, or a list of them: ``check_compatible`` rules) predict honestly: a run's
+    validation products, or every product with fold runs, less those the specialists were fitted on.
+    ``neighbours``: k embedding neighbours per product from the first model's embeddings (0: off).
+    Writes the fusion folder (``FusionDir``): model, plan (paths relative to the folder), table, fit
+    report with the second-level baselines. ``names``: only these of the fitted specialists."""
+    from etalage.core.ensemble import mean_ranking, open_models
+    from etalage.pipeline.cores import build_neighbour_indexes, holdout_hits, holdout_rankings
+    from etalage.specialists.runner import fitted_names, trained_positions
 
-    run, train, folder = RunDir(run), Path(train), FusionDir(out)
+    models = open_models([runs] if isinstance(runs, (str, Path)) else list(runs))
+    train, folder = Path(train), FusionDir(out)
     folder.path.mkdir(parents=True, exist_ok=True)
-    taxonomy = run.taxonomy()
-    val = run.val_positions()
+    taxonomy = models[0].runs[0].taxonomy()
     catalog = Catalog.open(train, taxonomy, md5=True, progress=progress)
     catalog.require_labels()
     labels = taxonomy.indices_of(catalog.category_ids)
-    command = f"etalage fusion fit --run {run} --train {train} --out {folder}"
+    command = f"etalage fusion fit {' '.join(f'--run {m.path}' for m in models)} --train {train} --out {folder}"
+    kw = dict(device=device, batch_size=batch_size, workers=workers, trust_pickle=trust_pickle)
     t0 = time.perf_counter()
-    log.info("[1/4] core predictions on the %d validation products of %s", len(val), train.name)
-    predictor = CorePredictor(run, device=device, batch_size=batch_size, workers=workers, tta=tta,
-                              trust_pickle=trust_pickle)
-    ranking = predictor.predict_catalog(catalog, folder.core_val, topk=topk, positions=val, producer=command,
-                                        progress=progress)
-    spec_names: list[str] = []
-    if specialists is not None:
-        spec_names = list(names) if names else fitted_names(specialists)
+    positions, _ = models[0].holdout()
+    spec_names = (list(names) if names else fitted_names(specialists)) if specialists is not None else []
+    if spec_names:
+        fitted_on = trained_positions(specialists, train)
+        left = np.setdiff1d(positions, fitted_on)
+        if len(left) < len(positions):
+            log.info("      %d of the %d held-out products trained the specialists: left out", len(positions) - len(left),
+                     len(positions))
+        positions = left
+    held = "validation products" if not models[0].is_folds else "training products (out of fold)"
+    log.info("[1/4] core predictions on the %d %s of %s (%s)", len(positions), held, train.name,
+             ", ".join(f"{m.name}: {len(m.runs)} run{'s' * (len(m.runs) > 1)}" for m in models))
+    held_pos, per_model = holdout_rankings(models, catalog, folder.core_val, topk, tta, kw, command, progress)
+    rows = np.searchsorted(held_pos, positions)
+    per_model = [r.take(rows) for r in per_model]
+    ranking = mean_ranking(per_model)
+    hits = []
+    if neighbours:
+        log.info("      embedding neighbours: the training products' embeddings by %s's %d run(s), one index each",
+                 models[0].name, len(models[0].runs))
+        embeddings = build_neighbour_indexes(models[0], catalog, labels, folder, tta, kw, command, progress)
+        hits = [holdout_hits(models[0], embeddings, folder, positions, neighbours)]
+    if spec_names:
         log.info("[2/4] specialists %s on the products their gates let through", ", ".join(spec_names))
-        score_specialists(Path(specialists), spec_names, ranking, catalog, val, taxonomy, folder.specialists_val,
+        score_specialists(Path(specialists), spec_names, ranking, catalog, positions, taxonomy, folder.specialists_val,
                           (0, 1), command, Path(ocr_cache) if ocr_cache else None, progress)
     else:
         log.info("[2/4] specialists: none (pass --specialists DIR from `etalage specialists fit`)")
-    log.info("[3/4] table: candidates and features (hash and id signals exclude each product itself)")
+    log.info("[3/4] table: candidates and features (hash, id and neighbour signals exclude each product itself)")
     signals = training_signals(catalog, taxonomy)
-    table = fusion_table(ranking, catalog, val, taxonomy, signals, folder.specialists_val, spec_names,
-                         own_classes=labels[val])
-    truth = labels[val]
+    named = list(zip([m.name for m in models], per_model, strict=True)) if len(models) > 1 else []
+    table = fusion_table(ranking, catalog, positions, taxonomy, signals, folder.specialists_val, spec_names,
+                         own_classes=labels[positions], models=named, neighbours=hits)
+    truth = labels[positions]
     feature_names = tuple(table.features)
     save_table(folder.table_file, table, truth, ranking.top1())
     log.info("[4/4] LightGBM (%s) over %s rows x %d features",
@@ -99,15 +123,19 @@ def fit_fusion(run: str | Path, train: str | Path, out: str | Path, specialists:
              len(feature_names))
     kinds = RERANKER_KINDS if kind == "auto" else (kind,)
     model, chosen = FusionModel.fit_best(table, truth, feature_names, kinds=kinds, seed=seed, lgb_params=lgb_params)
-    model.plan = FusionPlan.build(folder, [run.path], train, specialists, specialist_names=spec_names, topk=topk,
-                                  tta=tta, ks=list(signals.ks), train_stamp=file_stamp(train),
-                                  lgb_params=lgb_params or {}, lgb_chosen=chosen.get("params", {}))
+    model.plan = FusionPlan.build(folder, [m.path for m in models], train, specialists, specialist_names=spec_names,
+                                  topk=topk, tta=tta, ks=list(signals.ks), train_stamp=file_stamp(train),
+                                  lgb_params=lgb_params or {}, lgb_chosen=chosen.get("params", {}),
+                                  run_names=[m.name for m in models], neighbours=neighbours)
     model.save(folder)
-    fit = {"products": len(val), "rows": len(table.owner), "features": len(feature_names), "kind": model.kind,
-           "valid_top1_by_kind": chosen["valid_top1_by_kind"],
-           "selection": {k: v for k, v in chosen.items() if k != "valid_top1_by_kind"}, "core_top1": float((ranking.top1() == truth).mean()),
-           "candidate_coverage": coverage(table, truth), "seconds": time.perf_counter() - t0,
-           "importance": model.importance()}
+    fit = {"products": len(positions), "held_out": held, "training_products": len(catalog),
+           "share_of_training_products": len(positions) / max(1, len(catalog)), "rows": len(table.owner),
+           "features": len(feature_names), "kind": model.kind, "valid_top1_by_kind": chosen["valid_top1_by_kind"],
+           "selection": {k: v for k, v in chosen.items() if k != "valid_top1_by_kind"},
+           "core_top1": float((ranking.top1() == truth).mean()),
+           "core_top1_by_model": {m.name: float((r.top1() == truth).mean()) for m, r in zip(models, per_model,
+                                                                                             strict=True)},
+           "baselines": ensemble_baselines(table, truth, seed=seed), "candidate_coverage": coverage(table, truth),
+           "seconds": time.perf_counter() - t0, "importance": model.importance()}
     write_json_atomic(folder.fit_report_file, fit)
     return fit
-

@@ -24,6 +24,8 @@ import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
 from etalage.chunks import DEFAULT_CHUNK, chunk_ranges, list_parts, load_parts, part_path, shard_chunk_ranges
+from etalage.core.ensemble import CoreModel
+from etalage.core.ranking import CoreRanking
 from etalage.core.rundir import RunDir
 from etalage.errors import ConfigError, DataError, StageOutputError
 from etalage.files import save_npz_atomic
@@ -51,6 +53,12 @@ def map_forked(fn, items: list, workers: int):
 
     with mp.get_context("fork").Pool(min(workers, len(items))) as pool:
         yield from pool.imap(fn, items, chunksize=1)
+
+
+def mp_child() -> bool:
+    import multiprocessing as mp
+
+    return mp.parent_process() is not None
 
 
 def fusion_workers() -> int:
@@ -144,17 +152,19 @@ class PredictPlan:
     each overridable per call."""
 
     model: FusionDir
-    run: RunDir
+    models: list[CoreModel]   # the core models: one run, fold runs, or several (their averaged ranking leads)
     train: Path
     specialists: Path | None
     specialist_names: list[str]
     topk: int
     ks: list[int]
     tta: str  # the core's test-time augmentation: the model saw its probabilities, test must match
+    neighbours: int = 0       # embedding neighbours per product (0: none)
 
     @classmethod
     def from_model(cls, model_dir: str | Path, run=None, train=None, specialists=None) -> PredictPlan:
-        """The plan stored in ``model_dir/fusion.json`` (paths relative to the folder), each path checked."""
+        """The plan stored in ``model_dir/fusion.json`` (paths relative to the folder), each path checked.
+        ``run``: a path, or a list of them, in place of the stored core models (same number, same order)."""
         folder = FusionDir(model_dir)
         stored = FusionModel.load(folder).plan
         if stored is None:
@@ -163,12 +173,28 @@ class PredictPlan:
         def pick(given, key: str, flag: str) -> Path | None:
             return Path(given) if given else folder.resolve(getattr(stored, key), key, flag)
 
-        run_path = pick(run, "run", "--run")
-        if run_path is None:
+        given = [run] if isinstance(run, (str, Path)) else list(run or [])
+        if given and len(given) != len(stored.runs):
+            raise ConfigError(f"{folder} was fitted over {len(stored.runs)} core model(s); pass --run that many "
+                              f"times (got {len(given)})")
+        paths = [Path(g) for g in given] or [folder.resolve(r, "run", "--run") for r in stored.runs]
+        if not paths:
             raise StageOutputError(f"{folder.meta_file}: no core run stored; pass --run PATH")
-        return cls(folder, RunDir(run_path), pick(train, "train", "--train"),
-                   pick(specialists, "specialists", "--specialists"), list(stored.specialist_names), stored.topk,
-                   list(stored.ks), stored.tta)
+        names = stored.run_names if len(stored.run_names) == len(paths) else [None] * len(paths)
+        models = [CoreModel.open(p, n) for p, n in zip(paths, names, strict=True)]
+        return cls(folder, models, pick(train, "train", "--train"), pick(specialists, "specialists", "--specialists"),
+                   list(stored.specialist_names), stored.topk, list(stored.ks), stored.tta, stored.neighbours)
+
+    @property
+    def run(self) -> RunDir:
+        """The first core run (its taxonomy is every run's, ``check_compatible`` made sure)."""
+        return self.models[0].runs[0]
+
+    def taxonomy(self) -> Taxonomy:
+        return self.run.taxonomy()
+
+    def runs_label(self) -> str:
+        return " + ".join(str(m.path) for m in self.models)
 
     def check_tta(self, tta: str | None) -> None:
         if tta is not None and tta != self.tta:
@@ -182,16 +208,34 @@ class PredictPlan:
 
 def fusion_table(ranking, catalog: Catalog, positions: np.ndarray, taxonomy: Taxonomy, signals: TrainingSignals,
                  specialists_dir: Path, specialist_names: list[str], rows: tuple[int, int] | None = None,
-                 own_classes: np.ndarray | None = None) -> CandidateTable:
+                 own_classes: np.ndarray | None = None, models: list = (), neighbours: list = ()) -> CandidateTable:
     """The one way a fusion table is built, when fitting and when predicting: the products at
-    ``positions`` of ``catalog``, ``ranking`` their core ranking row for row; their pictures' MD5s; the
-    specialists ``specialist_names`` scored under ``specialists_dir`` (``rows``: the products' rows
-    there, a chunk ``(a, b)``; None: all). ``own_classes``: the products' labels when they are the
-    fit's training queries (each product's own hash and id contribution removed)."""
+    ``positions`` of ``catalog``, ``ranking`` their core ranking row for row (with several core models,
+    their average, and ``models`` each one's ``(name, ranking)``); their pictures' MD5s; the specialists
+    ``specialist_names`` scored under ``specialists_dir`` (``rows``: the products' rows there, a chunk
+    ``(a, b)``; None: all); ``neighbours``: their ``NeighbourHits`` (one per index). ``own_classes``: the
+    products' labels when they are the fit's training queries (each product's own hash and id
+    contribution removed)."""
     pic_rows, pic_owner = catalog.picture_rows(positions)
     return assemble(ranking, taxonomy, signals, catalog.md5[pic_rows], pic_owner,
                     specialist_rankings(specialists_dir, list(specialist_names), rows),
-                    training_queries=own_classes is not None, own_classes=own_classes)
+                    training_queries=own_classes is not None, own_classes=own_classes, models=models,
+                    neighbours=neighbours)
+
+
+def chunk_table(plan: PredictPlan, work: WorkDir, catalog: Catalog, taxonomy: Taxonomy, signals: TrainingSignals,
+                indexes: list, rows: tuple[int, int]) -> tuple[CoreRanking, CandidateTable]:
+    """The fusion table of the chunk ``rows`` of a work folder (fusion and explain build the same one):
+    its core ranking (and each core model's), specialists, and embedding neighbours."""
+    from etalage.pipeline.cores import chunk_rankings, query_hits, run_embeddings
+
+    a, b = rows
+    part = CoreRanking.load(work.core, rows)
+    models = chunk_rankings(plan.models, work.core_run, rows)[1] if len(plan.models) > 1 else []
+    hits = query_hits(indexes, run_embeddings(plan.models, work.core_run, work.core, rows), plan.neighbours) \
+        if plan.neighbours else []
+    return part, fusion_table(part, catalog, np.arange(a, b), taxonomy, signals, work.specialists,
+                              plan.specialist_names, rows, models=models, neighbours=hits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,21 +248,20 @@ def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tupl
                  trust_pickle: bool = False, progress: bool = True) -> bool:
     """Stages 1-4 for shard ``i/n`` of ``data`` into ``work``. True when every chunk of every shard
     is fused (the merge can run)."""
-    from etalage.core.predict import CorePredictor
+    from etalage.pipeline.cores import predict_models
 
     data = Path(data)
-    work.claim(data, str(plan.model), str(plan.run), chunk)
-    taxonomy = plan.run.taxonomy()
+    work.claim(data, str(plan.model), plan.runs_label(), chunk)
+    taxonomy = plan.taxonomy()
     label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
     log.info("[1/4] index + picture hashes: %s, %s", data.name, plan.train.name)
     catalog = Catalog.open(data, md5=True, progress=progress)
     train = Catalog.open(plan.train, taxonomy, md5=True, progress=progress)
     log.debug("peak RSS so far %.0f MB", peak_rss_mb())
     log.info("[2/4] core predictions%s -> %s", label, work.core)
-    predictor = CorePredictor(plan.run, device=device, batch_size=batch_size, workers=workers, tta=plan.tta,
-                              trust_pickle=trust_pickle)
-    predictor.predict_catalog(catalog, work.core, topk=plan.topk, shard=shard, chunk=chunk, producer=command,
-                              progress=progress)
+    kw = dict(device=device, batch_size=batch_size, workers=workers, trust_pickle=trust_pickle)
+    predict_models(plan.models, catalog, work.core, work.core_run, shard, chunk, plan.topk, plan.tta,
+                   bool(plan.neighbours), kw, command, progress)
     chunks = shard_chunk_ranges(len(catalog), chunk, shard)
     redo: set[tuple[int, int]] = set()
     if plan.specialist_names:
@@ -243,14 +286,17 @@ def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tupl
 def fuse_chunks(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
                 chunks: list[tuple[int, int]], redo: set[tuple[int, int]], progress: bool) -> None:
     """Stage 4 over ``chunks`` (those not fused yet, and ``redo``), in forked workers."""
+    from etalage.pipeline.cores import load_indexes
+
     model = FusionModel.load(plan.model)
     signals = training_signals(train, taxonomy, plan.ks)
+    indexes = load_indexes(plan.model, len(plan.models[0].runs)) if plan.neighbours else []
     done = list_parts(work.fused)
     todo = [c for c in chunks if c not in done or c in redo]
     workers = min(fusion_workers(), len(todo))
     model.threads = 1 if workers > 1 else 0
-    _FUSE.update(work=work, catalog=catalog, taxonomy=taxonomy, signals=signals, model=model,
-                 specialists=list(plan.specialist_names))
+    _FUSE.update(work=work, catalog=catalog, taxonomy=taxonomy, signals=signals, model=model, plan=plan,
+                 indexes=indexes)
     try:
         with progress_bar(total=sum(b - a for a, b in todo), unit="product", desc="fusion", enabled=progress) as bar:
             for a, b in map_forked(_fuse_chunk, todo, workers):
@@ -264,14 +310,14 @@ _FUSE: dict = {}  # what the fusion workers inherit (set by fuse_chunks before f
 
 def _fuse_chunk(chunk: tuple[int, int]) -> tuple[int, int]:
     """Fuse products a..b: their table from every signal, ranked; one part file."""
-    from etalage.core.ranking import CoreRanking
-
     a, b = chunk
     st = _FUSE
     work: WorkDir = st["work"]
-    part = CoreRanking.load(work.core, (a, b))
-    table = fusion_table(part, st["catalog"], np.arange(a, b), st["taxonomy"], st["signals"], work.specialists,
-                         st["specialists"], (a, b))
+    if st["indexes"]:
+        import faiss
+
+        faiss.omp_set_num_threads(1 if mp_child() else usable_cpus())
+    part, table = chunk_table(st["plan"], work, st["catalog"], st["taxonomy"], st["signals"], st["indexes"], (a, b))
     classes, scores = st["model"].rank(table, b - a, FUSED_TOPK)
     save_npz_atomic(part_path(work.fused, a, b), product_ids=part.product_ids, topk_class=classes,
                     topk_score=scores, core_top1=part.top1())

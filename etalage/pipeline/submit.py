@@ -8,7 +8,6 @@ from pathlib import Path
 
 from etalage.catalog import Catalog
 from etalage.chunks import DEFAULT_CHUNK
-from etalage.core.rundir import RunDir
 from etalage.errors import ConfigError
 from etalage.pipeline.stages import PredictPlan, merge_submission, predict_file
 from etalage.pipeline.workdir import WorkDir
@@ -47,25 +46,34 @@ def submit(test: str | Path, out: str | Path, fusion: str | Path | None = None, 
                                 trust_pickle=trust_pickle, progress=progress)
         if not complete:
             return SubmitResult(None, 0, work_dir, "fused")
-    res = merge_submission(work_dir, out, plan.run.taxonomy(), test, command=command)
+    res = merge_submission(work_dir, out, plan.taxonomy(), test, command=command)
     return SubmitResult(Path(res["submission"]), res["products"], work_dir, "fused")
 
 
 def _submit_core(test, out, run, work, tta, topk, device, batch_size, workers, shard, merge, trust_pickle,
                  progress) -> SubmitResult:
+    """The core alone: the best class of one run, or of the average of several (the fold runs of one
+    split, or runs of one fusion's rules), for every product of ``test``."""
     from etalage.catalog.submission import write_submission
-    from etalage.core.predict import CorePredictor
+    from etalage.chunks import DEFAULT_CHUNK
+    from etalage.core.ensemble import open_models
+    from etalage.core.ranking import CoreRanking
+    from etalage.pipeline.cores import predict_models, single_run
 
-    if run is None:
+    runs = [run] if isinstance(run, (str, Path)) else list(run or [])
+    if not runs:
         raise ConfigError("submit: pass --fusion FUSION (full pipeline) or --run RUN (core only)")
     if merge or shard != (0, 1):
         raise ConfigError("submit: --shard and --merge need --fusion (core only: `etalage predict --shard`)")
+    models = open_models(runs)
     catalog = Catalog.open(test, progress=progress)
     pred_dir = WorkDir(work) if work else WorkDir(Path(out).with_name(Path(out).stem + "_core_pred"))
-    predictor = CorePredictor(RunDir(run), device=device, batch_size=batch_size, workers=workers, tta=tta,
-                              trust_pickle=trust_pickle)
-    ranking = predictor.predict_catalog(catalog, pred_dir.path, topk=topk, progress=progress)
-    tax = predictor.taxonomy
+    core_dir = pred_dir.path if single_run(models) else pred_dir.core
+    kw = dict(device=device, batch_size=batch_size, workers=workers, trust_pickle=trust_pickle)
+    predict_models(models, catalog, core_dir, pred_dir.core_run, (0, 1), DEFAULT_CHUNK, topk, tta, False, kw,
+                   f"etalage submit --run ... --data {test}", progress)
+    ranking = CoreRanking.load(core_dir)
+    tax = models[0].runs[0].taxonomy()
     write_submission(out, ranking.product_ids, tax.category_ids[ranking.top1()], expected_ids=catalog.product_ids,
                      taxonomy=tax)
     return SubmitResult(Path(out), len(ranking), pred_dir, "core")

@@ -2,7 +2,8 @@
 
 ``work.json`` (the job it belongs to: data file and its stamp, fusion model, core run, chunk size: a
 folder of another job is refused), ``core/`` (core predictions), ``specialists/NAME/`` (each
-specialist's scores), ``fused/`` (fused top-5 per product): every stage's parts over the same chunks; once merged,
+specialist's scores), ``core_runs/MODEL/runI/`` (each run's own predictions, when the fusion combines
+several), ``fused/`` (fused top-5 per product): every stage's parts over the same chunks; once merged,
 ``fused.parquet`` (the fused ranking with category ids, for any Parquet reader).
 """
 
@@ -31,6 +32,15 @@ class WorkDir(Folder):
     @property
     def core(self) -> Path:
         return self.path / "core"
+
+    @property
+    def core_runs(self) -> Path:
+        """Each core run's own predictions, when a fusion combines several (``core/`` then holds their
+        combination, what every later stage reads)."""
+        return self.path / "core_runs"
+
+    def core_run(self, model: str, run: int) -> Path:
+        return self.core_runs / model / f"run{run}"
 
     @property
     def specialists(self) -> Path:

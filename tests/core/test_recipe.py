@@ -182,7 +182,7 @@ def test_time_budget_is_used_after_a_slow_start(synth_dir, tmp_path, monkeypatch
         if self.train and calls["n"] <= 6 * TINY["batch_size"]:
             import time
 
-            time.sleep(0.02)
+            time.sleep(0.05)
         return original(self, key)
 
     monkeypatch.setattr(data.ProductDataset, "__getitem__", slow_start)

@@ -3,6 +3,7 @@
 import pytest
 
 from etalage.cli import main
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,21 @@ def fitted_pipeline(tiny_run, synth_dir, tmp_path_factory):
     assert main(["submit", "--fusion", str(d / "fusion"), "--data", str(synth_dir / "test.bson"), "--out",
                  str(d / "sub.csv"), "--ocr-cache", cache, "--workers", "0", "-q"]) == 0
     return d, synth_dir, d / "sub_work"
+
+
+def _train_args(train, out, *extra):
+    args = ["train", "--train", str(train), "--out", str(out), "--epochs", "1", "-q", *extra]
+    for key, value in TINY.items():
+        if key not in ("workers", "val_fraction"):
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="session")
+def fold_sets(synth_dir, tmp_path_factory):
+    """Two fold sets of one 2-fold split of the session catalogue (tiny CNNs, gate and mean pooling)."""
+    d = tmp_path_factory.mktemp("folds")
+    train = synth_dir / "train.bson"
+    assert main(_train_args(train, d / "a", "--folds", "2")) == 0
+    assert main(_train_args(train, d / "b", "--folds", "2", "--picture-pooling", "mean")) == 0
+    return d

@@ -1,0 +1,84 @@
+"""The second level over several core runs: fold runs trained with `train --folds`, fusion fitted over two
+fold sets out of fold with embedding neighbours, submitted whole and in shards; the rules that refuse runs
+which cannot score the same products honestly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from etalage.catalog import Catalog
+from etalage.catalog.submission import read_id_category_csv
+from etalage.cli import main
+
+
+@pytest.fixture(scope="module")
+def ensemble_fusion(fold_sets, fitted_pipeline, synth_dir):
+    specs = fitted_pipeline[0] / "specs"
+    out = fold_sets / "fusion"
+    assert main(["fusion", "fit", "--run", str(fold_sets / "a"), "--run", str(fold_sets / "b"), "--train",
+                 str(synth_dir / "train.bson"), "--specialists", str(specs), "--ocr-cache",
+                 str(fitted_pipeline[0] / "ocr.sqlite"), "--neighbours", "4", "--out", str(out), "--workers", "0",
+                 "-q"]) == 0
+    return out, specs
+
+
+def test_fold_runs_hold_out_every_training_product_once(fold_sets, synth_dir):
+    n = len(Catalog.open(synth_dir / "train.bson"))
+    vals = [np.load(fold_sets / "a" / f"fold{i}" / "val_positions.npy") for i in range(2)]
+    assert sorted(np.concatenate(vals).tolist()) == list(range(n))
+    assert all((fold_sets / "a" / f"fold{i}" / "model.pt").exists() for i in range(2))
+    same = [np.load(fold_sets / "b" / f"fold{i}" / "val_positions.npy") for i in range(2)]
+    assert all(np.array_equal(x, y) for x, y in zip(vals, same, strict=True)), "one split for both sets"
+
+
+def test_fusion_learns_out_of_fold_from_all_but_the_specialists_products(ensemble_fusion, synth_dir):
+    out, specs = ensemble_fusion
+    fit = json.loads((out / "fit_report.json").read_text())
+    n = len(Catalog.open(synth_dir / "train.bson"))
+    trained = set()
+    for name in ("books", "music"):
+        trained |= set(np.load(specs / name / "train_positions.npy").tolist())
+    assert fit["products"] == n - len(trained) and fit["share_of_training_products"] > 0.85
+    features = json.loads((out / "fusion.json").read_text())["features"]
+    for name in ("run_a_prob", "run_b_rank", "ens_geomean_prob", "ens_top1_votes", "emb_vote", "emb_best_cos"):
+        assert name in features, name
+    base = fit["baselines"]
+    assert set(base["runs"]) == {"a", "b"} and 0 <= base["weighted_geomean"] <= 1
+    assert set(fit["core_top1_by_model"]) == {"a", "b"}
+    assert (out / "neighbours" / "run0.faiss").exists() and (out / "neighbours" / "run1.faiss").exists()
+
+
+def test_ensemble_submission_whole_equals_shards(ensemble_fusion, fitted_pipeline, synth_dir, tmp_path):
+    out, specs = ensemble_fusion
+    common = ["--fusion", str(out), "--data", str(synth_dir / "test.bson"), "--ocr-cache",
+              str(fitted_pipeline[0] / "ocr.sqlite"), "--workers", "0", "-q"]
+    whole = tmp_path / "whole.csv"
+    assert main(["submit", *common, "--out", str(whole)]) == 0
+    ids, cats = read_id_category_csv(whole)
+    assert np.array_equal(ids, Catalog.open(synth_dir / "test.bson").product_ids)
+    sharded = tmp_path / "sharded.csv"
+    for i in range(2):
+        assert main(["submit", *common, "--out", str(sharded), "--chunk", "30", "--shard", f"{i}/2"]) == 0
+    assert sharded.read_text() == whole.read_text()
+    work = tmp_path / "whole_work"
+    assert (work / "core_runs" / "a" / "run1").is_dir() and (work / "core" / "meta.json").exists()
+
+
+def test_core_only_submission_averages_the_fold_runs(fold_sets, synth_dir, tmp_path):
+    out = tmp_path / "core.csv"
+    assert main(["submit", "--run", str(fold_sets / "a"), "--data", str(synth_dir / "test.bson"), "--out", str(out),
+                 "--workers", "0", "-q"]) == 0
+    ids, _ = read_id_category_csv(out)
+    assert len(ids) == len(Catalog.open(synth_dir / "test.bson"))
+    assert (tmp_path / "core_core_pred" / "core_runs" / "a" / "run0").is_dir()
+
+
+def test_runs_that_cannot_be_combined_are_one_line(fold_sets, tiny_run, synth_dir, tmp_path, capsys):
+    argv = ["fusion", "fit", "--run", str(tiny_run), "--run", str(fold_sets / "a"), "--train",
+            str(synth_dir / "train.bson"), "--out", str(tmp_path / "f"), "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a single run" in err[0] and "a fold set" in err[0]
