@@ -26,12 +26,14 @@ class DistInfo:
 
 
 def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (nccl on CUDA, gloo on CPU)."""
+    """Join the process group torchrun describes in the environment: gloo for CPU tensors, and nccl for
+    CUDA ones when training on GPUs (the small control values, validation counts and the time budget's
+    progress, travel as CPU tensors either way)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device_kind == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

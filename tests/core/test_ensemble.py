@@ -90,5 +90,5 @@ def test_runs_that_cannot_score_the_same_products_are_refused(tmp_path):
         check_compatible([a, CoreModel.open(tmp_path / "d")])
     with pytest.raises(ConfigError, match="different taxonomies"):
         check_compatible([a, CoreModel.open(tmp_path / "e")])
-    with pytest.raises(ConfigError, match="a fold set and .* a single run"):
+    with pytest.raises(ConfigError, match="is a single run and .* a fold set"):
         check_compatible([CoreModel.open(tmp_path / "f"), a])

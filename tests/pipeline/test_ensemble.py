@@ -41,7 +41,7 @@ def test_fusion_learns_out_of_fold_from_all_but_the_specialists_products(ensembl
     trained = set()
     for name in ("books", "music"):
         trained |= set(np.load(specs / name / "train_positions.npy").tolist())
-    assert fit["products"] == n - len(trained) and fit["share_of_training_products"] > 0.85
+    assert fit["products"] == n - len(trained) and fit["share_of_training_products"] > 0.8
     features = json.loads((out / "fusion.json").read_text())["features"]
     for name in ("run_a_prob", "run_b_rank", "ens_geomean_prob", "ens_top1_votes", "emb_vote", "emb_best_cos"):
         assert name in features, name
