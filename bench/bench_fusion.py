@@ -86,9 +86,9 @@ def _fuse(chunk: tuple[int, int]) -> tuple[float, float, int, int]:
 
 def throughput(args) -> dict:
     from etalage.catalog import Taxonomy
+    from etalage.forking import map_forked
     from etalage.fusion.model import FusionModel, assemble
     from etalage.fusion.signals import TrainingSignals
-    from etalage.pipeline.stages import map_forked
 
     rng = np.random.default_rng(0)
     tax = Taxonomy.load(SHARED)

@@ -31,6 +31,7 @@ from etalage.catalog.pictures import CorruptPicture, decode_picture, letterbox
 from etalage.catalog.taxonomy import Taxonomy, taxonomy_beside
 from etalage.errors import DataError
 from etalage.files import atomic_write
+from etalage.forking import map_forked
 from etalage.progress import bar as progress_bar
 from etalage.resources import usable_cpus
 
@@ -200,16 +201,6 @@ def _encode_products(job: tuple[list[ListingProduct], Path, int | None, int, boo
     return out
 
 
-def _map(fn, jobs: list, workers: int):
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(fn, jobs)
-        return
-    import multiprocessing as mp
-
-    with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap(fn, jobs, chunksize=1)
-
-
 def pack_listing(listing: str | Path, images: str | Path, out: str | Path, taxonomy: str | Path | None = None,
                  size: int | None = None, labels: bool = True, labels_out: str | Path | None = None,
                  skip_bad: bool = False, quality: int = JPEG_QUALITY, workers: int | None = None,
@@ -250,7 +241,7 @@ def pack_listing(listing: str | Path, images: str | Path, out: str | Path, taxon
     key_rows: list[tuple[int, int]] = []
     with atomic_write(out, "wb") as fh, progress_bar(total=sum(len(p.pictures) for p in products), unit="picture",
                                                      desc=f"pack {out.name}", enabled=progress) as bar:
-        for results in _map(_encode_products, jobs, workers or usable_cpus()):
+        for results in map_forked(_encode_products, jobs, workers or usable_cpus()):
             for prod, encoded, n_pics, recoded, bad_rows in results:
                 bar.update(len(prod.pictures))
                 for row in bad_rows:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # layer -> the layers it may import (itself included implicitly)
 BASE = {"etalage.errors", "etalage.options", "etalage.files", "etalage.chunks", "etalage.progress",
-        "etalage.resources", "etalage"}
+        "etalage.resources", "etalage.forking", "etalage"}
 ALLOWED = {
     "base": set(),
     "catalog": {"base"},
