@@ -34,7 +34,8 @@ class TrainConfig:
     augment: str = "crop-flip"           # training augmentation (AUGMENTATIONS)
     mixup: float = 0.0                   # Beta(a, a) of mixup between products (0: off)
     cutmix: float = 0.0                  # Beta(a, a) of cutmix between products (0: off)
-    batch_size: int = 64                 # products per batch (per process)
+    batch_size: int = 32                 # products per batch (per process); 32 beat 64 on real photos within
+                                         # CPU budgets (twice the steps; README, "Core on real photos")
     epochs: float | None = None          # None: 3, or with max_minutes as many as the budget allows
     max_minutes: float | None = None
     lr: float = 1e-3
@@ -46,7 +47,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     dropout: float = 0.2
     head_epochs: float = 0.0             # passes over the data training the heads only (backbone frozen) first
-    freeze: int = 0                      # leading backbone layer groups (stem, then stages) never trained
+    freeze: int | None = None            # leading backbone layer groups (stem, then stages) never trained
+                                         # (None: frozen_groups())
     layer_decay: float = 1.0             # learning rate x layer_decay per backbone stage below the heads
     ema: float = 0.0                     # decay of an exponential moving average of the weights (0: off)
     keep: str = "last"                   # the weights model.pt keeps: the last, or the best validation top-1
@@ -78,7 +80,7 @@ class TrainConfig:
             raise ConfigError(f"--crop {self.crop} is larger than --picture-size {self.picture_size}")
         if self.mixup < 0 or self.cutmix < 0 or self.ema < 0 or self.ema >= 1 or self.head_epochs < 0:
             raise ConfigError("--mixup and --cutmix must be >= 0, --ema in [0, 1), --head-epochs >= 0")
-        if not 0 < self.layer_decay <= 1 or self.freeze < 0 or self.eval_every <= 0:
+        if not 0 < self.layer_decay <= 1 or (self.freeze is not None and self.freeze < 0) or self.eval_every <= 0:
             raise ConfigError("--layer-decay must be in (0, 1], --freeze >= 0 and --eval-every > 0")
         if self.batch_size < 1 or (self.epochs is not None and self.epochs <= 0):
             raise ConfigError("--batch-size must be >= 1 and --epochs > 0")
@@ -101,6 +103,15 @@ class TrainConfig:
             return self.epochs
         return BUDGET_EPOCHS if self.max_minutes else DEFAULT_EPOCHS
 
+    def frozen_groups(self) -> int:
+        """The backbone layer groups the fine-tune leaves alone: as set, else 3 (the stem and 2 stages,
+        their generic edges and textures) for pretrained weights, which trained faster and better on real
+        photos within CPU budgets (README, "Core on real photos"), and 0 for a backbone trained from
+        scratch (random layers frozen would stay random)."""
+        if self.freeze is not None:
+            return self.freeze
+        return 0 if self.weights in (None, "none") else DEFAULT_FROZEN_GROUPS
+
     def crop_for(self, picture_size: int) -> int:
         """The training crop: as set, else 7/8 of the side (160 of Cdiscount's 180: what the 2017 teams
         trained on), a multiple of 8."""
@@ -120,6 +131,8 @@ class TrainConfig:
 
 
 # Settings a resumed run must share with the run it continues.
+DEFAULT_FROZEN_GROUPS = 3
+
 RESUME_INVARIANTS = ("backbone", "picture_pooling", "picture_size", "crop", "batch_size", "seed", "val_fraction",
                      "schedule", "resize", "augment", "head_epochs", "freeze", "ema", "folds", "fold")
 

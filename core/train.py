@@ -325,7 +325,7 @@ class _Trainer:
     def _picture_settings(self) -> dict:
         """The picture side (given, or read off the dump), the training crop and how pictures are squared."""
         cfg = self.cfg
-        size = cfg.picture_size or auto_picture_size(self.catalog)
+        size = cfg.picture_size or auto_picture_size(self.catalog, self.device.type)
         crop = cfg.crop_for(size)
         if crop > size:
             raise ConfigError(f"--crop {crop} is larger than the picture side {size} (--picture-size)")
@@ -374,7 +374,7 @@ class _Trainer:
         """The head-only phase freezes the whole backbone; the fine-tune only the ``freeze`` first groups.
         DDP is wrapped again for each phase: it synchronises the parameters that train when it is built."""
         self.in_head_phase = self.state["step"] < self.state["head_steps"]
-        self.model.set_frozen(None if self.in_head_phase else self.cfg.freeze)
+        self.model.set_frozen(None if self.in_head_phase else self.cfg.frozen_groups())
         self.ddp_model = self.model
         if self.info.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(

@@ -65,7 +65,8 @@ def test_picture_size_from_the_dump(synth_dir, tmp_path):
     from etalage.catalog import Catalog
     from etalage.catalog.pack import pack_listing
 
-    assert auto_picture_size(Catalog.open(synth_dir / "train.bson")) == 128, "180x180 pictures: the cap"
+    assert auto_picture_size(Catalog.open(synth_dir / "train.bson")) == 128, "180x180 pictures: the CPU's cap"
+    assert auto_picture_size(Catalog.open(synth_dir / "train.bson"), "cuda") == 176, "180, a multiple of 16"
     (tmp_path / "images").mkdir()
     rows = ["_id,category_id,picture"]
     for i in range(5):
@@ -75,7 +76,7 @@ def test_picture_size_from_the_dump(synth_dir, tmp_path):
     (tmp_path / "category_names.csv").write_text("category_id,category_level1,category_level2,category_level3\n"
                                                  "100,A,B,C\n")
     pack_listing(tmp_path / "listing.csv", tmp_path / "images", tmp_path / "out" / "small.bson", progress=False)
-    assert auto_picture_size(Catalog.open(tmp_path / "out" / "small.bson")) == 80, "60x80 photos: their side"
+    assert auto_picture_size(Catalog.open(tmp_path / "out" / "small.bson")) == 96, "60x80 photos: the floor"
 
 
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])
