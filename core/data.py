@@ -157,13 +157,21 @@ class ProductDataset(torch.utils.data.Dataset):
                 "label": -1 if self.labels is None else int(self.labels[i])}
 
 
-def auto_picture_size(catalog: Catalog, sample: int = 256) -> int:
-    """The side the core works at when none is given, from the dump's own pictures: the median longest
-    side of a sample of them, as a multiple of 16, capped at ``AUTO_SIZE_CAP``.
+# The picture side a run takes when none is given: the dump's own, within these bounds. On the CPU the cap
+# is what the dev runs measured best within a 20-minute budget on 2 cores (README, "Core on real photos":
+# 160 px trains 1.6x slower per picture than 128 for less in the same time); on a GPU the 2017 teams'
+# 160-180 px is affordable. The floor: small catalogue photos (Myntra's 60x80) are upscaled to it, which
+# ImageNet features, learnt at 224, read better than 80 px.
+AUTO_SIZE_CAP = {"cpu": 128, "cuda": 180}
+AUTO_SIZE_FLOOR = 96
 
-    Cdiscount's 180x180 pictures give the cap; Myntra's 60x80 catalogue photos give 80; training at
-    the cap costs (180 / 128)^2 = 2x the time of 128 per picture for what the measured dev runs showed
-    (README, "Core on real photos")."""
+
+def auto_picture_size(catalog: Catalog, device: str = "cpu", sample: int = 256) -> int:
+    """The side the core works at when none is given, from the dump's own pictures: the median longest
+    side of a sample of them (read from the JPEG headers, nothing decoded), a multiple of 16, between
+    ``AUTO_SIZE_FLOOR`` and the device's ``AUTO_SIZE_CAP``: 128 for Cdiscount's 180x180 pictures on a
+    CPU, 96 for 60x80 catalogue photos."""
+    cap = AUTO_SIZE_CAP.get(device, AUTO_SIZE_CAP["cpu"])
     n = len(catalog)
     positions = np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64))
     sides = []
@@ -175,13 +183,9 @@ def auto_picture_size(catalog: Catalog, sample: int = 256) -> int:
             except Exception:  # noqa: BLE001 - a corrupt picture says nothing about the others
                 continue
     if not sides:
-        return AUTO_SIZE_CAP
+        return cap
     side = int(np.median(sides))
-    return int(min(AUTO_SIZE_CAP, max(AUTO_SIZE_FLOOR, int(round(side / 16)) * 16)))
-
-
-AUTO_SIZE_CAP = 128
-AUTO_SIZE_FLOOR = 64
+    return int(min(cap, max(AUTO_SIZE_FLOOR, int(round(side / 16)) * 16)))
 
 
 @dataclass
@@ -259,3 +263,173 @@ def to_device(batch: Batch, device: torch.device, mean: tuple, std: tuple, chann
     s = torch.tensor(std, device=device).view(1, 3, 1, 1)
     x = (x - m) / s
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding on the device: where the core runs on a GPU, JPEGs are decoded there (nvJPEG) in batches,
+# so the CPU only reads bytes; what the device decoder cannot take goes to the CPU decoder
+# (``decode_picture``, which also bounds what it decodes). The CPU path above never comes here.
+
+_SOF_DEVICE = (0xC0, 0xC1)  # baseline and extended sequential Huffman JPEGs: what nvJPEG decodes in batches
+_SOF_ANY = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every start-of-frame marker
+
+
+def jpeg_header(data: bytes | memoryview) -> tuple[int, int, int, int] | None:
+    """(start-of-frame marker, height, width, components) read off a JPEG's markers without decoding
+    anything; None when the bytes are not a JPEG or its header is cut short."""
+    data = memoryview(data)
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in _SOF_ANY:
+            if i + 10 > n:
+                return None
+            h = (data[i + 5] << 8) | data[i + 6]
+            w = (data[i + 7] << 8) | data[i + 8]
+            return marker, h, w, data[i + 9]
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not a JPEG we know
+            return None
+        i += 2 + length
+    return None
+
+
+def device_decodable(data: bytes | memoryview) -> bool:
+    """Whether the device decoder may take these bytes: a sequential JPEG of 1 or 3 components within
+    ``MAX_SIDE`` (larger ones are scaled down by the CPU decoder, progressive and CMYK ones decoded there)."""
+    from etalage.catalog.pictures import MAX_PIXELS, MAX_SIDE
+
+    head = jpeg_header(data)
+    if head is None:
+        return False
+    marker, h, w, comps = head
+    return marker in _SOF_DEVICE and comps in (1, 3) and 0 < max(h, w) <= MAX_SIDE and h * w <= MAX_PIXELS
+
+
+def decode_on_device(datas: list[bytes], device, decode=None) -> list[torch.Tensor | None]:
+    """JPEG bytes -> per picture a (3, H, W) uint8 RGB tensor on ``device``, decoded in one batched call
+    (``torchvision.io.decode_jpeg``; nvJPEG on CUDA), or None where the CPU decoder must take it: bytes
+    the device decoder may not take (``device_decodable``) and pictures it fails on. One failing picture
+    fails a batched call, so then each is tried alone. ``decode``: the decoder (tests pass a stand-in)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode
+
+    if decode is None:
+        from torchvision.io import decode_jpeg as decode
+    out: list[torch.Tensor | None] = [None] * len(datas)
+    ok = [i for i, d in enumerate(datas) if device_decodable(d)]
+    if not ok:
+        return out
+    raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in ok]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 marks its decoders deprecated
+        try:
+            for i, t in zip(ok, decode(raw, mode=ImageReadMode.RGB, device=device), strict=True):
+                out[i] = t
+        except RuntimeError:
+            for i, r in zip(ok, raw, strict=True):
+                try:
+                    out[i] = decode(r, mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    out[i] = None
+    return out
+
+
+def square_on_device(pic: torch.Tensor, size: int, resize: str = "letterbox") -> torch.Tensor:
+    """(3, H, W) uint8 pictures on their device (or a stack of N of one size, (N, 3, H, W)) brought to
+    ``size`` x ``size`` as ``PictureTransform.square`` does on the CPU: ``letterbox`` keeps the aspect on
+    white, ``stretch`` squashes (antialiased bicubic / bilinear resizing on the device; close to Pillow's,
+    not bit for bit)."""
+    import torch.nn.functional as F
+
+    h, w = pic.shape[-2:]
+    if h == size and w == size:
+        return pic
+    x = (pic if pic.dim() == 4 else pic.unsqueeze(0)).float()
+    if resize == "letterbox":
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        inner = F.interpolate(x, (nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        out = torch.full((len(x), 3, size, size), 255.0, device=pic.device)
+        y0, x0 = (size - nh) // 2, (size - nw) // 2
+        out[:, :, y0:y0 + nh, x0:x0 + nw] = inner
+    else:
+        out = F.interpolate(x, (size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return out if pic.dim() == 4 else out[0]
+
+
+def device_batch(products: list[list[bytes]], product_ids: list[int], transform: PictureTransform, device,
+                 stats: DecodeStats | None = None, decode=None) -> Batch:
+    """One batch of products (each its pictures' bytes) decoded and squared on ``device``: what ``collate``
+    of ``ProductDataset`` items gives on the CPU path, pictures already on the device. Pictures the device
+    decoder cannot take are decoded by the CPU one; corrupt ones are skipped and counted; a product left
+    without any picture gets the blank one, as on the CPU path. Pictures of one size are resized together
+    (Cdiscount's are all 180 x 180: one call)."""
+    from etalage.catalog.pictures import CorruptPicture, decode_picture
+
+    flat = [d for pics in products for d in pics]
+    decoded = iter(decode_on_device(flat, device, decode))
+    pictures: list[torch.Tensor] = []
+    owner: list[int] = []
+    corrupt = 0
+    for b, (pics, pid) in enumerate(zip(products, product_ids, strict=True)):
+        mine = 0
+        for k, data in enumerate(pics):
+            t = next(decoded)
+            if t is None:
+                try:
+                    t = torch.from_numpy(np.ascontiguousarray(decode_picture(data).transpose(2, 0, 1))).to(device)
+                except CorruptPicture:
+                    corrupt += 1
+                    if stats is not None:
+                        stats.record_corrupt(pid, k)
+                    continue
+            if stats is not None:
+                stats.decoded += 1
+            pictures.append(t)
+            mine += 1
+        if not mine:
+            pictures.append(torch.from_numpy(np.ascontiguousarray(BLANK.transpose(2, 0, 1))).to(device))
+            mine = 1
+        owner += [b] * mine
+    by_shape: dict[tuple, list[int]] = {}
+    for i, t in enumerate(pictures):
+        by_shape.setdefault(tuple(t.shape), []).append(i)
+    out = torch.empty((len(pictures), 3, transform.size, transform.size), dtype=torch.uint8, device=device)
+    for rows in by_shape.values():
+        out[rows] = square_on_device(torch.stack([pictures[i] for i in rows]), transform.size, transform.resize)
+    return Batch(out, torch.tensor(owner, dtype=torch.int64), torch.full((len(products),), -1, dtype=torch.int64),
+                 torch.arange(len(products)), corrupt)
+
+
+class PictureBytesDataset(torch.utils.data.Dataset):
+    """Catalog positions -> (position, the product's picture bytes): what DataLoader workers read when the
+    pictures are decoded on the device (``device_batch``)."""
+
+    def __init__(self, catalog, positions: np.ndarray):
+        self.catalog = catalog
+        self.positions = np.asarray(positions, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> tuple[int, list[bytes]]:
+        pos = int(self.positions[i])
+        return pos, self.catalog.picture_bytes(pos)
+
+
+def bytes_collate(items: list[tuple[int, list[bytes]]]) -> list[tuple[int, list[bytes]]]:
+    return items

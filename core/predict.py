@@ -17,8 +17,17 @@ import torch
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
 from etalage.chunks import DEFAULT_CHUNK, list_parts, part_path, shard_chunk_ranges
-from etalage.core.data import PictureTransform, ProductDataset, collate, default_workers, to_device
-from etalage.core.model import load_model, picture_pooling_of
+from etalage.core.data import (
+    PictureBytesDataset,
+    PictureTransform,
+    ProductDataset,
+    bytes_collate,
+    collate,
+    default_workers,
+    device_batch,
+    to_device,
+)
+from etalage.core.model import load_model, picture_pooling_of, safe_torch_load
 from etalage.core.ranking import MAX_PICTURES, PREDICTION_VERSION, CoreRanking
 from etalage.core.rundir import RunDir
 from etalage.core.runtime import resolve_device
@@ -59,7 +68,7 @@ class CorePredictor:
 
     def __init__(self, run: str | Path | RunDir, device: str = "auto", batch_size: int = 64,
                  workers: int | None = None, tta: str = "none", compile: bool = False,
-                 channels_last: bool | None = None, trust_pickle: bool = False):
+                 channels_last: bool | None = None, trust_pickle: bool = False, decode_on_device: bool | None = None):
         self.tta = check_choice(tta, TTA_MODES, "--tta")
         self.run = run if isinstance(run, RunDir) else RunDir(run)
         self.device = resolve_device(device)
@@ -72,6 +81,11 @@ class CorePredictor:
         self.forward = torch.compile(self.model) if compile else self.model
         self.batch_size = batch_size
         self.workers = workers if workers is not None else default_workers(self.device)
+        self.transform = PictureTransform.of_model(self.spec)
+        # JPEGs decoded on the GPU when the core runs there (the mosaic pooling tiles pictures on the CPU);
+        # the CPU path decodes with Pillow as ever
+        on_gpu = self.device.type == "cuda" and not self.transform.mosaic
+        self.decode_on_device = on_gpu if decode_on_device is None else bool(decode_on_device)
 
     @torch.no_grad()
     def predict_batch(self, batch, topk: int, picture_topk: int, embedding: bool) -> dict[str, np.ndarray]:
@@ -104,6 +118,13 @@ class CorePredictor:
             out["embedding"] = emb.half()
         return {k: v.cpu().numpy() for k, v in out.items()}
 
+    def claim(self, catalog: Catalog, out_dir: str | Path, topk: int = 20, picture_topk: int = 5,
+              embedding: bool = False, chunk: int = DEFAULT_CHUNK, positions: np.ndarray | None = None,
+              producer: str | None = None) -> np.ndarray:
+        """Stamp ``out_dir`` for these predictions (or check it holds them); returns the positions."""
+        return claim_predictions(self.run, self.spec, self.tta, catalog, out_dir, topk, picture_topk, embedding, chunk,
+                                 positions, producer)
+
     def predict_catalog(self, catalog: Catalog, out_dir: str | Path, topk: int = 20, picture_topk: int = 5,
                         shard: tuple[int, int] = (0, 1), embedding: bool = False, chunk: int = DEFAULT_CHUNK,
                         positions: np.ndarray | None = None, producer: str | None = None,
@@ -115,34 +136,116 @@ class CorePredictor:
         Returns the full ``CoreRanking`` when every shard is done, else None.
         """
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        positions = np.arange(len(catalog)) if positions is None else np.asarray(positions, np.int64)
-        meta = {"version": PREDICTION_VERSION, "run": str(self.run.path), "data": str(catalog.path),
-                "data_stamp": file_stamp(Path(catalog.path)), "n_products": len(positions),
-                "positions_digest": _digest(positions), "producer": producer, "chunk": chunk,
-                "topk": topk, "picture_topk": picture_topk, "tta": self.tta, "embedding": embedding,
-                "n_classes": self.spec["n_classes"], "pooling": picture_pooling_of(self.spec), "backbone": self.spec["backbone"]}
-        claim_folder(out_dir / "meta.json", meta, ignore=("producer",))
+        positions = self.claim(catalog, out_dir, topk, picture_topk, embedding, chunk, positions, producer)
         done = list_parts(out_dir)
         todo = [c for c in shard_chunk_ranges(len(positions), chunk, shard) if c not in done]
-        ds = ProductDataset(catalog, positions, None, PictureTransform.of_model(self.spec))
         total = sum(b - a for a, b in todo)
         with progress_bar(total=total, unit="product", desc=f"predict {Path(catalog.path).name}",
                           enabled=progress) as bar:
             for a, b in todo:
-                sub = torch.utils.data.Subset(ds, range(a, b))
-                loader = torch.utils.data.DataLoader(sub, batch_size=self.batch_size, collate_fn=collate,
-                                                     num_workers=self.workers,
-                                                     pin_memory=self.device.type == "cuda")
-                parts: dict[str, list[np.ndarray]] = {}
-                for batch in loader:
-                    for k, v in self.predict_batch(batch, topk, picture_topk, embedding).items():
-                        parts.setdefault(k, []).append(v)
-                    bar.update(batch.n_products)
-                arrays = {k: np.concatenate(v) for k, v in parts.items()}
-                arrays["product_ids"] = catalog.product_ids[positions[a:b]].astype(np.int64)
-                save_npz_atomic(part_path(out_dir, a, b), **arrays)
+                self.predict_part(catalog, out_dir, positions, (a, b), topk, picture_topk, embedding, bar)
         try:
             return CoreRanking.load(out_dir)
         except StageOutputError:
             return None
+
+    def predict_part(self, catalog: Catalog, out_dir: str | Path, positions: np.ndarray, rows: tuple[int, int],
+                     topk: int = 20, picture_topk: int = 5, embedding: bool = False, bar=None,
+                     workers: int | None = None) -> int:
+        """One part file: the products ``positions[a:b]`` of ``catalog`` predicted into
+        ``out_dir/part-A-B.npz`` (the one per-chunk step of every engine). ``catalog``: a ``Catalog``, or one
+        whose pictures were read beforehand (``PreReadCatalog``). Returns the pictures decoded."""
+        a, b = rows
+        parts: dict[str, list[np.ndarray]] = {}
+        pictures = 0
+        for batch in self._batches(catalog, positions[a:b], workers):
+            for k, v in self.predict_batch(batch, topk, picture_topk, embedding).items():
+                parts.setdefault(k, []).append(v)
+            pictures += len(batch.picture_product)
+            if bar is not None:
+                bar.update(batch.n_products)
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        arrays["product_ids"] = catalog.product_ids[positions[a:b]].astype(np.int64)
+        save_npz_atomic(part_path(out_dir, a, b), **arrays)
+        return pictures
+
+    def _batches(self, catalog: Catalog, positions: np.ndarray, workers: int | None = None):
+        """Batches of ``batch_size`` products in order: decoded by Pillow (in DataLoader workers) and
+        collated on the CPU, or with ``decode_on_device`` read as bytes and decoded on the GPU."""
+        workers = self.workers if workers is None else workers
+        if self.decode_on_device:
+            loader = torch.utils.data.DataLoader(PictureBytesDataset(catalog, positions), batch_size=self.batch_size,
+                                                 collate_fn=bytes_collate, num_workers=workers)
+            for items in loader:
+                ids = catalog.product_ids[[p for p, _ in items]].tolist()
+                yield device_batch([pics for _, pics in items], ids, self.transform, self.device)
+            return
+        ds = ProductDataset(catalog, positions, None, self.transform)
+        yield from torch.utils.data.DataLoader(ds, batch_size=self.batch_size, collate_fn=collate, num_workers=workers,
+                                               pin_memory=self.device.type == "cuda")
+
+
+def model_spec(run: str | Path | RunDir, trust_pickle: bool = False) -> dict:
+    """A trained run's network description (what ``claim_predictions`` stamps) without building it."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    model_file = run.require_model()
+    return safe_torch_load(model_file, "trained model", f"retrain with `etalage train --out {run.path}`",
+                           trust_pickle)["spec"]
+
+
+def claim_predictions(run: RunDir, spec: dict, tta: str, catalog: Catalog, out_dir: str | Path, topk: int = 20,
+                      picture_topk: int = 5, embedding: bool = False, chunk: int = DEFAULT_CHUNK,
+                      positions: np.ndarray | None = None, producer: str | None = None) -> np.ndarray:
+    """Stamp ``out_dir`` with the settings of the predictions it holds (run, data and its stamp, positions,
+    top-K, TTA, network), or check a stamp there matches: predictions of two jobs never mix. Returns the
+    positions predicted (every product when None)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    positions = np.arange(len(catalog)) if positions is None else np.asarray(positions, np.int64)
+    meta = {"version": PREDICTION_VERSION, "run": str(run.path), "data": str(catalog.path),
+            "data_stamp": file_stamp(Path(catalog.path)), "n_products": len(positions),
+            "positions_digest": _digest(positions), "producer": producer, "chunk": chunk,
+            "topk": topk, "picture_topk": picture_topk, "tta": check_choice(tta, TTA_MODES, "--tta"),
+            "embedding": embedding, "n_classes": spec["n_classes"], "pooling": picture_pooling_of(spec),
+            "backbone": spec["backbone"]}
+    claim_folder(out_dir / "meta.json", meta, ignore=("producer",))
+    return positions
+
+
+class PreReadCatalog(Catalog):
+    """A catalogue whose products ``start``.. have had their bytes read beforehand (the Ray engine's read
+    tasks: one contiguous stretch of the dump, ``base`` its file offset): pictures come from memory, and
+    ``decode`` is ``Catalog.decode`` itself, so both engines decode alike."""
+
+    def __init__(self, index, start: int, end: int, base: int, blob: bytes):
+        super().__init__(index)
+        self.start, self.end, self.base, self.blob = start, end, base, memoryview(blob)
+
+    def picture_bytes(self, position: int) -> list[bytes]:
+        if not self.start <= position < self.end:
+            return super().picture_bytes(position)
+        row = self.index.products[position]
+        first, count = int(row["first_picture"]), int(row["n_pictures"])
+        pics = self.index.pictures[first:first + count]
+        return [bytes(self.blob[int(o) - self.base:int(o) - self.base + int(n)])
+                for o, n in zip(pics["offset"], pics["length"], strict=True)]
+
+    def __getstate__(self) -> dict:
+        return {"index": self.index}
+
+    def __setstate__(self, state: dict) -> None:
+        Catalog.__init__(self, state["index"])
+        self.start = self.end = self.base = 0
+        self.blob = memoryview(b"")
+
+
+def chunk_extent(catalog: Catalog, rows: tuple[int, int]) -> tuple[int, int]:
+    """(first byte, end byte) of the pictures of products ``rows`` in the dump: one read covers them
+    (products lie one after the other in a BSON dump, their pictures inside them)."""
+    a, b = rows
+    prods = catalog.index.products
+    first, last = int(prods["first_picture"][a]), int(prods["first_picture"][b - 1]) + int(prods["n_pictures"][b - 1])
+    if last <= first:
+        return 0, 0
+    pics = catalog.index.pictures[first:last]
+    return int(pics["offset"].min()), int((pics["offset"] + pics["length"]).max())

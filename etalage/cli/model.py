@@ -34,6 +34,7 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--embedding", action="store_true", help="also store the fused embedding (float16)")
     compute_options(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    engine_options(p)
 
     p = leaf(sub, handlers, ("submit",), cmd_submit, "write a Kaggle submission (_id,category_id) for a test dump",
              "With --fusion: the full pipeline, index -> core predictions -> specialists on gated products -> "
@@ -44,6 +45,33 @@ def register(sub, handlers: dict) -> None:
     pipeline_options(p)
     p.add_argument("--out", required=True, metavar="submission.csv", help="the submission to write")
     p.add_argument("--merge", action="store_true", help="only assemble the slices' outputs into --out")
+    engine_options(p)
+
+
+def engine_options(p, what: str = "the stages") -> None:
+    """Where a job runs: this machine (local) or a Ray cluster (submit, predict, ocr)."""
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help=f"local: {what} one after the other in this process (and its forked workers); ray: a Ray "
+                        "Data pipeline over a cluster, the stages at once, chunk by chunk (pip install "
+                        "'etalage[ray]'); the same outputs")
+    ray_options(p)
+
+
+def ray_options(p) -> None:
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --engine ray: join the running cluster at ADDR (`ray start --head` prints it; 'auto': "
+                        "the one on this machine); unset: Ray starts on this machine for the command and stops after")
+    p.add_argument("--ray-dashboard", action="store_true",
+                   help="with --engine ray and no --ray-address: also start Ray's dashboard (off by default)")
+
+
+def ray_settings(args):
+    """The ``RaySettings`` of a command's --engine ray options (None with --engine local)."""
+    if getattr(args, "engine", "local") != "ray":
+        return None
+    from etalage.pipeline.ray_engine import RaySettings
+
+    return RaySettings(address=args.ray_address, dashboard=bool(args.ray_dashboard), verbose=int(args.verbose or 0))
 
 
 def compute_options(p) -> None:
@@ -91,7 +119,7 @@ def _train(p) -> None:
           help="how a product's pictures are combined (prob-mean: average per-picture probabilities)")
     p.add_argument("--picture-size", type=int, default=d.picture_size,
                    help="side every picture is brought to (default: from the dump's pictures, their median longest "
-                        "side capped at 128, which measured best within CPU budgets)")
+                        "side kept between 96 and 128 on a CPU, which measured best within CPU budgets, or 180 on a GPU)")
     p.add_argument("--crop", type=int, default=d.crop,
                    help="random training crop (default: 7/8 of the picture side); evaluation uses the whole picture")
     p.add_argument("--resize", default=d.resize, choices=RESIZE_MODES,
@@ -101,7 +129,8 @@ def _train(p) -> None:
                         "torchvision's TrivialAugmentWide / RandAugment")
     p.add_argument("--mixup", type=float, default=d.mixup, help="mixup between products, Beta(a, a) (0: off)")
     p.add_argument("--cutmix", type=float, default=d.cutmix, help="cutmix between products, Beta(a, a) (0: off)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="products per batch and process")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="products per batch and process (default 32, which measured best on real photos within "
+                        "CPU budgets)")
     p.add_argument("--epochs", type=float, default=d.epochs,
                    help="passes over the training products (default: 3; with --max-minutes, as many as fit)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the schedule (warm-up included) is fitted "
@@ -117,7 +146,9 @@ def _train(p) -> None:
                    help="passes training the heads only (backbone frozen) before the fine-tune (at most a quarter "
                         "of --max-minutes)")
     p.add_argument("--freeze", type=int, default=d.freeze,
-                   help="leading backbone layer groups never trained (1: the stem; 1 + N: and N stages)")
+                   help="leading backbone layer groups never trained (1: the stem; 1 + N: and N stages; default: 3 with "
+                        "pretrained weights, which measured best on real photos within CPU budgets, 0 with --weights "
+                        "none; 0 fine-tunes the whole backbone)")
     p.add_argument("--layer-decay", type=float, default=d.layer_decay,
                    help="learning-rate factor per backbone layer group below the heads (1: one rate)")
     p.add_argument("--ema", type=float, default=d.ema,
@@ -202,7 +233,8 @@ def cmd_predict(args) -> int:
     ranking = predict_core_file(args.run, args.data, args.out, topk=args.topk, picture_topk=args.picture_topk,
                                 tta=args.tta, shard=parse_shard(args.shard), embedding=args.embedding,
                                 batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                compile=args.compile, trust_pickle=args.trust_pickle, progress=not args.quiet)
+                                compile=args.compile, trust_pickle=args.trust_pickle, progress=not args.quiet,
+                                engine=args.engine, ray=ray_settings(args))
     dt = time.perf_counter() - t0
     if ranking is None:
         print(f"{args.out}: shard {args.shard} done in {dt:.1f}s; other shards still to run")
@@ -222,7 +254,8 @@ def cmd_submit(args) -> int:
     res = submit(args.data, args.out, fusion=args.fusion, run=args.run, train=args.train, specialists=args.specialists,
                  work=args.work, shard=parse_shard(args.shard), merge=args.merge, tta=args.tta, topk=args.topk,
                  ocr_cache=args.ocr_cache, chunk=args.chunk, device=args.device, batch_size=args.batch_size,
-                 workers=args.workers, trust_pickle=args.trust_pickle, progress=not args.quiet)
+                 workers=args.workers, trust_pickle=args.trust_pickle, progress=not args.quiet, engine=args.engine,
+                 ray=ray_settings(args))
     if res.work.path.exists():
         save_resolved(args, res.work.path / "config.yaml")
     if res.submission is None:

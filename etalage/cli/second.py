@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
 from etalage.cli.data import leaf
-from etalage.cli.model import compute_options, pipeline_options
+from etalage.cli.model import compute_options, pipeline_options, ray_options, ray_settings
 from etalage.cli.options import add_common, alias, save_resolved
 from etalage.options import OCR_ENGINES, TTA_MODES, parse_key_values
 
@@ -26,7 +28,12 @@ def register(sub, handlers: dict) -> None:
              "cache keyed by picture MD5 and engine (plain tables: SELECT text, confidence FROM boxes); cached "
              "pictures are skipped, so a killed run resumes, and with nothing left to read the engine never loads.")
     p.add_argument("--data", required=True, metavar="FILE.bson", help="the dump whose pictures to read")
-    p.add_argument("--engine", choices=OCR_ENGINES, help="OCR engine (default: the default reading)")
+    p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine (default: the default reading)")
+    p.add_argument("--engine", action=EngineOrOcrEngine, default="local", metavar="{local,ray}",
+                   help="local: --workers forked processes on this machine; ray: an actor pool of OCR engines over a "
+                        "Ray cluster (--workers actors, default one per 2 CPUs); the driver writes the cache. (An "
+                        "OCR engine's name here, the former spelling of --ocr-engine, still works, with a warning)")
+    ray_options(p)
     p.add_argument("--groups", default="LIBRAIRIE,MUSIQUE", help="comma-separated level-1 names")
     p.add_argument("--taxonomy", help="category_names.csv (default: the one beside the data file)")
     p.add_argument("--predictions", metavar="PRED", help="core predictions choosing the products of an unlabelled "
@@ -121,6 +128,22 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds")
 
 
+class EngineOrOcrEngine(argparse.Action):
+    """``ocr --engine``: local or ray (where it runs); an OCR engine's name, its meaning before ``--ocr-engine``,
+    is kept for one release (it warns)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values in OCR_ENGINES:
+            print(f"etalage: --engine {values} (an OCR engine) is deprecated and will be removed in the next release; "
+                  f"use --ocr-engine {values} (--engine now says where the job runs: local or ray)", file=sys.stderr)
+            namespace.ocr_engine = values
+            return
+        if values not in ("local", "ray"):
+            parser.error(f"argument --engine: invalid choice {values!r} (choose from local, ray; OCR engines go to "
+                         f"--ocr-engine)")
+        setattr(namespace, self.dest, values)
+
+
 def _names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
@@ -135,12 +158,12 @@ def cmd_ocr(args) -> int:
     options = {}
     if args.scale is not None:
         options["scale"] = args.scale
-    if args.lang and args.engine == "tesseract":
+    if args.lang and args.ocr_engine == "tesseract":
         options["lang"] = args.lang
     t0 = time.perf_counter()
-    s = run_ocr(args.data, _names(args.groups), tax, engine_name=args.engine, cache_path=args.ocr_cache,
+    s = run_ocr(args.data, _names(args.groups), tax, engine_name=args.ocr_engine, cache_path=args.ocr_cache,
                 predictions=args.predictions, threshold=args.threshold, workers=args.workers, batch=args.batch,
-                engine_options=options, progress=not args.quiet)
+                engine_options=options, progress=not args.quiet, engine=args.engine, ray=ray_settings(args))
     print(f"{s.products} products of {args.groups}: {s.pictures} distinct pictures, {s.already_cached} already "
           f"cached, {s.read} read in {time.perf_counter() - t0:.1f}s, {s.unreadable} unreadable -> {s.cache} "
           f"({s.engine})")

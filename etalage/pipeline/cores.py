@@ -12,6 +12,7 @@ Memory stays at one chunk of top-K lists per run.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from etalage.catalog import Catalog
 from etalage.chunks import list_parts, part_path, shard_chunk_ranges
 from etalage.core.ensemble import CoreModel, mean_ranking
 from etalage.core.ranking import CoreRanking
+from etalage.core.rundir import RunDir
 from etalage.files import claim_folder, save_npz_atomic
 from etalage.fusion.folder import FusionDir
 from etalage.fusion.neighbours import EmbeddingIndex, NeighbourHits
@@ -81,17 +83,108 @@ def predict_models(models: list[CoreModel], catalog: Catalog, core_dir: Path, ru
             _predictor(run, tta, kw).predict_catalog(catalog, run_dir(m.name, i), topk=topk, shard=shard, chunk=chunk,
                                                      embedding=embedding and j == 0, producer=producer,
                                                      progress=progress)
+    claim_combined(models, catalog, core_dir, chunk, topk, tta, producer)
+    done = list_parts(core_dir)
+    for a, b in shard_chunk_ranges(len(catalog), chunk, shard):
+        if (a, b) not in done:
+            combine_chunk(models, core_dir, run_dir, (a, b))
+
+
+def claim_combined(models: list[CoreModel], catalog: Catalog, core_dir: Path, chunk: int, topk: int, tta: str,
+                   producer: str) -> None:
+    """Stamp ``core_dir`` as the combination of ``models``' runs (or check it is)."""
     core_dir = Path(core_dir)
     core_dir.mkdir(parents=True, exist_ok=True)
     claim_folder(core_dir / "meta.json", {"n_products": len(catalog), "chunk": chunk, "producer": producer,
                                           "combined": [f"{m.name}:{len(m.runs)}" for m in models], "topk": topk,
                                           "tta": tta}, ignore=("producer",))
-    done = list_parts(core_dir)
-    for a, b in shard_chunk_ranges(len(catalog), chunk, shard):
-        if (a, b) in done:
-            continue
-        combined, _ = chunk_rankings(models, run_dir, (a, b))
-        save_npz_atomic(part_path(core_dir, a, b), **{k: getattr(combined, k) for k in RANKING_ARRAYS})
+
+
+def combine_chunk(models: list[CoreModel], core_dir: Path, run_dir, rows: tuple[int, int]) -> None:
+    """The chunk ``rows`` of every run averaged (per model, then over the models) into ``core_dir``."""
+    combined, _ = chunk_rankings(models, run_dir, rows)
+    save_npz_atomic(part_path(core_dir, *rows), **{k: getattr(combined, k) for k in RANKING_ARRAYS})
+
+
+def part_done(folder: Path, rows: tuple[int, int]) -> bool:
+    """Whether the part of ``rows`` in ``folder`` is finished (a whole npz file, as ``list_parts`` counts)."""
+    import zipfile
+
+    path = part_path(folder, *rows)
+    return path.exists() and zipfile.is_zipfile(path)
+
+
+@dataclass
+class CoreTarget:
+    """One run's predictions and where they go (``embedding``: with the fused embedding)."""
+
+    run: RunDir
+    out: Path
+    embedding: bool
+
+
+def core_targets(models: list[CoreModel], core_dir: Path, run_dir, embedding: bool) -> list[CoreTarget]:
+    """Where each run of ``models`` writes, as ``predict_models`` lays it out: a single run straight into
+    ``core_dir``; otherwise run i of a model into ``run_dir(model, i)`` (the first model's with embeddings)."""
+    if single_run(models):
+        return [CoreTarget(models[0].runs[0], Path(core_dir), embedding)]
+    return [CoreTarget(run, Path(run_dir(m.name, i)), embedding and j == 0)
+            for j, m in enumerate(models) for i, run in enumerate(m.runs)]
+
+
+@dataclass
+class CoreJob:
+    """The core stage of a dump chunk by chunk, as the Ray engine's core actors run it: every target run
+    predicts the chunks it has not done (the local engine's ``CorePredictor.predict_part``), then, with several
+    runs, the chunk is combined into ``core_dir`` (``combine_chunk``). ``claim`` stamps every folder first
+    (once, on the driver)."""
+
+    targets: list[CoreTarget]
+    models: list[CoreModel] | None   # set: several runs, combined into core_dir
+    core_dir: Path
+    run_dir: object                  # run_dir(model, i) -> folder (WorkDir.core_run), or None
+    topk: int
+    picture_topk: int
+    tta: str
+    kw: dict                         # CorePredictor settings (device, batch size, trust_pickle)
+    producer: str
+    chunk: int
+
+    @classmethod
+    def of_models(cls, models: list[CoreModel], core_dir: Path, run_dir, topk: int, tta: str, embedding: bool,
+                  kw: dict, producer: str, chunk: int) -> CoreJob:
+        combined = None if single_run(models) else models
+        return cls(core_targets(models, core_dir, run_dir, embedding), combined, Path(core_dir), run_dir, topk, 5,
+                   tta, kw, producer, chunk)
+
+    def claim(self, catalog: Catalog) -> None:
+        from etalage.core.predict import claim_predictions, model_spec
+
+        for t in self.targets:
+            claim_predictions(t.run, model_spec(t.run, self.kw.get("trust_pickle", False)), self.tta, catalog, t.out,
+                              self.topk, self.picture_topk, t.embedding, self.chunk, None, self.producer)
+        if self.models is not None:
+            claim_combined(self.models, catalog, self.core_dir, self.chunk, self.topk, self.tta, self.producer)
+
+    def done(self, rows: tuple[int, int]) -> bool:
+        return all(part_done(t.out, rows) for t in self.targets) and \
+            (self.models is None or part_done(self.core_dir, rows))
+
+    def predictors(self) -> list:
+        """One ``CorePredictor`` per target (the models loaded: once per actor)."""
+        return [_predictor(t.run, self.tta, self.kw) for t in self.targets]
+
+    def run_chunk(self, predictors: list, catalog: Catalog, rows: tuple[int, int]) -> int:
+        """Predict chunk ``rows`` with every target that has not, then combine; returns pictures decoded."""
+        positions = np.arange(len(catalog))
+        pictures = 0
+        for t, p in zip(self.targets, predictors, strict=True):
+            if not part_done(t.out, rows):
+                pictures += p.predict_part(catalog, t.out, positions, rows, self.topk, self.picture_topk, t.embedding,
+                                           workers=0)
+        if self.models is not None and not part_done(self.core_dir, rows):
+            combine_chunk(self.models, self.core_dir, self.run_dir, rows)
+        return pictures
 
 
 def chunk_rankings(models: list[CoreModel], run_dir, rows: tuple[int, int]

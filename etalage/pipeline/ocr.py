@@ -76,8 +76,17 @@ def _read_batch(jobs: list[tuple[bytes, int, int]]) -> tuple[list[tuple[bytes, l
 def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name: str | None = None,
             cache_path: str | Path | None = None, predictions: str | None = None,
             threshold: float = ROUTING_THRESHOLD, workers: int = 1, batch: int = 32,
-            engine_options: dict | None = None, progress: bool = True) -> OcrRunSummary:
+            engine_options: dict | None = None, progress: bool = True, engine: str = "local",
+            ray=None) -> OcrRunSummary:
+    """Read the distinct pictures of ``groups``' products of ``data`` that the cache lacks. ``engine``:
+    ``local`` (``workers`` forked processes) or ``ray`` (an actor pool of OCR engines on a cluster,
+    ``workers`` actors, default one per 2 CPUs; ``ray``: its ``RaySettings``); the driver alone writes the
+    cache in both."""
     from etalage.ocr.base import load_engine
+
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, got {engine!r}")
+    run_engine = engine
 
     engine_options = engine_options or {}
     catalog = Catalog.open(data, md5=True, progress=progress)
@@ -98,16 +107,22 @@ def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name
         todo = [(m, *where) for m, where in unique.items() if m not in cached]
         if not todo:
             return summary  # nothing to read: the networks are never loaded
+        if run_engine == "ray":
+            from etalage.pipeline.ray_engine import read_pictures_ray
+
+            read_pictures_ray(catalog, todo, engine_name, engine_options, batch, cache, engine.cache_key, summary,
+                              progress, ray, workers if workers > 1 else None)
+            return summary
         batches = [todo[i:i + batch] for i in range(0, len(todo), batch)]
         if workers <= 1:
             _WORKER.update(engine=engine, catalog=catalog)
             results = map(_read_batch, batches)
             pool = None
         else:
-            import multiprocessing as mp
+            from etalage.forking import forked_pool
 
             threads = max(1, usable_cpus() // workers)
-            pool = mp.get_context("fork").Pool(workers, _init_worker, (engine_name, engine_options, catalog, threads))
+            pool = forked_pool(workers, _init_worker, (engine_name, engine_options, catalog, threads))
             results = pool.imap(_read_batch, batches)
         try:
             with progress_bar(total=len(todo), unit="picture", desc=f"ocr {engine.name}", enabled=progress) as bar:

@@ -29,6 +29,7 @@ from etalage.core.ranking import CoreRanking
 from etalage.core.rundir import RunDir
 from etalage.errors import ConfigError, DataError, StageOutputError
 from etalage.files import save_npz_atomic
+from etalage.forking import map_forked, mp_child
 from etalage.fusion.folder import FusionDir
 from etalage.fusion.model import FusionModel, assemble, fused_top1
 from etalage.fusion.signals import TrainingSignals
@@ -40,25 +41,6 @@ from etalage.progress import bar as progress_bar
 from etalage.resources import usable_cpus
 
 log = logging.getLogger(__name__)
-
-
-def map_forked(fn, items: list, workers: int):
-    """``fn`` over ``items`` in ``workers`` forked processes, yielding results in order. The children
-    inherit what the parent set up (training signals, the model): nothing large is pickled. Feature
-    building is single-threaded numpy, so on 2 cores two processes nearly double the fusion stage."""
-    if workers <= 1 or len(items) <= 1:
-        yield from (fn(x) for x in items)
-        return
-    import multiprocessing as mp
-
-    with mp.get_context("fork").Pool(min(workers, len(items))) as pool:
-        yield from pool.imap(fn, items, chunksize=1)
-
-
-def mp_child() -> bool:
-    import multiprocessing as mp
-
-    return mp.parent_process() is not None
 
 
 def fusion_workers() -> int:
@@ -95,22 +77,48 @@ def ocr_engine_of(specialist_settings: list[dict]):
     return load_engine(name, **json.loads(options))
 
 
+class SpecialistsStage:
+    """The specialists stage, loaded once: the fitted specialists ``names`` under ``specialists_dir``, the OCR
+    engine they were fitted with and the OCR cache (opened per call). The local engine scores a shard with
+    one call, the Ray engine's specialists actors one chunk per call (``chunk_shard``)."""
+
+    def __init__(self, specialists_dir: Path, names: list[str], ocr_cache: Path | None, data: Path):
+        from etalage.specialists.runner import fit_settings, load_fitted
+
+        self.specs = load_fitted(specialists_dir, names)
+        self.engine = ocr_engine_of([s for s in fit_settings(specialists_dir) if s is not None])
+        self.cache_path = Path(ocr_cache) if ocr_cache else default_cache_path(data)
+
+    def score(self, ranking, catalog: Catalog, positions: np.ndarray, taxonomy: Taxonomy, out_dir: Path,
+              shard: tuple[int, int], producer: str, progress: bool = True):
+        """``score_catalog`` over shard ``shard`` (guarded: a failing plugin costs its chunks only)."""
+        from etalage.ocr.cache import OcrCache
+        from etalage.specialists.runner import score_catalog
+
+        cache = OcrCache(self.cache_path) if self.engine is not None else None
+        try:
+            return score_catalog(self.specs, ranking, catalog, positions, taxonomy, self.engine, cache, out_dir,
+                                 shard=shard, producer=producer, progress=progress)
+        finally:
+            if cache is not None:
+                cache.close()
+
+
+def chunk_shard(rows: tuple[int, int], n_products: int, chunk: int) -> tuple[int, int]:
+    """The shard ``i/n`` that is exactly the chunk ``rows`` (n: the number of chunks), so that a stage run
+    over shards does one chunk."""
+    chunks = chunk_ranges(n_products, chunk)
+    shard = (chunks.index(tuple(rows)), len(chunks))
+    assert shard_chunk_ranges(n_products, chunk, shard) == [tuple(rows)]
+    return shard
+
+
 def score_specialists(specialists_dir: Path, names: list[str], ranking, catalog: Catalog, positions: np.ndarray,
                       taxonomy: Taxonomy, out_dir: Path, shard: tuple[int, int], producer: str,
                       ocr_cache: Path | None, progress: bool = True):
     """The specialists stage: load the fitted ones, read the gated products, score them (guarded)."""
-    from etalage.ocr.cache import OcrCache
-    from etalage.specialists.runner import fit_settings, load_fitted, score_catalog
-
-    specs = load_fitted(specialists_dir, names)
-    engine = ocr_engine_of([s for s in fit_settings(specialists_dir) if s is not None])
-    cache = OcrCache(ocr_cache or default_cache_path(catalog.path)) if engine is not None else None
-    try:
-        summary = score_catalog(specs, ranking, catalog, positions, taxonomy, engine, cache, out_dir, shard=shard,
-                                producer=producer, progress=progress)
-    finally:
-        if cache is not None:
-            cache.close()
+    stage = SpecialistsStage(specialists_dir, names, ocr_cache, catalog.path)
+    summary = stage.score(ranking, catalog, positions, taxonomy, out_dir, shard, producer, progress)
     for line in summary.lines():
         log.info("      %s", line)
     return summary
@@ -125,20 +133,30 @@ def specialist_rankings(folder: Path, names: list[str], rows: tuple[int, int] | 
 def predict_core_file(run: str | Path, data: str | Path, out: str | Path, topk: int = 20, picture_topk: int = 5,
                       tta: str = "none", shard: tuple[int, int] = (0, 1), embedding: bool = False,
                       batch_size: int = 64, workers: int | None = None, device: str = "auto", compile: bool = False,
-                      trust_pickle: bool = False, progress: bool = True):
+                      trust_pickle: bool = False, progress: bool = True, engine: str = "local", ray=None):
     """``etalage predict``: core predictions of shard ``i/n`` of ``data`` into ``out``; once every shard
-    is done, also ``out/ranking.parquet``. Returns the ``CoreRanking`` when complete, else None."""
-    from etalage.core.predict import CorePredictor
+    is done, also ``out/ranking.parquet``. Returns the ``CoreRanking`` when complete, else None.
+    ``engine``: ``local`` (this process) or ``ray`` (``ray``: its ``RaySettings``), the same parts."""
     from etalage.core.ranking import write_ranking_parquet
 
-    catalog = Catalog.open(data, progress=progress)
-    predictor = CorePredictor(run, device=device, batch_size=batch_size, workers=workers, tta=tta, compile=compile,
-                              trust_pickle=trust_pickle)
-    ranking = predictor.predict_catalog(catalog, out, topk=topk, picture_topk=picture_topk, shard=shard,
-                                        embedding=embedding, progress=progress)
+    if engine == "ray":
+        from etalage.pipeline.ray_engine import predict_core_ray
+
+        ranking = predict_core_ray(run, data, out, topk, picture_topk, tta, shard, embedding, batch_size, device,
+                                   compile, trust_pickle, progress=progress, ray=ray)
+        taxonomy = RunDir(run).taxonomy()
+    else:
+        from etalage.core.predict import CorePredictor
+
+        catalog = Catalog.open(data, progress=progress)
+        predictor = CorePredictor(run, device=device, batch_size=batch_size, workers=workers, tta=tta,
+                                  compile=compile, trust_pickle=trust_pickle)
+        ranking = predictor.predict_catalog(catalog, out, topk=topk, picture_topk=picture_topk, shard=shard,
+                                            embedding=embedding, progress=progress)
+        taxonomy = predictor.taxonomy
     if ranking is not None:
         write_ranking_parquet(Path(out) / "ranking.parquet", ranking.product_ids, ranking.topk_class,
-                              ranking.topk_prob.astype(np.float32), predictor.taxonomy)
+                              ranking.topk_prob.astype(np.float32), taxonomy)
     return ranking
 
 
@@ -286,17 +304,13 @@ def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tupl
 def fuse_chunks(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
                 chunks: list[tuple[int, int]], redo: set[tuple[int, int]], progress: bool) -> None:
     """Stage 4 over ``chunks`` (those not fused yet, and ``redo``), in forked workers."""
-    from etalage.pipeline.cores import load_indexes
-
-    model = FusionModel.load(plan.model)
-    signals = training_signals(train, taxonomy, plan.ks)
-    indexes = load_indexes(plan.model, len(plan.models[0].runs)) if plan.neighbours else []
     done = list_parts(work.fused)
     todo = [c for c in chunks if c not in done or c in redo]
     workers = min(fusion_workers(), len(todo))
-    model.threads = 1 if workers > 1 else 0
-    _FUSE.update(work=work, catalog=catalog, taxonomy=taxonomy, signals=signals, model=model, plan=plan,
-                 indexes=indexes)
+    state = fusion_state(plan, work, catalog, train, taxonomy)
+    state["model"].threads = 1 if workers > 1 else 0
+    state["faiss_threads"] = 0  # forked workers: one thread each, else every core
+    _FUSE.update(state)
     try:
         with progress_bar(total=sum(b - a for a, b in todo), unit="product", desc="fusion", enabled=progress) as bar:
             for a, b in map_forked(_fuse_chunk, todo, workers):
@@ -305,18 +319,44 @@ def fuse_chunks(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catal
         _FUSE.clear()
 
 
+def fusion_state(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
+                 signals: TrainingSignals | None = None, load: bool = True) -> dict:
+    """What fusing a chunk needs: the work folder, the catalogue, the taxonomy, the training signals, the
+    fusion model and the embedding-neighbour indexes (``fuse_chunk``'s ``st``). ``load=False``: without the
+    model and the indexes (``load_fusion_models`` adds them where the fusing happens)."""
+    signals = signals if signals is not None else training_signals(train, taxonomy, plan.ks)
+    st = dict(work=work, catalog=catalog, taxonomy=taxonomy, signals=signals, plan=plan)
+    return load_fusion_models(st) if load else st
+
+
+def load_fusion_models(st: dict) -> dict:
+    """``st`` with the fusion model and the embedding-neighbour indexes of its plan, loaded from the fusion
+    folder."""
+    from etalage.pipeline.cores import load_indexes
+
+    plan = st["plan"]
+    st["model"] = FusionModel.load(plan.model)
+    st["indexes"] = load_indexes(plan.model, len(plan.models[0].runs)) if plan.neighbours else []
+    return st
+
+
 _FUSE: dict = {}  # what the fusion workers inherit (set by fuse_chunks before forking)
 
 
 def _fuse_chunk(chunk: tuple[int, int]) -> tuple[int, int]:
-    """Fuse products a..b: their table from every signal, ranked; one part file."""
+    return fuse_chunk(_FUSE, chunk)
+
+
+def fuse_chunk(st: dict, chunk: tuple[int, int]) -> tuple[int, int]:
+    """Fuse products a..b: their table from every signal, ranked; one part file (the one per-chunk step of
+    every engine). ``st``: ``fusion_state``'s, with ``faiss_threads`` (0: one in a forked worker, else every
+    core)."""
     a, b = chunk
-    st = _FUSE
     work: WorkDir = st["work"]
     if st["indexes"]:
         import faiss
 
-        faiss.omp_set_num_threads(1 if mp_child() else usable_cpus())
+        faiss.omp_set_num_threads(st.get("faiss_threads") or (1 if mp_child() else usable_cpus()))
     part, table = chunk_table(st["plan"], work, st["catalog"], st["taxonomy"], st["signals"], st["indexes"], (a, b))
     classes, scores = st["model"].rank(table, b - a, FUSED_TOPK)
     save_npz_atomic(part_path(work.fused, a, b), product_ids=part.product_ids, topk_class=classes,

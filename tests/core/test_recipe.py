@@ -191,3 +191,14 @@ def test_time_budget_is_used_after_a_slow_start(synth_dir, tmp_path, monkeypatch
     res = train(cfg, progress=False)
     assert res.status == "finished"
     assert res.metrics["elapsed_s"] > 0.7 * 15, f"stopped after {res.metrics['elapsed_s']:.1f}s of a 15s budget"
+
+
+def test_frozen_groups_default_to_three_for_pretrained_weights_only():
+    from functools import partial
+
+    from etalage.core.config import TrainConfig
+
+    cfg = partial(TrainConfig, train="train.bson", out="run")
+    assert cfg().frozen_groups() == 3, "ImageNet weights: the stem and 2 stages kept"
+    assert cfg(weights="none").frozen_groups() == 0, "from scratch nothing may stay random"
+    assert cfg(weights="none", freeze=2).frozen_groups() == 2 and cfg(freeze=0).frozen_groups() == 0

@@ -11,7 +11,7 @@ from etalage.pipeline.ocr import run_ocr, select_products
 
 def test_ocr_command_fills_the_cache_and_resumes(synth_dir, tmp_path, capsys):
     cache = tmp_path / "ocr.sqlite"
-    argv = ["ocr", "--data", str(synth_dir / "train.bson"), "--engine", "tesseract", "--groups", "MUSIQUE",
+    argv = ["ocr", "--data", str(synth_dir / "train.bson"), "--ocr-engine", "tesseract", "--groups", "MUSIQUE",
             "--ocr-cache", str(cache), "-q"]
     assert main(argv) == 0
     first = capsys.readouterr().out

@@ -1,0 +1,227 @@
+"""The Ray engine (``--engine ray``) on a simulated two-node cluster (``ray.cluster_utils.Cluster``, one
+CPU per node, one cluster for the session): the submission and every part file identical to the local
+engine's; a node removed mid-run and a driver killed mid-run change nothing in the result (and the
+driver's rerun does not redo the finished chunks); a failing plugin is contained; predict and ocr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from etalage.cli import main
+
+ray = pytest.importorskip("ray", reason="--engine ray needs Ray: pip install 'etalage[ray]' (scripts/setup.sh)")
+
+CHUNK = "40"  # the synthetic test dump's 96 products: 3 chunks
+
+
+def _chunks(synth_dir, size) -> int:
+    from etalage.catalog import Catalog
+
+    return -(-len(Catalog.open(synth_dir / "test.bson")) // int(size))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A head and a worker node of 1 CPU each; the worker node is the one tests remove (and re-add)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fitted(fitted_pipeline):
+    return fitted_pipeline[0]
+
+
+def _argv(fitted, synth_dir, out, *extra):
+    return ["submit", "--fusion", str(fitted / "fusion"), "--data", str(synth_dir / "test.bson"), "--out", str(out),
+            "--ocr-cache", str(fitted / "ocr.sqlite"), "--workers", "0", "-q", *extra]
+
+
+def _ray(cluster):
+    return ["--engine", "ray", "--ray-address", cluster.address]
+
+
+def _arrays(folder: Path) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for p in sorted(folder.rglob("part-*.npz")):
+        with np.load(p) as z:
+            out[str(p.relative_to(folder))] = {k: z[k] for k in z.files}
+    return out
+
+
+def _same_parts(a: Path, b: Path) -> None:
+    left, right = _arrays(a), _arrays(b)
+    assert sorted(left) == sorted(right) and left
+    for name in left:
+        assert sorted(left[name]) == sorted(right[name]), name
+        for k in left[name]:
+            a, b = left[name][k], right[name][k]
+            if a.dtype.kind == "f":  # the actors' thread counts change float summation order, nothing more
+                assert a.shape == b.shape and np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True), f"{name}: {k}"
+            else:
+                assert np.array_equal(a, b), f"{name}: {k} differs"
+
+
+@pytest.fixture(scope="module")
+def local_chunked(fitted, synth_dir, tmp_path_factory):
+    """The local engine's submission with the tests' chunk size (the reference)."""
+    d = tmp_path_factory.mktemp("local40")
+    assert main(_argv(fitted, synth_dir, d / "s.csv", "--chunk", CHUNK)) == 0
+    return d
+
+
+def test_ray_submission_and_parts_equal_the_local_engines(fitted, synth_dir, local_chunked, ray_cluster, tmp_path):
+    out = tmp_path / "s.csv"
+    assert main(_argv(fitted, synth_dir, out, "--chunk", CHUNK, *_ray(ray_cluster))) == 0
+    assert out.read_bytes() == (local_chunked / "s.csv").read_bytes()
+    assert out.read_bytes() == (fitted / "sub.csv").read_bytes(), "the chunk size changes nothing either"
+    _same_parts(tmp_path / "s_work", local_chunked / "s_work")
+    import json
+
+    stats = json.loads((tmp_path / "s_work" / "ray_stats.json").read_text())
+    n = sum(1 for _ in open(local_chunked / "s.csv")) - 1
+    assert stats["stages"]["core"]["chunks_worked"] == _chunks(synth_dir, CHUNK) >= 3
+    assert stats["stages"]["fusion"]["products"] == n
+    assert stats["stages"]["core"]["nodes"] == 2, "both nodes worked (the actors are spread)"
+    # a rerun finds every chunk done and starts no Ray at all
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "s_work").rglob("part-*.npz")}
+    out.unlink()
+    assert main(_argv(fitted, synth_dir, out, "--chunk", CHUNK, *_ray(ray_cluster))) == 0
+    assert out.read_bytes() == (local_chunked / "s.csv").read_bytes()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+
+def test_a_node_lost_mid_run_changes_nothing(fitted, synth_dir, local_chunked, ray_cluster, tmp_path):
+    out, work = tmp_path / "s.csv", tmp_path / "s_work"
+    removed = threading.Event()
+
+    def remove_when_started():
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((work / "core").glob("part-*.npz")):
+            time.sleep(0.02)
+        ray_cluster.remove_node(ray_cluster.worker)  # its actors and tasks die mid-chunk
+        removed.set()
+
+    watcher = threading.Thread(target=remove_when_started, daemon=True)
+    watcher.start()
+    try:
+        assert main(_argv(fitted, synth_dir, out, "--chunk", "20", *_ray(ray_cluster))) == 0
+    finally:
+        watcher.join(timeout=130)
+        ray_cluster.worker = ray_cluster.add_node(num_cpus=1)  # back to two nodes for the other tests
+        ray_cluster.wait_for_nodes()
+    assert removed.is_set()
+    assert out.read_bytes() == (local_chunked / "s.csv").read_bytes()
+    assert len(list((work / "fused").glob("part-*.npz"))) == _chunks(synth_dir, 20)
+
+
+def test_a_killed_driver_continues_with_the_same_command(fitted, synth_dir, local_chunked, ray_cluster, tmp_path):
+    out, work = tmp_path / "s.csv", tmp_path / "s_work"
+    argv = _argv(fitted, synth_dir, out, "--chunk", "10", *_ray(ray_cluster))
+    driver = subprocess.Popen([sys.executable, "-m", "etalage.cli", *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 150
+    while time.time() < deadline and driver.poll() is None and len(list((work / "fused").glob("part-*.npz"))) < 3:
+        time.sleep(0.02)
+    driver.kill()
+    driver.wait()
+    assert driver.returncode != 0, "killed mid-run: " + (driver.stderr.read() if driver.stderr else "")
+    total = _chunks(synth_dir, 10)
+    assert 3 <= len(list((work / "fused").glob("part-*.npz"))) < total and not out.exists()
+    time.sleep(1.0)  # Ray stops the killed job's workers
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("part-*.npz")}
+    assert main(argv) == 0
+    assert out.read_bytes() == (local_chunked / "s.csv").read_bytes()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items()), "finished chunks are not redone"
+    assert len(list((work / "fused").glob("part-*.npz"))) == total
+    import json
+
+    stats = json.loads((work / "ray_stats.json").read_text())
+    assert stats["stages"]["fusion"]["chunks_worked"] == total - len([p for p in before if p.parent.name == "fused"])
+
+
+def test_a_failing_plugin_is_contained_in_its_chunk(fitted_pipeline, tmp_path, monkeypatch):
+    """The specialists actor's step (run here in-process): a plugin failing on a chunk costs that chunk,
+    with the guard's warning carried back to the driver, and its next try recovers it (fusion redoes it)."""
+    import json
+    import shutil
+    import warnings
+
+    from etalage.catalog import Catalog
+    from etalage.pipeline.ray_engine import (
+        PortableCatalog,
+        RunStats,
+        SpecialistsActor,
+        SpecialistsJob,
+        _warn_back,
+    )
+    from etalage.pipeline.stages import PredictPlan
+    from etalage.specialists.books import BooksSpecialist
+
+    fitted, synth_dir, sub_work = fitted_pipeline
+    work = tmp_path / "w"
+    shutil.copytree(sub_work, work)
+    plan = PredictPlan.from_model(fitted / "fusion")
+    cat = Catalog.open(synth_dir / "test.bson", md5=True)
+    n = len(cat)
+    tag = f"000000000-{n:09d}"
+    (work / "specialists" / "books" / f"part-{tag}.npz").unlink()
+    job = SpecialistsJob(plan.specialists, plan.specialist_names, fitted / "ocr.sqlite", PortableCatalog.of(cat),
+                         plan.taxonomy(), work / "core", work / "specialists", "etalage submit ...", 4096)
+    batch = {"a": np.array([0]), "b": np.array([n]), "read_info": np.array(["{}"]), "core_info": np.array(["{}"])}
+
+    def boom(self, readings):
+        raise ConnectionError("the cover service is down")
+
+    monkeypatch.setattr(BooksSpecialist, "predict", boom)
+    info = json.loads(SpecialistsActor(job, 1)(batch)["spec_info"][0])
+    assert info["failed"] == {"books": 1} and not info["recovered"]
+    assert any("specialist 'books' failed in predict" in w and "ConnectionError" in w for w in info["warnings"])
+    assert (work / "specialists" / "books" / f"failed-{tag}.json").exists()
+    stats = RunStats()
+    stats.add_row({**{k: v[0] for k, v in batch.items()}, "spec_info": json.dumps(info)})
+    with pytest.warns(UserWarning, match="specialist 'books' failed in predict"):
+        _warn_back(stats.warnings)
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = json.loads(SpecialistsActor(job, 1)(batch)["spec_info"][0])
+    assert info["recovered"] and info["failed"] == {} and info["scored"]["books"] > 0
+    assert not (work / "specialists" / "books" / f"failed-{tag}.json").exists()
+
+
+def test_predict_and_ocr_on_ray(tiny_run, synth_dir, ray_cluster, tmp_path):
+    from etalage.core.ranking import CoreRanking
+
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    base = ["predict", "--run", str(tiny_run), "--data", str(synth_dir / "test.bson"), "--workers", "0", "-q"]
+    assert main([*base, "--out", str(local)]) == 0
+    assert main([*base, "--out", str(remote), *_ray(ray_cluster)]) == 0
+    _same_parts(local, remote)
+    assert (remote / "ranking.parquet").read_bytes() == (local / "ranking.parquet").read_bytes()
+    from etalage.catalog import Catalog
+
+    assert len(CoreRanking.load(remote)) == len(Catalog.open(synth_dir / "test.bson"))
+    cache = tmp_path / "ocr.sqlite"
+    argv = ["ocr", "--data", str(synth_dir / "train.bson"), "--ocr-engine", "tesseract", "--groups", "MUSIQUE",
+            "--ocr-cache", str(cache), "-q", *_ray(ray_cluster), "--workers", "2"]
+    assert main(argv) == 0
+    import sqlite3
+
+    with sqlite3.connect(cache) as db:
+        n = db.execute("SELECT count(*) FROM pictures").fetchone()[0]
+    assert n > 0
