@@ -98,6 +98,10 @@ def register(sub, handlers: dict) -> None:
                         "candidates, with best cosine, the 2017 8th place's vote and count per class (0: off; 10 is "
                         "a good start; costs a pass of that model's runs over the training dump)")
     p.add_argument("--out", required=True, metavar="FUSION", help="fusion model folder")
+    p.add_argument("--without", default="", metavar="SIGNALS",
+                   help="comma-separated signal groups the reranker is not given (ensemble, neighbours, hash, id, "
+                        "specialists): e.g. id where product ids were numbered category by category (fit warns "
+                        "when they look so), which would leak training labels and mean nothing for test products")
     p.add_argument("--specialists", metavar="SPECS", help="fitted specialists (`etalage specialists fit`)")
     p.add_argument("--names", help="comma-separated specialists to use (default: every one fitted in SPECS)")
     p.add_argument("--kind", default="auto", choices=("auto", "ranker", "binary"),
@@ -208,8 +212,8 @@ def cmd_fusion_fit(args) -> int:
                      kind=args.kind, topk=args.topk, tta=args.tta, neighbours=args.neighbours,
                      ocr_cache=args.ocr_cache, seed=args.seed,
                      device=args.device, batch_size=args.batch_size, workers=args.workers,
-                     lgb_params=parse_key_values(args.lgb, "--lgb"), trust_pickle=args.trust_pickle,
-                     progress=not args.quiet)
+                     lgb_params=parse_key_values(args.lgb, "--lgb"), without=tuple(_names(args.without)),
+                     trust_pickle=args.trust_pickle, progress=not args.quiet)
     save_resolved(args, Path(args.out) / "config.yaml")
     kinds = ", ".join(f"{k} {v:.4f}" for k, v in fit["valid_top1_by_kind"].items())
     print(f"{args.out}: {fit['kind']} over {fit['products']} products ({fit['rows']:,} rows, {fit['features']} "

@@ -14,9 +14,10 @@ from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
 from etalage.catalog.taxonomy import taxonomy_beside
 from etalage.core.rundir import RunDir
+from etalage.errors import ConfigError
 from etalage.files import write_json_atomic
 from etalage.fusion.folder import FusionDir, FusionPlan
-from etalage.fusion.model import FusionModel
+from etalage.fusion.model import FusionModel, feature_groups
 from etalage.fusion.report import coverage, ensemble_baselines, save_table
 from etalage.ocr.cache import default_cache_path
 from etalage.options import RERANKER_KINDS
@@ -61,17 +62,21 @@ def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path
                names: list[str] | None = None, kind: str = "auto", topk: int = 20, tta: str = "none",
                neighbours: int = 0, ocr_cache: str | Path | None = None, seed: int = 0, device: str = "auto",
                batch_size: int = 64, workers: int | None = None, lgb_params: dict | None = None,
-               trust_pickle: bool = False, progress: bool = True) -> dict:
+               without: tuple[str, ...] = (), trust_pickle: bool = False, progress: bool = True) -> dict:
     """Fit the fusion model on the training products of ``train`` that the core models ``runs`` (a run or
     a folder of fold runs, or a list of them: ``check_compatible`` rules) predict honestly: a run's
     validation products, or every product with fold runs, less those the specialists were fitted on.
     ``neighbours``: k embedding neighbours per product from the first model's embeddings (0: off).
     Writes the fusion folder (``FusionDir``): model, plan (paths relative to the folder), table, fit
-    report with the second-level baselines. ``names``: only these of the fitted specialists."""
+    report with the second-level baselines. ``names``: only these of the fitted specialists. ``without``:
+    signal groups (``LEAVABLE_SIGNALS``) the reranker is not given, e.g. ``id`` where product ids were
+    numbered class by class (a listing sorted by category), so that neighbouring ids would leak the label
+    of training products and mean nothing for test ones."""
     from etalage.core.ensemble import mean_ranking, open_models
     from etalage.pipeline.cores import build_neighbour_indexes, holdout_hits, holdout_rankings
     from etalage.specialists.runner import fitted_names, trained_positions
 
+    without = check_without(without)
     models = open_models([runs] if isinstance(runs, (str, Path)) else list(runs))
     train, folder = Path(train), FusionDir(out)
     folder.path.mkdir(parents=True, exist_ok=True)
@@ -116,7 +121,14 @@ def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path
     table = fusion_table(ranking, catalog, positions, taxonomy, signals, folder.specialists_val, spec_names,
                          own_classes=labels[positions], models=named, neighbours=hits)
     truth = labels[positions]
-    feature_names = tuple(table.features)
+    left_out = {n for g in without for n in feature_groups(tuple(table.features), spec_names).get(g, [])}
+    feature_names = tuple(n for n in table.features if n not in left_out)
+    id_runs = id_order_share(catalog.product_ids, labels)
+    if id_runs > ID_ORDER_WARN and "id" not in without:
+        log.warning("%s: %.0f%% of the products sit next to a product of their own category in id order (Cdiscount: "
+                    "7%%): the ids look numbered category by category, so the product-id prior would learn the "
+                    "labels of training products and mislead on test ones; refit with --without id unless the "
+                    "test products' ids interleave with these", train, 100 * id_runs)
     save_table(folder.table_file, table, truth, ranking.top1())
     log.info("[4/4] LightGBM (%s) over %s rows x %d features",
              "ranker and binary, chosen by cross-validation" if kind == "auto" else kind, f"{len(table.owner):,}",
@@ -130,7 +142,8 @@ def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path
     model.save(folder)
     fit = {"products": len(positions), "held_out": held, "training_products": len(catalog),
            "share_of_training_products": len(positions) / max(1, len(catalog)), "rows": len(table.owner),
-           "features": len(feature_names), "kind": model.kind, "valid_top1_by_kind": chosen["valid_top1_by_kind"],
+           "features": len(feature_names), "signals_left_out": list(without), "id_order_share": id_runs,
+           "kind": model.kind, "valid_top1_by_kind": chosen["valid_top1_by_kind"],
            "selection": {k: v for k, v in chosen.items() if k != "valid_top1_by_kind"},
            "core_top1": float((ranking.top1() == truth).mean()),
            "core_top1_by_model": {m.name: float((r.top1() == truth).mean()) for m, r in zip(models, per_model,
@@ -139,3 +152,27 @@ def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path
            "seconds": time.perf_counter() - t0, "importance": model.importance()}
     write_json_atomic(folder.fit_report_file, fit)
     return fit
+
+
+LEAVABLE_SIGNALS = ("ensemble", "neighbours", "hash", "id", "specialists")
+ID_ORDER_WARN = 0.5  # share of products whose id-order neighbour has their category, above which fit warns
+
+
+def check_without(without) -> tuple[str, ...]:
+    out = tuple(dict.fromkeys(w.strip() for w in without if w.strip()))
+    bad = [w for w in out if w not in LEAVABLE_SIGNALS]
+    if bad:
+        raise ConfigError(f"--without {','.join(bad)}: unknown signal (one of {', '.join(LEAVABLE_SIGNALS)}; the "
+                          f"core's own features always stay)")
+    return out
+
+
+def id_order_share(product_ids: np.ndarray, labels: np.ndarray) -> float:
+    """Share of products whose next product in id order has the same category: about the share of the
+    largest categories where ids carry no order (Cdiscount's sample: 7%), near 1 where ids were numbered
+    category by category."""
+    if len(product_ids) < 2:
+        return 0.0
+    order = np.argsort(product_ids, kind="stable")
+    same = labels[order][1:] == labels[order][:-1]
+    return float(same.mean())

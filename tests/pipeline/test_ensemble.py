@@ -20,8 +20,8 @@ def ensemble_fusion(fold_sets, fitted_pipeline, synth_dir):
     out = fold_sets / "fusion"
     assert main(["fusion", "fit", "--run", str(fold_sets / "a"), "--run", str(fold_sets / "b"), "--train",
                  str(synth_dir / "train.bson"), "--specialists", str(specs), "--ocr-cache",
-                 str(fitted_pipeline[0] / "ocr.sqlite"), "--neighbours", "4", "--out", str(out), "--workers", "0",
-                 "-q"]) == 0
+                 str(fitted_pipeline[0] / "ocr.sqlite"), "--neighbours", "4", "--without", "id", "--out", str(out),
+                 "--workers", "0", "-q"]) == 0
     return out, specs
 
 
@@ -45,6 +45,8 @@ def test_fusion_learns_out_of_fold_from_all_but_the_specialists_products(ensembl
     features = json.loads((out / "fusion.json").read_text())["features"]
     for name in ("run_a_prob", "run_b_rank", "ens_geomean_prob", "ens_top1_votes", "emb_vote", "emb_best_cos"):
         assert name in features, name
+    assert fit["signals_left_out"] == ["id"] and not [f for f in features if f.startswith("id_")], "--without id"
+    assert "hash_max_share" in features, "the other signals stay"
     base = fit["baselines"]
     assert set(base["runs"]) == {"a", "b"} and 0 <= base["weighted_geomean"] <= 1
     assert set(fit["core_top1_by_model"]) == {"a", "b"}
@@ -82,3 +84,16 @@ def test_runs_that_cannot_be_combined_are_one_line(fold_sets, tiny_run, synth_di
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a single run" in err[0] and "a fold set" in err[0]
+
+
+def test_id_order_share_tells_ids_numbered_by_category_and_without_names_bad_signals():
+    from etalage.errors import ConfigError
+    from etalage.pipeline.fit import check_without, id_order_share
+
+    labels = np.repeat(np.arange(20), 50)
+    assert id_order_share(np.arange(1000), labels) > 0.95, "numbered category by category"
+    shuffled = np.random.default_rng(0).permutation(1000)
+    assert id_order_share(shuffled, labels) < 0.15, "ids carrying no order: about 1 / 20"
+    assert check_without(["id", " hash", "id"]) == ("id", "hash")
+    with pytest.raises(ConfigError, match="--without idd"):
+        check_without(["idd"])
