@@ -29,7 +29,7 @@ MISSING_CLASS = 2.0       # the threshold of a class no product is labelled with
 class Suspects:
     """The flagged products (row indices into the ranking, most suspicious first) and, for every row,
     the given label's probability (or its bound), the best other class and its probability, and the
-    suspicion score (best other probability minus the given one: the larger, the more suspicious)."""
+    suspicion score (one minus the given label's probability: the larger, the more suspicious)."""
 
     flagged: np.ndarray        # (F,) int64 rows, most suspicious first
     given_prob: np.ndarray     # (N,) float32
@@ -141,9 +141,13 @@ def find_suspects(topk_class: np.ndarray, topk_prob: np.ndarray, labels: np.ndar
     other = np.where(topk_class[:, 0] == labels, 1, 0)
     suggested = topk_class[np.arange(len(labels)), other]
     suggested_prob = prob[np.arange(len(labels)), other]
-    score = (suggested_prob - given).astype(np.float32)
+    # most suspicious first: the lowest given-label probability (cleanlab's default label quality,
+    # "self_confidence"), ties by the margin to the best other class. On the fashion dev set with 3% of the
+    # labels flipped it put 0.71 flips in the top N against 0.55 when ranked by the margin alone.
+    score = (1.0 - given).astype(np.float32)
+    margin = suggested_prob - given
     rows = np.flatnonzero(flagged)
-    rows = rows[np.argsort(-score[rows], kind="stable")]
+    rows = rows[np.lexsort((-margin[rows], -score[rows]))]
     off = cj.sum() - np.trace(cj)
     return Suspects(rows, given.astype(np.float32), suggested.astype(np.int32), suggested_prob.astype(np.float32),
                     score, thresholds, int(off))
