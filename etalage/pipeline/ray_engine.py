@@ -577,16 +577,10 @@ def predict_file_ray(plan, data: str | Path, work: WorkDir, shard: tuple[int, in
     True when every chunk of every shard is fused (the merge can run)."""
     from etalage.fusion.model import FusionModel
     from etalage.pipeline.cores import CoreJob, part_done
-    from etalage.pipeline.stages import fusion_state, training_signals
+    from etalage.pipeline.stages import fusion_state, open_prediction_job, training_signals
 
     settings = ray or RaySettings()
-    data = Path(data)
-    work.claim(data, str(plan.model), plan.runs_label(), chunk)
-    taxonomy = plan.taxonomy()
-    label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    log.info("[1/4] index + picture hashes: %s, %s", data.name, plan.train.name)
-    catalog = Catalog.open(data, md5=True, progress=progress)
-    train = Catalog.open(plan.train, taxonomy, md5=True, progress=progress)
+    data, taxonomy, label, catalog, train = open_prediction_job(plan, data, work, shard, chunk, progress)
     if plan.specialist_names and plan.specialists is None:
         raise ConfigError(f"{plan.model}: the model uses specialists {', '.join(plan.specialist_names)}; "
                           f"pass --specialists DIR")

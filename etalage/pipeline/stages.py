@@ -260,6 +260,20 @@ def chunk_table(plan: PredictPlan, work: WorkDir, catalog: Catalog, taxonomy: Ta
 # predict (shards) and merge
 
 
+def open_prediction_job(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tuple[int, int], chunk: int,
+                        progress: bool) -> tuple[Path, Taxonomy, str, Catalog, Catalog]:
+    """Stage 1 of every engine: the work folder claimed for this job, the test and training dumps indexed
+    with their picture hashes. Returns (data, taxonomy, shard label for log lines, test, train)."""
+    data = Path(data)
+    work.claim(data, str(plan.model), plan.runs_label(), chunk)
+    taxonomy = plan.taxonomy()
+    label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    log.info("[1/4] index + picture hashes: %s, %s", data.name, plan.train.name)
+    catalog = Catalog.open(data, md5=True, progress=progress)
+    train = Catalog.open(plan.train, taxonomy, md5=True, progress=progress)
+    return data, taxonomy, label, catalog, train
+
+
 def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tuple[int, int] = (0, 1),
                  command: str = "etalage submit", ocr_cache: str | Path | None = None, device: str = "auto",
                  batch_size: int = 64, workers: int | None = None, chunk: int = DEFAULT_CHUNK,
@@ -268,13 +282,7 @@ def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tupl
     is fused (the merge can run)."""
     from etalage.pipeline.cores import predict_models
 
-    data = Path(data)
-    work.claim(data, str(plan.model), plan.runs_label(), chunk)
-    taxonomy = plan.taxonomy()
-    label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    log.info("[1/4] index + picture hashes: %s, %s", data.name, plan.train.name)
-    catalog = Catalog.open(data, md5=True, progress=progress)
-    train = Catalog.open(plan.train, taxonomy, md5=True, progress=progress)
+    data, taxonomy, label, catalog, train = open_prediction_job(plan, data, work, shard, chunk, progress)
     log.debug("peak RSS so far %.0f MB", peak_rss_mb())
     log.info("[2/4] core predictions%s -> %s", label, work.core)
     kw = dict(device=device, batch_size=batch_size, workers=workers, trust_pickle=trust_pickle)
