@@ -228,8 +228,13 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[RunDir, Taxonomy, Catal
             raise ConfigError(f"{run}: nothing to resume (no checkpoint.pt)")
         saved = TrainConfig.from_dict(run.config())
         for key in RESUME_INVARIANTS:
-            if getattr(saved, key) != getattr(cfg, key):
-                raise ConfigError(f"--resume: {key} was {getattr(saved, key)!r} in {run}, now {getattr(cfg, key)!r}")
+            was, now = getattr(saved, key), getattr(cfg, key)
+            if key == "freeze":  # what it resolves to (its default depends on the weights)
+                was, now = saved.frozen_groups(), cfg.frozen_groups()
+            if was != now:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(f"--resume: {key} was {was!r} in {run}, now {now!r} (pass {flag} {was} to continue "
+                                  f"it; a default may have changed)")
     return run, tax, catalog, labels
 
 

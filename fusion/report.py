@@ -152,6 +152,8 @@ def write_report(model_dir: str | Path, out: str | Path, folds: int = 3, progres
     folder, out = FusionDir(model_dir), Path(out)
     model = FusionModel.load(folder)
     table, truth, core_top1 = load_table(folder.table_file)
+    # the signals the model was given (``fusion fit --without`` keeps some out of it, not out of the table)
+    table = CandidateTable(table.owner, table.classes, {n: table.features[n] for n in model.feature_names})
     plan = model.plan
     rows = ablation(table, truth, core_top1, model.kind, folds, specialist_names=plan.specialist_names if plan else (),
                     lgb_params=(plan.lgb_chosen or plan.lgb_params) if plan else None, progress=progress)

@@ -36,7 +36,8 @@ def register(sub, handlers: dict) -> None:
              "where train, submit and score look. --no-labels writes a test dump without categories and its answer "
              "key for `etalage score`. A bad row is one line naming it and nothing is written; --skip-bad counts "
              "and skips bad rows instead.")
-    p.add_argument("--listing", required=True, metavar="L.csv", help="_id,category_id,picture[,...] with a header")
+    p.add_argument("--listing", required=True, metavar="L.csv", help="CSV with a header of at least _id,category_id,picture (other columns ignored): one row per "
+                        "picture, a product's rows together")
     p.add_argument("--images", required=True, metavar="DIR", help="folder the picture column is relative to")
     p.add_argument("--out", required=True, metavar="FILE.bson", help="the dump to write")
     p.add_argument("--taxonomy", metavar="category_names.csv",

@@ -119,7 +119,8 @@ def _train(p) -> None:
           help="how a product's pictures are combined (prob-mean: average per-picture probabilities)")
     p.add_argument("--picture-size", type=int, default=d.picture_size,
                    help="side every picture is brought to (default: from the dump's pictures, their median longest "
-                        "side kept between 96 and 128 on a CPU, which measured best within CPU budgets, or 180 on a GPU)")
+                        "side kept between 96 and 128 on a CPU, which measured best within CPU budgets, and between 96 and 180 on "
+                        "a GPU)")
     p.add_argument("--crop", type=int, default=d.crop,
                    help="random training crop (default: 7/8 of the picture side); evaluation uses the whole picture")
     p.add_argument("--resize", default=d.resize, choices=RESIZE_MODES,

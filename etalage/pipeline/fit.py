@@ -85,6 +85,13 @@ def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path
     catalog.require_labels()
     labels = taxonomy.indices_of(catalog.category_ids)
     command = f"etalage fusion fit {' '.join(f'--run {m.path}' for m in models)} --train {train} --out {folder}"
+    id_runs, id_chance = id_order_share(catalog.product_ids, labels), chance_share(labels)
+    if id_runs > max(ID_ORDER_WARN, 3 * id_chance) and "id" not in without:
+        log.warning("%s: %.0f%% of the products sit next to a product of their own category in id order (%.0f%% by "
+                    "chance; Cdiscount's sample: 7%%): the ids look numbered category by category, so the product-id "
+                    "prior would learn the labels of training products and mislead on test ones; refit with "
+                    "--without id unless the test products' ids interleave with these", train, 100 * id_runs,
+                    100 * id_chance)
     kw = dict(device=device, batch_size=batch_size, workers=workers, trust_pickle=trust_pickle)
     t0 = time.perf_counter()
     positions, _ = models[0].holdout()
@@ -123,12 +130,6 @@ def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path
     truth = labels[positions]
     left_out = {n for g in without for n in feature_groups(tuple(table.features), spec_names).get(g, [])}
     feature_names = tuple(n for n in table.features if n not in left_out)
-    id_runs = id_order_share(catalog.product_ids, labels)
-    if id_runs > ID_ORDER_WARN and "id" not in without:
-        log.warning("%s: %.0f%% of the products sit next to a product of their own category in id order (Cdiscount: "
-                    "7%%): the ids look numbered category by category, so the product-id prior would learn the "
-                    "labels of training products and mislead on test ones; refit with --without id unless the "
-                    "test products' ids interleave with these", train, 100 * id_runs)
     save_table(folder.table_file, table, truth, ranking.top1())
     log.info("[4/4] LightGBM (%s) over %s rows x %d features",
              "ranker and binary, chosen by cross-validation" if kind == "auto" else kind, f"{len(table.owner):,}",
@@ -155,10 +156,14 @@ def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path
 
 
 LEAVABLE_SIGNALS = ("ensemble", "neighbours", "hash", "id", "specialists")
-ID_ORDER_WARN = 0.5  # share of products whose id-order neighbour has their category, above which fit warns
+ID_ORDER_WARN = 0.5  # share of products whose id-order neighbour has their category (and 3x chance) above
+                     # which fit warns
 
 
 def check_without(without) -> tuple[str, ...]:
+    """The signal groups of ``--without`` (a list, or one comma-separated string), checked."""
+    if isinstance(without, str):
+        without = without.split(",")
     out = tuple(dict.fromkeys(w.strip() for w in without if w.strip()))
     bad = [w for w in out if w not in LEAVABLE_SIGNALS]
     if bad:
@@ -176,3 +181,10 @@ def id_order_share(product_ids: np.ndarray, labels: np.ndarray) -> float:
     order = np.argsort(product_ids, kind="stable")
     same = labels[order][1:] == labels[order][:-1]
     return float(same.mean())
+
+
+def chance_share(labels: np.ndarray) -> float:
+    """What ``id_order_share`` gives when ids carry no order: the chance that two products share a
+    category (the sum of the squared category shares)."""
+    p = np.bincount(np.asarray(labels, np.int64)) / max(1, len(labels))
+    return float((p ** 2).sum())

@@ -135,9 +135,14 @@ def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name
                         if len(summary.unreadable_examples) < 20:
                             summary.unreadable_examples.append((pid, k))
                     bar.update(len(done) + len(corrupt))
+            if pool is not None:
+                pool.close()  # done: the children leave on their own
+        except BaseException:
+            if pool is not None:
+                pool.terminate()  # an error or Ctrl-C: the queued batches are not read first
+            raise
         finally:
             if pool is not None:
-                pool.close()
                 pool.join()
     return summary
 

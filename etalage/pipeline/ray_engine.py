@@ -39,7 +39,7 @@ import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
 from etalage.chunks import DEFAULT_CHUNK, chunk_ranges, list_parts, shard_chunk_ranges
-from etalage.errors import ConfigError, EtalageError
+from etalage.errors import ConfigError, DataError, EtalageError
 from etalage.pipeline.workdir import WorkDir
 from etalage.progress import bar as progress_bar
 from etalage.resources import usable_cpus
@@ -202,7 +202,21 @@ class Layout:
             if not hasattr(out, k):
                 raise ConfigError(f"unknown Ray layout setting {k!r} (one of {', '.join(asdict(out))})")
             setattr(out, k, type(getattr(out, k))(v))
-        return out
+        return out.fitted()
+
+    def fitted(self) -> Layout:
+        """The actors' reservations scaled down so that the read and fusion tasks always find CPU left:
+        actors hold theirs for the whole run, and a dataset whose actors hold every CPU never starts
+        its tasks (a GPU node with few cores: 1 GPU and 2 CPUs reserved 2 CPUs in actors)."""
+        free = self.cpus - self.fusion_tasks * self.fusion_cpus - 2 * self.read_cpus
+        held = self.core_actors * self.core_cpus + self.specialist_actors * self.specialist_cpus
+        if free <= 0:
+            raise ConfigError(f"the Ray cluster's {self.cpus:g} CPUs leave nothing for its actors (see `ray status`)")
+        if held > free:
+            scale = free / held
+            self.core_cpus *= scale
+            self.specialist_cpus *= scale
+        return self
 
 
 def _remote(cpus: float, gpus: float = 0.0) -> dict:
@@ -227,7 +241,7 @@ def _read_chunk(path: str, a: int, b: int, lo: int, hi: int, read: bool):
             while at < hi:
                 piece = os.pread(fd, min(hi - at, 1 << 30), at)
                 if not piece:
-                    raise EOFError(f"{path}: ends before byte {hi} (the index is stale; run `etalage index`)")
+                    raise DataError(f"{path}: ends before byte {hi} (the index is stale; run `etalage index`)")
                 pieces.append(piece)
                 at += len(piece)
             blob = b"".join(pieces)
@@ -581,9 +595,6 @@ def predict_file_ray(plan, data: str | Path, work: WorkDir, shard: tuple[int, in
 
     settings = ray or RaySettings()
     data, taxonomy, label, catalog, train = open_prediction_job(plan, data, work, shard, chunk, progress)
-    if plan.specialist_names and plan.specialists is None:
-        raise ConfigError(f"{plan.model}: the model uses specialists {', '.join(plan.specialist_names)}; "
-                          f"pass --specialists DIR")
     kw = dict(device=device, batch_size=batch_size, workers=0, trust_pickle=trust_pickle)
     core = CoreJob.of_models(plan.models, work.core, work.core_run, plan.topk, plan.tta, bool(plan.neighbours), kw,
                              command, chunk)
@@ -642,7 +653,8 @@ def predict_file_ray(plan, data: str | Path, work: WorkDir, shard: tuple[int, in
         _log_stats(stats, work.path)
     else:
         log.info("[2-4/4] every chunk%s is done in %s", label, work)
-    return all(c in list_parts(work.fused) for c in chunk_ranges(len(catalog), chunk))
+    done = set(list_parts(work.fused))
+    return all(c in done for c in chunk_ranges(len(catalog), chunk))
 
 
 def _warn_back(messages: list[str]) -> None:

@@ -263,7 +263,11 @@ def chunk_table(plan: PredictPlan, work: WorkDir, catalog: Catalog, taxonomy: Ta
 def open_prediction_job(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tuple[int, int], chunk: int,
                         progress: bool) -> tuple[Path, Taxonomy, str, Catalog, Catalog]:
     """Stage 1 of every engine: the work folder claimed for this job, the test and training dumps indexed
-    with their picture hashes. Returns (data, taxonomy, shard label for log lines, test, train)."""
+    with their picture hashes. Returns (data, taxonomy, shard label for log lines, test, train). A model
+    whose specialists are not at hand is refused first, before any of that."""
+    if plan.specialist_names and plan.specialists is None:
+        raise ConfigError(f"{plan.model}: the model uses specialists {', '.join(plan.specialist_names)}; "
+                          f"pass --specialists DIR")
     data = Path(data)
     work.claim(data, str(plan.model), plan.runs_label(), chunk)
     taxonomy = plan.taxonomy()
@@ -306,7 +310,8 @@ def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tupl
     log.info("[4/4] fusion%s -> %s", label, work.fused)
     fuse_chunks(plan, work, catalog, train, taxonomy, chunks, redo, progress)
     log.debug("peak RSS so far %.0f MB", peak_rss_mb())
-    return all(c in list_parts(work.fused) for c in chunk_ranges(len(catalog), chunk))
+    done = set(list_parts(work.fused))
+    return all(c in done for c in chunk_ranges(len(catalog), chunk))
 
 
 def fuse_chunks(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
