@@ -225,3 +225,19 @@ def test_predict_and_ocr_on_ray(tiny_run, synth_dir, ray_cluster, tmp_path):
     with sqlite3.connect(cache) as db:
         n = db.execute("SELECT count(*) FROM pictures").fetchone()[0]
     assert n > 0
+
+
+def test_the_layout_leaves_cpu_for_the_read_and_fusion_tasks():
+    """A GPU node with few cores: the actors' reservations shrink so the tasks can start (else it hangs)."""
+    from etalage.errors import ConfigError
+    from etalage.pipeline.ray_engine import Layout
+
+    lay = Layout(nodes=1, cpus=2.0, gpus=1.0, core_actors=1, core_gpus=1.0, core_cpus=1.0, specialist_actors=1,
+                 specialist_cpus=1.0, fusion_tasks=2, fusion_cpus=0.5).fitted()
+    free = lay.cpus - lay.fusion_tasks * lay.fusion_cpus - 2 * lay.read_cpus
+    assert lay.core_actors * lay.core_cpus + lay.specialist_actors * lay.specialist_cpus <= free + 1e-9
+    assert lay.core_cpus > 0 and lay.specialist_cpus > 0
+    roomy = Layout(nodes=1, cpus=16.0).fitted()
+    assert roomy.core_cpus == Layout().core_cpus, "nothing changes where there is room"
+    with pytest.raises(ConfigError, match="leave nothing"):
+        Layout(nodes=1, cpus=1.0, fusion_tasks=2, fusion_cpus=0.5).fitted()
