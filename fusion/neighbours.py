@@ -4,7 +4,8 @@ cosine, each voting ``((1 + s) / 2) ** 35`` for its class, 0.752 alone and +2.7 
 
 The training products' embeddings (the core's pooled features, L2-normalised, so inner product is
 cosine) go into a faiss index: exact (``IndexFlatIP``) up to ``EXACT_MAX`` products, where one
-4,096-product query chunk still costs about what the rest of its fusion does; above it an inverted-file
+4,096-product query chunk costs about 3.4 s on 2 cores, 2.4x the rest of its fusion stage, and grows with
+the index (7.0 s at 100,000: ``bench/bench_neighbours.py``); above it an inverted-file
 index with product quantisation (``IndexIVFPQ``: 64 bytes a product instead of 2,560 in float16), which
 is what Cdiscount's 7.07M training products need (README, "Embedding neighbours", for the memory).
 Each index remembers the class and the training position of every product it holds: a query that is
@@ -24,7 +25,7 @@ from etalage.core.ranking import pack_pairs
 from etalage.errors import StageOutputError
 from etalage.files import atomic_write, save_npz_atomic
 
-EXACT_MAX = 200_000        # products an exact index holds; above, IVF-PQ (see module docstring)
+EXACT_MAX = 50_000         # products an exact index holds; above, IVF-PQ (0.4 s a chunk; see module docstring)
 NEIGHBOURS = 10            # neighbours per query; their classes join the candidates
 VOTE_POWER = 35            # the 8th place's vote ((1 + s) / 2) ** 35
 NEIGHBOUR_FEATURE_NAMES = ("emb_best_cos", "emb_vote", "emb_vote_share", "emb_count")
