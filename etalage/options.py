@@ -8,6 +8,7 @@ RESIZE_MODES = ("letterbox", "stretch")                             # a non-squa
 AUGMENTATIONS = ("crop-flip", "resized-crop", "trivial", "randaugment", "none")  # core training augmentation
 KEEP_CHOICES = ("last", "best")                                     # the weights a core run keeps
 OCR_ENGINES = ("easyocr", "ensemble", "rapidocr", "tesseract")      # etalage.ocr.load_engine names
+RUN_ENGINES = ("local", "ray")                                       # where submit, predict and ocr run
 # The default reading (load_engine() without a name): engine and settings chosen by measurement on
 # real book covers (bench/bench_reading.py, README "Reading real covers").
 # PP-OCRv4 (RapidOCR) on the picture upscaled 1.5x, then EasyOCR in one pass (CRAFT at 1x, crops of the

@@ -7,7 +7,15 @@ from pathlib import Path
 
 from etalage.cli.data import leaf
 from etalage.cli.options import alias, save_resolved
-from etalage.options import AUGMENTATIONS, KEEP_CHOICES, PICTURE_POOLINGS, RESIZE_MODES, SCHEDULES, TTA_MODES
+from etalage.options import (
+    AUGMENTATIONS,
+    KEEP_CHOICES,
+    PICTURE_POOLINGS,
+    RESIZE_MODES,
+    RUN_ENGINES,
+    SCHEDULES,
+    TTA_MODES,
+)
 
 
 def register(sub, handlers: dict) -> None:
@@ -50,7 +58,7 @@ def register(sub, handlers: dict) -> None:
 
 def engine_options(p, what: str = "the stages") -> None:
     """Where a job runs: this machine (local) or a Ray cluster (submit, predict, ocr)."""
-    p.add_argument("--engine", default="local", choices=("local", "ray"),
+    p.add_argument("--engine", default="local", choices=RUN_ENGINES,
                    help=f"local: {what} one after the other in this process (and its forked workers); ray: a Ray "
                         "Data pipeline over a cluster, the stages at once, chunk by chunk (pip install "
                         "'etalage[ray]'); the same outputs")

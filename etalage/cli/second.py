@@ -11,7 +11,7 @@ from jsonargparse import ArgumentParser
 from etalage.cli.data import leaf
 from etalage.cli.model import compute_options, pipeline_options, ray_options, ray_settings
 from etalage.cli.options import add_common, alias, save_resolved
-from etalage.options import OCR_ENGINES, TTA_MODES, parse_key_values
+from etalage.options import OCR_ENGINES, RUN_ENGINES, TTA_MODES, parse_key_values
 
 
 def group(sub, name: str, help_: str, description: str, dest: str = "action"):
@@ -142,7 +142,7 @@ class EngineOrOcrEngine(argparse.Action):
                   f"use --ocr-engine {values} (--engine now says where the job runs: local or ray)", file=sys.stderr)
             namespace.ocr_engine = values
             return
-        if values not in ("local", "ray"):
+        if values not in RUN_ENGINES:
             parser.error(f"argument --engine: invalid choice {values!r} (choose from local, ray; OCR engines go to "
                          f"--ocr-engine)")
         setattr(namespace, self.dest, values)

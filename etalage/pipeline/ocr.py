@@ -20,6 +20,7 @@ from etalage.core.ranking import ROUTING_THRESHOLD, CoreRanking
 from etalage.errors import ConfigError, DataError
 from etalage.ocr.cache import OcrCache, default_cache_path
 from etalage.ocr.pictures import product_pictures
+from etalage.options import RUN_ENGINES, check_choice
 from etalage.progress import bar as progress_bar
 from etalage.resources import usable_cpus
 
@@ -84,9 +85,7 @@ def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name
     cache in both."""
     from etalage.ocr.base import load_engine
 
-    if engine not in ("local", "ray"):
-        raise ConfigError(f"--engine must be local or ray, got {engine!r}")
-    run_engine = engine
+    run_engine = check_choice(engine, RUN_ENGINES, "--engine")  # ``engine`` names the OCR engine below
 
     engine_options = engine_options or {}
     catalog = Catalog.open(data, md5=True, progress=progress)

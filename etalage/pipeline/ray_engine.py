@@ -47,15 +47,6 @@ from etalage.resources import usable_cpus
 log = logging.getLogger(__name__)
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'etalage[ray]' (scripts/setup.sh installs it)"
-ENGINES = ("local", "ray")
-
-
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    return engine
-
-
 def import_ray():
     try:
         import ray

@@ -9,6 +9,7 @@ from pathlib import Path
 from etalage.catalog import Catalog
 from etalage.chunks import DEFAULT_CHUNK
 from etalage.errors import ConfigError
+from etalage.options import RUN_ENGINES, check_choice
 from etalage.pipeline.stages import PredictPlan, merge_submission, predict_file
 from etalage.pipeline.workdir import WorkDir
 
@@ -37,8 +38,7 @@ def submit(test: str | Path, out: str | Path, fusion: str | Path | None = None, 
     ``ray`` (a Ray Data pipeline on a cluster; ``ray``: its ``RaySettings``): the same parts, the same
     submission."""
     work_dir = WorkDir(work) if work else WorkDir.beside(out, test)
-    if engine not in ("local", "ray"):
-        raise ConfigError(f"--engine must be local or ray, got {engine!r}")
+    check_choice(engine, RUN_ENGINES, "--engine")
     if fusion is None:
         return _submit_core(test, out, run, work, tta or "none", topk, device, batch_size, workers, shard, merge,
                             trust_pickle, progress, engine, ray)
