@@ -7,7 +7,7 @@ frozen TorchScript. The time saved buys a second reading: each picture is read i
 (CRAFT at 1.5x with crops from the 2x picture, then CRAFT at 1x with crops from the picture itself)
 whose different box splits and resamplings fail on different words; their boxes are merged (see
 ``etalage.ocr.base.merge_readings``). On 100 rendered covers: title-word recall 0.950 against 0.896 for ``readtext``,
-at 1.8x its speed (bench/bench_ocr.py). A forward hook on the recogniser's
+at 1.8x its speed (benchmarks/bench_ocr.py). A forward hook on the recogniser's
 ``SequenceModeling`` (the BiLSTM over the CNN's columns) keeps each box's sequence features,
 mean-pooled over time: what the 1st place of 2017 fed into its book classifier.
 

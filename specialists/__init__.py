@@ -2,7 +2,7 @@
 to them, from the text on their pictures (OCR) and, if they ask, the pictures themselves.
 
 Plugin authors write ``from etalage.specialists import Specialist`` (see docs/plugins.md) and test
-with ``etalage.testing.check_specialist``.
+with ``etalage.specialists.testing.check_specialist``.
 """
 
 from etalage.specialists.base import ProductReading, Specialist, SpecialistOutput

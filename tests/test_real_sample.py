@@ -77,7 +77,7 @@ def sample_covers(sample):
     from etalage.catalog.pictures import decode_picture
 
     dump, _ = sample
-    truth = json.loads((ROOT / "bench" / "data" / "cdiscount_sample_covers.json").read_text())
+    truth = json.loads((ROOT / "benchmarks" / "data" / "cdiscount_sample_covers.json").read_text())
     keys = [k for k in truth if not k.startswith("_")]
     cat = Catalog.open(dump)
     pics = [decode_picture(cat.get(int(k.split("/")[0])).pictures[int(k.split("/")[1])]) for k in keys]

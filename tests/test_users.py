@@ -153,7 +153,7 @@ def test_check_specialist_on_a_plugin_built_from_the_docs(tmp_path):
     """docs/plugins.md's two examples, copied from the page, pass etalage's own checks."""
     import re
 
-    from etalage.testing import check_specialist
+    from etalage.specialists.testing import check_specialist
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)

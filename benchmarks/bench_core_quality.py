@@ -10,7 +10,7 @@ CD groups:
 - no-levels:   as gate, without the level-1/2 losses
 - mean / max / attention (with --all): the other poolings
 
-Usage: python bench/bench_core_quality.py --device cuda --products 12000 --epochs 4
+Usage: python benchmarks/bench_core_quality.py --device cuda --products 12000 --epochs 4
 """
 
 from __future__ import annotations

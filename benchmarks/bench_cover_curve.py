@@ -8,7 +8,7 @@ leaves it in ``DIR/NAME/``; without it the covers are read here, about 6 picture
 is the question the demo raises: its catalogue gives a specialist 150-300 covers, the real one
 thousands.
 
-    python bench/bench_cover_curve.py --work /tmp/covers --out bench/results/cover_curve.json
+    python benchmarks/bench_cover_curve.py --work /tmp/covers --out benchmarks/results/cover_curve.json
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="150,300,600,1200", help="training covers per point")
     ap.add_argument("--test-size", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cover_curve.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cover_curve.json"))
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     report = {"protocol": f"fixed random {args.test_size} test covers per listing, first N of the rest to train",

@@ -11,7 +11,7 @@ pipeline's peak memory on a 100k-product synthetic test set.
   fusion fit`, then `etalage submit --fusion` on the 100k products; peak RSS of each command
   (getrusage of the child) and wall time per stage.
 
-Usage: python bench/bench_fusion.py [--pipeline] [--work DIR] [--out bench/results/fusion.json]
+Usage: python benchmarks/bench_fusion.py [--pipeline] [--work DIR] [--out benchmarks/results/fusion.json]
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument("--pipeline", action="store_true", help="also run the 100k-product submission pipeline")
     ap.add_argument("--pipeline-products", type=int, default=100_000)
     ap.add_argument("--work", default="/tmp/etalage_bench_fusion")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "fusion.json"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fusion.json"))
     args = ap.parse_args()
     if not SHARED.exists():
         raise SystemExit(f"{SHARED}: the real category_names.csv is needed (see ../shared/data/README.md)")

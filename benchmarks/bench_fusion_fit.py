@@ -7,7 +7,7 @@ strong signal (the core), one that matters on a sixth of the products (a special
 the demo's (1,600 products) up to CV_MAX_PRODUCTS (50,000), where fit_best switches to the split.
 Also reports each method's top-1 on 20,000 fresh products, so the cost comes with what it buys.
 
-Usage: python bench/bench_fusion_fit.py [--sizes 1600,10000,50000] [--out bench/results/fusion_fit.json]
+Usage: python benchmarks/bench_fusion_fit.py [--sizes 1600,10000,50000] [--out benchmarks/results/fusion_fit.json]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def make_table(products: int, seed: int) -> tuple[CandidateTable, np.ndarray, tu
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1600,10000,50000")
-    ap.add_argument("--out", default="bench/results/fusion_fit.json")
+    ap.add_argument("--out", default="benchmarks/results/fusion_fit.json")
     args = ap.parse_args()
     fresh, fresh_truth, names = make_table(20_000, seed=99)
     rows = []

@@ -14,7 +14,7 @@ byte-identical:
 Everything it builds is kept under --work and reused by a rerun (synthetic catalogue, core run, specialists,
 fusion models); the timed commands always run afresh. Run it under the CPU lock of a shared machine.
 
-Usage: python bench/bench_ray.py [--products 10000] [--spec-products 1536] [--work DIR] [--out bench/results/ray.json]
+Usage: python benchmarks/bench_ray.py [--products 10000] [--spec-products 1536] [--work DIR] [--out benchmarks/results/ray.json]
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 # the real job (README: the Kaggle dumps) and the measured rates the projection takes from elsewhere
 REAL_PRODUCTS, REAL_PICTURES, REAL_BYTES = 1_768_182, 3_095_080, 14.5e9
 ROUTED_SHARE = 0.10          # products the core routes to the cover specialists on the real set (~10%)
-H100_CORE_PIPELINE = 5124    # pictures/s, bench/results/core_cuda_h100.json (CPU decoding, 4 workers)
+H100_CORE_PIPELINE = 5124    # pictures/s, benchmarks/results/core_cuda_h100.json (CPU decoding, 4 workers)
 H100_CORE_BARE = 13985       # pictures/s, the bare forward there
-READING_2CORES = 6.35        # pictures/s of the default reading on 2 cores (bench/results/reading.json)
+READING_2CORES = 6.35        # pictures/s of the default reading on 2 cores (benchmarks/results/reading.json)
 DUPLICATES = 0.40            # share of the real catalogue's pictures that are exact copies (read once)
 
 
@@ -228,7 +228,7 @@ def main() -> None:
     ap.add_argument("--spec-products", type=int, default=1536, help="test products of the comparison with specialists")
     ap.add_argument("--train-minutes", type=float, default=1.5)
     ap.add_argument("--work", default="/tmp/etalage_bench_ray")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "ray.json"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ray.json"))
     args = ap.parse_args()
     import ray
 

@@ -7,7 +7,7 @@
 - on CUDA: bf16 autocast + channels_last, optionally torch.compile; projected hours for the real
   sets (12.4M training pictures per epoch, 3.1M test pictures).
 
-Usage: python bench/bench_core.py [--device cpu|cuda] [--products 1500] [--out bench/results/core_cpu.json]
+Usage: python benchmarks/bench_core.py [--device cpu|cuda] [--products 1500] [--out benchmarks/results/core_cpu.json]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ mirror) + a strongly regularised logistic regression (what the books and music s
 (b) fine-tuning the same network end to end with etalage's own core training (the covers written as
 a Cdiscount-shaped BSON dump, ``etalage.core.train``), for a few epochs on this machine. Top-1 on the held-out 20% and the seconds each took.
 
-    python bench/bench_cover_cnn.py --listing ../shared/data/real-covers/books-dev/listing.csv \\
+    python benchmarks/bench_cover_cnn.py --listing ../shared/data/real-covers/books-dev/listing.csv \\
         --images ../shared/data/real-covers/books-dev/images --epochs 3
 """
 

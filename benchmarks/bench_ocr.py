@@ -11,7 +11,7 @@ among the words read (case and accents folded). Compared in one run:
 - etalage tesseract (fra+eng, 3x, sparse-text mode);
 - easyocr + tesseract: the union of both readings.
 
-Usage: python bench/bench_ocr.py [--books 100] [--out bench/results/ocr_cpu.json]
+Usage: python benchmarks/bench_ocr.py [--books 100] [--out benchmarks/results/ocr_cpu.json]
 """
 
 from __future__ import annotations

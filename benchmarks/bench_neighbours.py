@@ -7,9 +7,9 @@ size, measured in the same run.
 Vectors: synthetic, 1280-d (EfficientNet-Lite0's pooled features), drawn around 2,000 centres (products of
 a class lie near each other, as the core's embeddings do), L2-normalised. Threads: every usable core.
 
-    python bench/bench_neighbours.py --sizes 50000 100000 200000 400000
+    python benchmarks/bench_neighbours.py --sizes 50000 100000 200000 400000
 
-Writes ``bench/results/neighbours.json``. Run nothing else heavy beside it.
+Writes ``benchmarks/results/neighbours.json``. Run nothing else heavy beside it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def vectors(n: int, rng: np.random.Generator, centres: np.ndarray) -> tuple[np.n
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 100_000, 200_000, 400_000])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "neighbours.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "neighbours.json"))
     args = ap.parse_args(argv)
     from etalage.fusion.neighbours import EXACT_MAX, EmbeddingIndex
     from etalage.resources import usable_cpus

@@ -10,10 +10,10 @@ parts are never read).
 3. ``--clean``: the same fold runs on the unflipped training part and its audit, whose top suspects a
    person judges in ``audit.html`` (a real catalogue has real errors).
 
-Writes ``bench/results/audit_fashion.json``; the audits under ``../exp/audit``. Run nothing heavy beside
+Writes ``benchmarks/results/audit_fashion.json``; the audits under ``../exp/audit``. Run nothing heavy beside
 it; ``--lock`` is held throughout.
 
-    python bench/bench_audit.py --minutes 6 --folds 4 --retrain-minutes 10 --clean
+    python benchmarks/bench_audit.py --minutes 6 --folds 4 --retrain-minutes 10 --clean
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lock", default="/tmp/etalage-cpu.lock")
     args = ap.parse_args(argv)
-    from etalage.bench.bench_core_recipe import prepare
+    from bench_core_recipe import prepare
     from etalage.catalog import Taxonomy
     from etalage.catalog.pack import pack_listing
     from etalage.files import write_json_atomic
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
             rep = _folds_and_audit(Path(files["train"]), clean, args.minutes, args.folds)
             result["clean"] = {"flagged": rep["flagged"], "scored": rep["scored"],
                                "page": str(clean / "audit" / "audit.html")}
-    write_json_atomic(ROOT / "bench" / "results" / "audit_fashion.json", result)
+    write_json_atomic(ROOT / "benchmarks" / "results" / "audit_fashion.json", result)
     print(json.dumps(result, indent=1))
     return 0
 

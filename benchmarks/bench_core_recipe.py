@@ -6,9 +6,9 @@ by product, stratified by class, seed 0; grocery-dev by its own official parts (
 val- photos for testing). Both packed letterboxed to 180x180, the Cdiscount shape. Each variant is one
 ``etalage bench core`` run (``--no-anchors``; the anchors are computed once per set with ``--anchors``).
 
-    python bench/bench_core_recipe.py --set fashion --minutes 8 base size96 size160 ...
+    python benchmarks/bench_core_recipe.py --set fashion --minutes 8 base size96 size160 ...
 
-Results accumulate in ``bench/results/core_recipe_SET_MINUTES.json`` (a finished variant is not rerun).
+Results accumulate in ``benchmarks/results/core_recipe_SET_MINUTES.json`` (a finished variant is not rerun).
 Run nothing else heavy beside it: the budget is wall-clock time, so a busy machine trains fewer steps.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "real-products"
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "benchmarks" / "results"
 
 # Variants: the settings each changes from the defaults of `etalage train` (as TrainConfig names them).
 VARIANTS: dict[str, dict] = {

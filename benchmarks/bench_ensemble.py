@@ -9,11 +9,11 @@ read).
   over both, scored on the fashion dev split's test part beside the better run.
 
 Each result also gives the fusion's own ablation (the embedding neighbours' row) and the neighbour query's
-cost against the fusion stage it feeds. Writes ``bench/results/ensemble_SET.json``. Run nothing heavy beside
+cost against the fusion stage it feeds. Writes ``benchmarks/results/ensemble_SET.json``. Run nothing heavy beside
 it (the runs are time-boxed); ``--lock`` is held throughout.
 
-    python bench/bench_ensemble.py --set grocery --minutes 6 --folds 4
-    python bench/bench_ensemble.py --set fashion --minutes 12
+    python benchmarks/bench_ensemble.py --set grocery --minutes 6 --folds 4
+    python benchmarks/bench_ensemble.py --set fashion --minutes 12
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT.parent / "exp" / "ensemble"
 
 
@@ -89,7 +89,7 @@ def _neighbour_cost(fusion: Path, work: Path, test: Path, train: Path) -> dict:
 
 
 def run_set(name: str, minutes: float, folds: int, neighbours: int) -> dict:
-    from etalage.bench.bench_core_recipe import prepare
+    from bench_core_recipe import prepare
     from etalage.fusion.report import write_report
     from etalage.pipeline.fit import fit_fusion
     from etalage.pipeline.submit import submit

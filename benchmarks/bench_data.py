@@ -7,7 +7,7 @@ measured in the same run on the same file.
   bytes already in memory on one core.
 - decode: decode + random 160px crop of the 180px JPEGs on one core (goal >= 1,500 pictures/s).
 
-Usage: python bench/bench_data.py [--gb 1.0] [--work DIR] [--out bench/results/data.json]
+Usage: python benchmarks/bench_data.py [--gb 1.0] [--work DIR] [--out benchmarks/results/data.json]
 The ~1 GB file is made by repeating the documents of a synthetic catalogue with new ids.
 """
 

@@ -6,9 +6,9 @@ the same catalogue, then scores product top-1 on its test dump, split by the num
 The 2017 winner's ``mosaic`` (a product's pictures tiled 2x2 into one picture: +1.3 points over averaging
 in 2017) against etalage's default learned ``gate``, ``attention`` and the plain ``prob-mean``.
 
-    python bench/bench_pooling.py --products 4000 --minutes 4 gate mosaic prob-mean
+    python benchmarks/bench_pooling.py --products 4000 --minutes 4 gate mosaic prob-mean
 
-Writes ``bench/results/pooling_synthetic.json`` (a finished pooling is not rerun). Run nothing else heavy
+Writes ``benchmarks/results/pooling_synthetic.json`` (a finished pooling is not rerun). Run nothing else heavy
 beside it (``--lock`` is held while a pooling trains: the budget is wall-clock time).
 """
 
@@ -21,7 +21,7 @@ import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def by_pictures(submission: Path, labels: Path, test: Path) -> dict:

@@ -1,7 +1,7 @@
 """Contact sheets of an audit's top suspects for a person to judge: per product its picture, the title from
 the listing, the given and the suggested category with their probabilities (25 to a PNG), and
 ``judge_rows.csv``. With ``--flipped``, the products whose label a benchmark flipped are left out: what
-remains are candidates for real errors of the source (``bench/results/audit_fashion_judged.csv``).
+remains are candidates for real errors of the source (``benchmarks/results/audit_fashion_judged.csv``).
 
     python bench/audit_judge_sheet.py AUDIT LISTING.csv IMAGES [--flipped FLIPPED_LISTING.csv] [--n 50]
 """

@@ -1,7 +1,7 @@
 """Helpers for plugin authors' tests: make readings by hand and check a specialist the way etalage
 will use it (as scikit-learn's ``check_estimator`` does for estimators).
 
-    from etalage.testing import check_specialist
+    from etalage.specialists.testing import check_specialist
     from my_package import PhoneSpecialist
 
     def test_plugin():
@@ -18,7 +18,7 @@ import numpy as np
 
 from etalage.specialists.base import Specialist
 from etalage.specialists.guard import PluginFault, validate_output
-from etalage.specialists.readings import make_reading  # also for plugin authors: etalage.testing.make_reading
+from etalage.specialists.readings import make_reading  # also for plugin authors: etalage.specialists.testing.make_reading
 
 WORDS = ("amour maison jardin histoire cuisine voyage guerre soleil nuit hiver mer montagne ville chemin forest river "
          "castle dragon secret silence memory light shadow star sky earth fire water wind stone queen king prince")

@@ -2,13 +2,13 @@
 
 Sources: N real book covers of ../shared/data/real-covers/books-dev (letterboxed to 180x180 on white,
 the Cdiscount shape; a fixed random sample), the 9 book and CD covers of Cdiscount's own
-train_example.bson (title words transcribed in bench/data/cdiscount_sample_covers.json), and covers
+train_example.bson (title words transcribed in benchmarks/data/cdiscount_sample_covers.json), and covers
 rendered from BookCover30 titles (the regression check of the earlier benchmark). Candidates are timed
 interleaved, batch by batch on the same pictures, so the machine's drift hits them all alike; the
 baseline is plain EasyOCR ``readtext``. Recall = title words of 3 or more letters (accents folded)
 found among the words read.
 
-    python bench/bench_reading.py --covers 300 --out bench/results/reading.json
+    python benchmarks/bench_reading.py --covers 300 --out benchmarks/results/reading.json
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def sources(n_books: int, n_rendered: int, seed: int) -> dict[str, tuple[list[np
     chosen = [books[i] for i in sorted(pick)]
     out["real books (books-dev)"] = (cover_pictures(chosen, SHARED / "real-covers" / "books-dev" / "images", 180),
                                      [c.title for c in chosen])
-    truth = json.loads((ROOT / "bench" / "data" / "cdiscount_sample_covers.json").read_text())
+    truth = json.loads((ROOT / "benchmarks" / "data" / "cdiscount_sample_covers.json").read_text())
     cat = Catalog.open(SHARED / "cdiscount" / "train_example.bson")
     from etalage.catalog.pictures import decode_picture
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--candidates", default=";".join(CANDIDATES), help="semicolon-separated names (see CANDIDATES)")
     p.add_argument("--batch", type=int, default=8, help="pictures per interleaved step")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "reading.json"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reading.json"))
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
     from etalage.bench.covers import title_word_recall

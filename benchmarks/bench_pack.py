@@ -4,9 +4,9 @@ photos: ../shared/data/real-products/fashion-dev, 29,943 60x80 JPEGs, and grocer
 
 pack also decodes every picture once (to refuse unreadable ones before writing) and, with ``--size``,
 letterboxes and re-encodes it; the baseline only reads and encodes bytes. Both read the files from the
-page cache (a warm-up pass first). Writes ``bench/results/pack.json``.
+page cache (a warm-up pass first). Writes ``benchmarks/results/pack.json``.
 
-    python bench/bench_pack.py
+    python benchmarks/bench_pack.py
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> int:
                               "ratio_to_baseline": base_s / rep.seconds, "re_encoded": rep.converted}
             results["sets"][name] = row
             print(name, json.dumps(row, indent=1))
-    write_json_atomic(ROOT / "bench" / "results" / "pack.json", results)
+    write_json_atomic(ROOT / "benchmarks" / "results" / "pack.json", results)
     return 0
 
 

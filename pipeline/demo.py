@@ -96,7 +96,7 @@ def run_demo(out: str | Path, products: int | None = None, minutes: float = 5.0,
     the reranker could not see what the specialist is worth (on those 118 it beat the core by 2.5
     points, on the 216 test covers by 17); ``specialist_train`` (None) every training product of the
     specialist's groups instead of 300 (a specialist's top-1 on real covers still grows past 1,200
-    training covers, bench/bench_cover_curve.py; drawn covers are learnt from a few hundred).
+    training covers, benchmarks/bench_cover_curve.py; drawn covers are learnt from a few hundred).
 
     ``folds``: K fold runs instead of one run (``minutes / K`` each, so the demo keeps its time), and fusion
     learns from every training product out of fold (those the specialists trained on left out) instead
