@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -132,12 +133,26 @@ def neighbour_vote(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 # the benchmark
 
 
-def run_core_bench(train: str | Path, test: str | Path, out: str | Path, labels: str | Path | None = None,
-                   taxonomy: str | Path | None = None, minutes: float = 20.0, overrides: dict | None = None,
-                   anchors: bool = True, tta: str = "none", seed: int = 0, progress: bool = True) -> dict:
-    """Train the core on ``train`` for ``minutes`` (the defaults, or ``overrides`` of ``TrainConfig``),
-    predict ``test`` and score it against ``labels``; with ``anchors``, the linear probe and the 5-NN on
-    the same backbone. Writes ``out`` (.json, .md, .png) and returns the report."""
+@dataclass
+class CoreBenchConfig:
+    """``etalage bench core``: train the core on ``train`` for ``max_minutes`` (the defaults, or ``overrides`` of
+    ``TrainConfig``), predict the labelled ``data`` (or score it against the answer key ``labels``), report to
+    ``out`` (.json, .md, .png); with ``anchors``, the linear probe and the 5-NN on the same backbone."""
+
+    train: Path
+    data: Path
+    out: Path
+    labels: Path | None = None
+    taxonomy: Path | None = None
+    max_minutes: float = 20.0
+    overrides: dict = field(default_factory=dict)
+    anchors: bool = True
+    tta: str = "none"
+    seed: int = 0
+
+
+def run_core_bench(bench: CoreBenchConfig, progress: bool = True) -> dict:
+    """Train, predict, score and compare with the anchors (``CoreBenchConfig``); returns the report."""
     from dataclasses import asdict, fields
 
     from etalage.core.config import TrainConfig
@@ -145,6 +160,8 @@ def run_core_bench(train: str | Path, test: str | Path, out: str | Path, labels:
     from etalage.core.rundir import RunDir
     from etalage.core.train import train as train_core
 
+    train, test, out, labels, taxonomy = bench.train, bench.data, bench.out, bench.labels, bench.taxonomy
+    minutes, overrides, anchors, tta, seed = bench.max_minutes, bench.overrides, bench.anchors, bench.tta, bench.seed
     out = Path(out)
     work = out.with_name(out.stem + "_work")
     train, test = Path(train), Path(test)

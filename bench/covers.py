@@ -21,6 +21,7 @@ import hashlib
 import re
 import time
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -182,16 +183,35 @@ def score_split(specialist: str, tax: Taxonomy, train: list[int], test: list[int
     return scores, fused_pred, {"text_weight": spec.weight_, **{f"oof_{k}": v for k, v in spec.oof_top1_.items()}}
 
 
-def run_covers(covers: list[Cover], work: str | Path, images: str | Path | None, test: list[Cover] | None = None,
-               cv: int = 5, size: int | None = 180, group: str | None = None, ocr_engine: str | None = None,
-               seed: int = 0, options: dict | None = None, progress: bool = True) -> dict:
-    """The benchmark: ``test`` given, one split (train on ``covers``, score ``test``); else ``cv``-fold
+@dataclass
+class CoversSettings:
+    """How the cover benchmark runs: the pictures (``images``: the listing's folder; None: rendered from title
+    and author), ``test`` covers to score (None: ``cv``-fold cross-validation), the side pictures are letterboxed
+    to (None: their own size), the level-1 ``group`` and its specialist (default: LIBRAIRIE when the listing has
+    titles, else MUSIQUE), the OCR engine (None: the default reading), the seed, the specialist's options."""
+
+    images: str | Path | None = None
+    test: list[Cover] | None = None
+    cv: int = 5
+    size: int | None = 180
+    group: str | None = None
+    ocr_engine: str | None = None
+    seed: int = 0
+    options: dict | None = None
+
+
+def run_covers(covers: list[Cover], work: str | Path, settings: CoversSettings | None = None,
+               progress: bool = True) -> dict:
+    """The benchmark: ``settings.test`` given, one split (train on ``covers``, score ``test``); else ``cv``-fold
     cross-validation on ``covers``. Returns the report (see ``write_report``)."""
     from sklearn.model_selection import StratifiedKFold
 
     from etalage.ocr import load_engine
     from etalage.ocr.cache import OcrCache
 
+    st = settings or CoversSettings()
+    images, test, cv, size, group, ocr_engine, seed, options = (st.images, st.test, st.cv, st.size, st.group,
+                                                                st.ocr_engine, st.seed, st.options)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     every = covers + (test or [])

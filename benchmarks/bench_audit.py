@@ -63,13 +63,14 @@ def flip_listing(listing: Path, taxonomy, out: Path, seed: int = 0) -> dict[int,
 
 
 def _folds_and_audit(train: Path, work: Path, minutes: float, folds: int) -> dict:
+    from etalage.compute import Compute
     from etalage.core.config import TrainConfig
     from etalage.core.train import train_folds
-    from etalage.pipeline.audit import audit
+    from etalage.pipeline.audit import AuditOptions, audit
 
     train_folds(TrainConfig(train=str(train), out=str(work / "folds"), max_minutes=minutes, folds=folds, fold=0),
                 progress=False)
-    return audit(work / "folds", train, work / "audit", top=50, progress=False)
+    return audit(work / "folds", train, work / "audit", AuditOptions(limit=50), Compute(progress=False))
 
 
 def _suspect_ids(audit_dir: Path) -> list[int]:
@@ -102,6 +103,7 @@ def _retrain(listing: Path, drop: set[int], work: Path, name: str, minutes: floa
     from etalage.bench.core import read_listing_rows
     from etalage.catalog.pack import pack_listing
     from etalage.catalog.submission import score_submission
+    from etalage.compute import Compute
     from etalage.core.config import TrainConfig
     from etalage.core.rundir import RunDir
     from etalage.core.train import train
@@ -121,7 +123,7 @@ def _retrain(listing: Path, drop: set[int], work: Path, name: str, minutes: floa
     if not run.finished:
         train(TrainConfig(train=str(dump), out=str(run.path), max_minutes=minutes), progress=False)
     sub = work / name / "submission.csv"
-    submit(files["test"], sub, run=run.path, progress=False)
+    submit(files["test"], sub, run=run.path, compute=Compute(progress=False))
     return score_submission(sub, files["labels"]).accuracy
 
 
@@ -135,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lock", default="/tmp/etalage-cpu.lock")
     args = ap.parse_args(argv)
     from bench_core_recipe import prepare
+
     from etalage.catalog import Taxonomy
     from etalage.catalog.pack import pack_listing
     from etalage.files import write_json_atomic

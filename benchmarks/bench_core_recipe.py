@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--anchors", action="store_true", help="also the linear probe and 5-NN (once per set)")
     ap.add_argument("--lock", default="/tmp/etalage-cpu.lock", help="held while a variant trains (others wait)")
     args = ap.parse_args(argv)
-    from etalage.bench.core import run_core_bench
+    from etalage.bench.core import CoreBenchConfig, run_core_bench
     from etalage.options import parse_key_values
 
     files = prepare(args.set)
@@ -96,9 +96,9 @@ def main(argv=None) -> int:
         report_path = ROOT.parent / "exp" / f"recipe-{args.set}-{args.minutes:g}" / f"{name}-s{args.seed}.json"
         with open(args.lock, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            rep = run_core_bench(files["train"], files["test"], report_path, labels=files["labels"],
-                                 minutes=args.minutes, overrides=overrides, anchors=args.anchors, tta=args.tta,
-                                 seed=args.seed, progress=False)
+            rep = run_core_bench(CoreBenchConfig(files["train"], files["test"], report_path, labels=files["labels"],
+                                                 max_minutes=args.minutes, overrides=overrides, anchors=args.anchors,
+                                                 tta=args.tta, seed=args.seed), progress=False)
         row = {"settings": overrides, "core": rep["core"], "epochs": rep["epochs_seen"], "steps": rep["steps"],
                "picture_size": rep["picture_size"], "train_seconds": rep["train_seconds"],
                "predict_seconds": rep["predict_seconds"], "val_top1": rep["curve"][-1]["val_top1"]}

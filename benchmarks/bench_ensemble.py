@@ -51,9 +51,10 @@ def _top1(submission: Path, labels: Path) -> float:
 
 
 def _core_alone(run, test: Path, labels: Path, out: Path) -> float:
+    from etalage.compute import Compute
     from etalage.pipeline.submit import submit
 
-    submit(test, out, run=run, progress=False)
+    submit(test, out, run=run, compute=Compute(progress=False))
     return _top1(out, labels)
 
 
@@ -62,8 +63,9 @@ def _neighbour_cost(fusion: Path, work: Path, test: Path, train: Path) -> dict:
     (table + ranking) of the same chunks with it."""
     from etalage.catalog import Catalog
     from etalage.chunks import chunk_ranges
-    from etalage.pipeline.cores import load_indexes, query_hits, run_embeddings
-    from etalage.pipeline.stages import PredictPlan, chunk_table, training_signals
+    from etalage.fusion.neighbours import load_indexes, query_hits
+    from etalage.pipeline.plan import PredictPlan
+    from etalage.pipeline.stages import FusionInputs, chunk_table, run_embeddings, training_signals
     from etalage.pipeline.workdir import WorkDir
 
     plan = PredictPlan.from_model(fusion)
@@ -80,7 +82,7 @@ def _neighbour_cost(fusion: Path, work: Path, test: Path, train: Path) -> dict:
         t0 = time.perf_counter()
         query_hits(indexes, run_embeddings(plan.models, w.core_run, w.core, (a, b)), plan.neighbours)
         t1 = time.perf_counter()
-        _, table = chunk_table(plan, w, catalog, tax, signals, indexes, (a, b))
+        _, table = chunk_table(FusionInputs(plan, w, catalog, tax, signals), indexes, (a, b))
         model.rank(table, b - a, 5)
         t_fuse += time.perf_counter() - t1
         t_query += t1 - t0
@@ -90,8 +92,10 @@ def _neighbour_cost(fusion: Path, work: Path, test: Path, train: Path) -> dict:
 
 def run_set(name: str, minutes: float, folds: int, neighbours: int) -> dict:
     from bench_core_recipe import prepare
+
+    from etalage.compute import Compute
     from etalage.fusion.report import write_report
-    from etalage.pipeline.fit import fit_fusion
+    from etalage.pipeline.fit import FusionFitConfig, fit_fusion
     from etalage.pipeline.submit import submit
 
     files = prepare(name)
@@ -120,11 +124,11 @@ def run_set(name: str, minutes: float, folds: int, neighbours: int) -> dict:
     t1 = time.perf_counter()
     if not (fusion / "fit_report.json").exists():
         # the real sets' _ids are listing numbers given category by category (fit warns): no id prior
-        fit_fusion(runs, train, fusion, neighbours=neighbours, without=("id",), progress=False)
+        fit_fusion(FusionFitConfig(runs, train, fusion, neighbours=neighbours, without=("id",)), Compute(progress=False))
     result["fit"] = {k: v for k, v in json.loads((fusion / "fit_report.json").read_text()).items() if k != "importance"}
     result["fit_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    submit(test, work / "fused.csv", fusion=fusion, work=work / "fused_work", progress=False)
+    submit(test, work / "fused.csv", fusion=fusion, work=work / "fused_work", compute=Compute(progress=False))
     result["submit_s"] = time.perf_counter() - t2
     result["fusion"] = _top1(work / "fused.csv", labels)
     result["over_best_single_run"] = result["fusion"] - result["best_single_run"]

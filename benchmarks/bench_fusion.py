@@ -87,7 +87,7 @@ def _fuse(chunk: tuple[int, int]) -> tuple[float, float, int, int]:
 def throughput(args) -> dict:
     from etalage.catalog import Taxonomy
     from etalage.forking import map_forked
-    from etalage.fusion.model import FusionModel, assemble
+    from etalage.fusion.model import Evidence, FusionModel, assemble
     from etalage.fusion.signals import TrainingSignals
 
     rng = np.random.default_rng(0)
@@ -110,7 +110,7 @@ def throughput(args) -> dict:
     def chunk_table(a, b):
         part = rank.take(np.arange(a, b))
         sl = slice(pic_start[a], pic_start[b])
-        return assemble(part, tax, signals, q_md5[sl], q_owner[sl] - a)
+        return assemble(part, tax, signals, Evidence(q_md5[sl], q_owner[sl] - a))
 
     fit_n = args.fit_products
     table = chunk_table(0, fit_n)
@@ -127,7 +127,7 @@ def throughput(args) -> dict:
     rank_s = sum(r[1] for r in single) / sum(b - a for a, b in chunks[:6])
     model.threads = 1
     t = time.perf_counter()
-    results = list(map_forked(_fuse, chunks, args.workers))
+    results = list(map_forked(lambda: _fuse, chunks, args.workers))
     parallel_s = time.perf_counter() - t
     rows = sum(r[2] for r in results)
     correct = sum(r[3] for r in results)

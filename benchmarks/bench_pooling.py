@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lock", default="/tmp/etalage-cpu.lock")
     args = ap.parse_args(argv)
     from etalage.catalog.submission import score_submission
+    from etalage.compute import Compute
     from etalage.core.config import TrainConfig
     from etalage.core.rundir import RunDir
     from etalage.core.train import train
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
                 train(TrainConfig(train=str(cat / "train.bson"), out=str(run.path), max_minutes=args.minutes,
                                   picture_pooling=pooling, seed=args.seed), progress=False)
         sub = work / f"sub_{pooling}.csv"
-        submit(cat / "test.bson", sub, run=run.path, progress=False)
+        submit(cat / "test.bson", sub, run=run.path, compute=Compute(progress=False))
         metrics = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if line]
         last = metrics[-1] if metrics else {"epoch": 1, "epoch_fraction": 0.0}
         epochs = last["epoch"] - 1 + last.get("epoch_fraction", 1.0)

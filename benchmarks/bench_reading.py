@@ -59,7 +59,7 @@ class ReadText:
                                      download_enabled=False, recog_network="english_g2", verbose=False)
 
     def read(self, pictures):
-        from etalage.ocr.base import TextBox
+        from etalage.ocr.boxes import TextBox
 
         return [[TextBox(t, float(c), np.asarray(q, np.float32), None) for q, t, c in self.reader.readtext(p)]
                 for p in pictures]

@@ -64,14 +64,14 @@ _CHUNK_DOCS = 16_384  # documents per vectorised step; their pages are released 
 HASH_RANGE_BYTES = 256 << 20
 
 
-def index_path_for(bson_path: str | Path) -> Path:
-    """Where ``build_index`` writes the index of ``bson_path``."""
-    return derived_path(bson_path, f"{Path(bson_path).name}.idx.npz")
+def index_path_for(bson_path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where ``build_index`` writes the index of ``bson_path`` (``catalog.derived``)."""
+    return derived_path(bson_path, f"{Path(bson_path).name}.idx.npz", cache_dir)
 
 
-def md5_path_for(bson_path: str | Path) -> Path:
-    """Where ``hash_pictures`` writes the picture MD5s of ``bson_path``."""
-    return derived_path(bson_path, f"{Path(bson_path).name}.md5.npz")
+def md5_path_for(bson_path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where ``hash_pictures`` writes the picture MD5s of ``bson_path`` (``catalog.derived``)."""
+    return derived_path(bson_path, f"{Path(bson_path).name}.md5.npz", cache_dir)
 
 
 def file_stamp(path: Path) -> dict:
@@ -95,7 +95,7 @@ class BsonIndex:
         return bool(len(self.products)) and bool((self.products["category_id"] != NO_CATEGORY).all())
 
     @classmethod
-    def load(cls, bson_path: str | Path) -> BsonIndex:
+    def load(cls, bson_path: str | Path, cache_dir: str | Path | None = None) -> BsonIndex:
         """Load the index of ``bson_path``; a missing, stale or damaged index names ``etalage index``."""
         bson_path = Path(bson_path)
         if not bson_path.exists():
@@ -109,20 +109,21 @@ class BsonIndex:
                 return f"{path}: index does not match the file's documents"
             return products, pictures
 
-        products, pictures = _load_derived(bson_path, "idx.npz", "index", check, "etalage index")
+        products, pictures = _load_derived(bson_path, "idx.npz", "index", check, "etalage index", cache_dir)
         return cls(bson_path, products, pictures)
 
     @classmethod
-    def open(cls, bson_path: str | Path, known_category_ids: np.ndarray | None = None, progress: bool = False
-             ) -> BsonIndex:
+    def open(cls, bson_path: str | Path, known_category_ids: np.ndarray | None = None, progress: bool = False,
+             cache_dir: str | Path | None = None) -> BsonIndex:
         """The index of ``bson_path``: loaded when up to date, else built (the one way every stage
-        indexes a dump). ``known_category_ids`` (sorted): a category outside them is an error."""
+        indexes a dump). ``known_category_ids`` (sorted): a category outside them is an error.
+        ``cache_dir``: where derived files go (``catalog.derived``)."""
         try:
-            idx = cls.load(bson_path)
+            idx = cls.load(bson_path, cache_dir)
         except DataError:
             if not Path(bson_path).exists():
                 raise
-            return build_index(bson_path, progress=progress, known_category_ids=known_category_ids)
+            return build_index(bson_path, progress, known_category_ids, cache_dir)
         if known_category_ids is not None:
             check_categories(Path(bson_path), idx.products, known_category_ids)
         return idx
@@ -149,8 +150,8 @@ def _consistent(bson_path: Path, products: np.ndarray, pictures: np.ndarray) -> 
 # building
 
 
-def build_index(bson_path: str | Path, progress: bool = False, known_category_ids: np.ndarray | None = None
-                ) -> BsonIndex:
+def build_index(bson_path: str | Path, progress: bool = False, known_category_ids: np.ndarray | None = None,
+                cache_dir: str | Path | None = None) -> BsonIndex:
     """Index ``bson_path`` and write ``FILE.bson.idx.npz`` atomically.
 
     ``known_category_ids`` (sorted int64), when given, makes an id outside the taxonomy an error
@@ -175,7 +176,7 @@ def build_index(bson_path: str | Path, progress: bool = False, known_category_id
     if known_category_ids is not None:
         check_categories(bson_path, products, known_category_ids)
     meta = json.dumps({"version": INDEX_VERSION, "bson": file_stamp(bson_path)})
-    save_npz_atomic(index_path_for(bson_path), products=products, pictures=pictures, meta=np.array(meta))
+    save_npz_atomic(index_path_for(bson_path, cache_dir), products=products, pictures=pictures, meta=np.array(meta))
     return BsonIndex(bson_path, products, pictures)
 
 
@@ -431,7 +432,7 @@ def _elements(mm, pos: int, end: int, where: str) -> dict[str, tuple[int, int]]:
 
 
 def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: bool = False,
-                  index: BsonIndex | None = None) -> np.ndarray:
+                  index: BsonIndex | None = None, cache_dir: str | Path | None = None) -> np.ndarray:
     """MD5 of every picture's JPEG bytes, ``(n_pictures, 16)`` uint8, saved to ``FILE.bson.md5.npz``
     with the dump's stamp.
 
@@ -439,7 +440,7 @@ def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: b
     Pictures are hashed straight from memory-mapped ranges (no copy), split over ``workers`` processes.
     """
     bson_path = Path(bson_path)
-    index = index or BsonIndex.open(bson_path)
+    index = index or BsonIndex.open(bson_path, cache_dir=cache_dir)
     pics = index.pictures
     workers = max(1, min(workers or usable_cpus(), 64))
     out = np.zeros((len(pics), 16), np.uint8)
@@ -462,11 +463,11 @@ def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: b
                 for (a, b, digests) in pool.map(_hash_range_job, jobs):
                     done(a, b, digests)
     meta = json.dumps({"version": MD5_VERSION, "bson": file_stamp(bson_path), "pictures": len(pics)})
-    save_npz_atomic(md5_path_for(bson_path), md5=out, meta=np.array(meta))
+    save_npz_atomic(md5_path_for(bson_path, cache_dir), md5=out, meta=np.array(meta))
     return out
 
 
-def load_md5(bson_path: str | Path) -> np.ndarray:
+def load_md5(bson_path: str | Path, cache_dir: str | Path | None = None) -> np.ndarray:
     """Picture MD5s ``(n_pictures, 16)`` uint8 written by :func:`hash_pictures` (``etalage hash``); a
     missing, stale or damaged file names the command that rebuilds it."""
     bson_path = Path(bson_path)
@@ -478,15 +479,15 @@ def load_md5(bson_path: str | Path) -> np.ndarray:
             return f"{path}: picture hashes are stale (the BSON file changed)"
         return md5
 
-    return _load_derived(bson_path, "md5.npz", "picture hashes", check, "etalage hash")
+    return _load_derived(bson_path, "md5.npz", "picture hashes", check, "etalage hash", cache_dir)
 
 
-def _load_derived(bson_path: Path, suffix: str, what: str, check, command: str):
+def _load_derived(bson_path: Path, suffix: str, what: str, check, command: str, cache_dir=None):
     """The first up-to-date derived file ``FILE.bson.SUFFIX`` among the places it may be
     (``catalog.derived``): ``check(path, npz)`` returns the content, or why it is stale. A missing,
     stale, truncated or foreign file raises ``DataError`` naming ``command`` (callers rebuild)."""
     problem = f"no {what}"
-    for path in derived_candidates(bson_path, f"{bson_path.name}.{suffix}"):
+    for path in derived_candidates(bson_path, f"{bson_path.name}.{suffix}", cache_dir):
         if not path.exists():
             continue
         try:
@@ -501,14 +502,15 @@ def _load_derived(bson_path: Path, suffix: str, what: str, check, command: str):
     raise DataError(f"{bson_path}: {problem}; run `{command} {bson_path}`")
 
 
-def picture_md5(bson_path: str | Path, index: BsonIndex | None = None, progress: bool = False) -> np.ndarray:
+def picture_md5(bson_path: str | Path, index: BsonIndex | None = None, progress: bool = False,
+                cache_dir: str | Path | None = None) -> np.ndarray:
     """The picture MD5s of ``bson_path``: loaded when up to date, else computed (and saved)."""
     try:
-        md5 = load_md5(bson_path)
+        md5 = load_md5(bson_path, cache_dir)
     except DataError:
-        return hash_pictures(bson_path, index=index, progress=progress)
+        return hash_pictures(bson_path, index=index, progress=progress, cache_dir=cache_dir)
     if index is not None and len(md5) != len(index.pictures):
-        return hash_pictures(bson_path, index=index, progress=progress)
+        return hash_pictures(bson_path, index=index, progress=progress, cache_dir=cache_dir)
     return md5
 
 

@@ -30,23 +30,31 @@ class Product:
 class Catalog:
     """Products of one BSON file, in file order."""
 
-    def __init__(self, index: BsonIndex):
+    def __init__(self, index: BsonIndex, cache_dir: str | Path | None = None):
         self.index = index
         self.path = index.bson_path
+        self.cache_dir = cache_dir
         self._fd: int | None = None
         self._pid = -1
         self._position_of: dict[int, int] | None = None
         self._md5: np.ndarray | None = None
 
     @classmethod
-    def open(cls, bson_path: str | Path, taxonomy=None, md5: bool = False, progress: bool = False) -> Catalog:
+    def open(cls, bson_path: str | Path, taxonomy=None, md5: bool = False, progress: bool = False,
+             cache_dir: str | Path | None = None) -> Catalog:
         """Open ``bson_path``: its index is loaded, or built when missing, stale or damaged (the one way
         every stage indexes a dump). ``taxonomy``: a category outside it is an error naming the product;
-        ``md5``: also make sure the picture hashes exist (computed now, with a progress bar)."""
+        ``md5``: also make sure the picture hashes exist (computed now, with a progress bar);
+        ``cache_dir``: where derived files go (``catalog.derived``; ``Compute.cache_dir``).
+
+        >>> catalog = Catalog.open("train.bson")
+        >>> product = catalog[0]          # id, category, JPEG bytes
+        >>> pictures = catalog.decode(0)  # uint8 RGB arrays
+        """
         known = None if taxonomy is None else taxonomy.category_ids
-        catalog = cls(BsonIndex.open(bson_path, known, progress=progress))
+        catalog = cls(BsonIndex.open(bson_path, known, progress=progress, cache_dir=cache_dir), cache_dir)
         if md5:
-            catalog._md5 = picture_md5(catalog.path, catalog.index, progress=progress)
+            catalog._md5 = picture_md5(catalog.path, catalog.index, progress=progress, cache_dir=cache_dir)
         return catalog
 
     @property
@@ -54,15 +62,17 @@ class Catalog:
         """(n_pictures, 16) uint8: the MD5 of every picture in file order (``etalage hash``), loaded or
         computed on first use."""
         if self._md5 is None:
-            self._md5 = picture_md5(self.path, self.index)
+            self._md5 = picture_md5(self.path, self.index, cache_dir=self.cache_dir)
         return self._md5
 
-    # pickling: workers reopen the file themselves
+    # pickling: workers reopen the file themselves; the picture MD5s travel when loaded (a worker on
+    # another machine may not have their derived file: the cache folder is per machine)
     def __getstate__(self) -> dict:
-        return {"index": self.index}
+        return {"index": self.index, "cache_dir": self.cache_dir, "md5": self._md5}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["index"])  # the MD5s, if needed there, are loaded again
+        Catalog.__init__(self, state["index"], state.get("cache_dir"))
+        self._md5 = state.get("md5")
 
     def _file(self) -> int:
         """This process's descriptor of the dump. Pictures are read with ``os.pread`` rather than
@@ -166,3 +176,82 @@ class Catalog:
             if stats is not None:
                 stats.decoded += 1
         return out
+
+    # -- chunks read ahead -----------------------------------------------------------------------
+    def chunk_extent(self, rows: tuple[int, int]) -> tuple[int, int]:
+        """(first byte, end byte) of the pictures of products ``rows`` in the dump: one read covers them
+        (products lie one after the other in a BSON dump, their pictures inside them)."""
+        a, b = rows
+        prods = self.index.products
+        first = int(prods["first_picture"][a])
+        last = int(prods["first_picture"][b - 1]) + int(prods["n_pictures"][b - 1])
+        if last <= first:
+            return 0, 0
+        pics = self.index.pictures[first:last]
+        return int(pics["offset"].min()), int((pics["offset"] + pics["length"]).max())
+
+    def read_chunk(self, rows: tuple[int, int]) -> ChunkBytes:
+        """The bytes of the pictures of products ``rows``, in one read (a cluster's read tasks hand them
+        to the workers that decode, so that those never wait on storage)."""
+        return read_extent(self.path, rows, self.chunk_extent(rows))
+
+    def with_chunk(self, chunk: ChunkBytes) -> Catalog:
+        """This catalogue with the products of ``chunk`` read from memory (``read_chunk``'s bytes); every
+        other product, and the decoding itself, as usual, so both ways decode alike."""
+        return PreReadCatalog(self, chunk)
+
+
+def read_extent(path: str | Path, rows: tuple[int, int], extent: tuple[int, int]) -> ChunkBytes:
+    """Bytes ``extent`` = (first, end) of the dump at ``path``, as the pictures of products ``rows``
+    (``Catalog.chunk_extent``): what a read task needs, without the index."""
+    lo, hi = extent
+    pieces, at = [], lo
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while at < hi:
+            piece = os.pread(fd, min(hi - at, 1 << 30), at)
+            if not piece:
+                raise DataError(f"{path}: ends before byte {hi} (the index is stale; run `etalage index`)")
+            pieces.append(piece)
+            at += len(piece)
+    finally:
+        os.close(fd)
+    return ChunkBytes(rows, lo, b"".join(pieces))
+
+
+@dataclass(frozen=True)
+class ChunkBytes:
+    """The pictures of products ``rows`` of a dump, read at once: the bytes from file offset ``base``."""
+
+    rows: tuple[int, int]
+    base: int
+    blob: bytes
+
+
+class PreReadCatalog(Catalog):
+    """A ``Catalog`` whose products in ``chunk.rows`` come from memory (``Catalog.with_chunk``)."""
+
+    def __init__(self, catalog: Catalog, chunk: ChunkBytes):
+        super().__init__(catalog.index, catalog.cache_dir)
+        self._md5 = catalog._md5
+        self.chunk = chunk
+        self._view = memoryview(chunk.blob)
+
+    def picture_bytes(self, position: int) -> list[bytes]:
+        a, b = self.chunk.rows
+        if not a <= position < b:
+            return super().picture_bytes(position)
+        row = self.index.products[position]
+        first, count = int(row["first_picture"]), int(row["n_pictures"])
+        pics = self.index.pictures[first:first + count]
+        base = self.chunk.base
+        return [bytes(self._view[int(o) - base:int(o) - base + int(n)])
+                for o, n in zip(pics["offset"], pics["length"], strict=True)]
+
+    def __getstate__(self) -> dict:  # travels as the plain catalogue: the bytes stay where they were read
+        return Catalog.__getstate__(self)
+
+    def __setstate__(self, state: dict) -> None:
+        Catalog.__setstate__(self, state)
+        self.chunk = ChunkBytes((0, 0), 0, b"")
+        self._view = memoryview(b"")

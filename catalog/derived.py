@@ -4,7 +4,8 @@ a read-only input folder.
 Kaggle mounts its inputs read-only (``/kaggle/input``) and catalogue teams share dumps on read-only
 storage, so a derived file goes:
 
-1. under ``$ETALAGE_CACHE_DIR`` (the CLI's ``--cache-dir`` sets it) when that is set;
+1. under the cache folder given as a value (``cache_dir``: the CLI's ``--cache-dir``, ``Compute.cache_dir``), or
+   else named by the environment variable ``ETALAGE_CACHE_DIR``, when either is set;
 2. else beside the input, when it is already there or the input's folder is writable (a folder whose
    permission bits grant no write is treated as read-only even for root);
 3. else under the user cache folder (``$XDG_CACHE_HOME/etalage``, by default ``~/.cache/etalage``).
@@ -45,28 +46,34 @@ def _cache_subfolder(root: Path, source_folder: Path) -> Path:
     return root / f"{absolute.name or 'root'}-{digest}"
 
 
-def derived_path(source: str | Path, name: str) -> Path:
+def _explicit(cache_dir: str | Path | None) -> Path | None:
+    """The cache folder asked for: the value given, else ``$ETALAGE_CACHE_DIR`` (read, never written)."""
+    chosen = cache_dir or os.environ.get(CACHE_ENV)
+    return Path(chosen) if chosen else None
+
+
+def derived_path(source: str | Path, name: str, cache_dir: str | Path | None = None) -> Path:
     """Where to write the file ``name`` derived from ``source`` (a file or a folder: its folder decides).
 
     >>> derived_path("/kaggle/input/cdiscount/train.bson", "train.bson.idx.npz")   # read-only input
     PosixPath('/root/.cache/etalage/cdiscount-3f2a6c01d2/train.bson.idx.npz')
     """
     folder = _folder_of(Path(source))
-    explicit = os.environ.get(CACHE_ENV)
+    explicit = _explicit(cache_dir)
     if explicit:
-        return _cache_subfolder(Path(explicit), folder) / name
+        return _cache_subfolder(explicit, folder) / name
     if folder_writable(folder):
         return folder / name
     return _cache_subfolder(user_cache_root(), folder) / name
 
 
-def derived_candidates(source: str | Path, name: str) -> list[Path]:
+def derived_candidates(source: str | Path, name: str, cache_dir: str | Path | None = None) -> list[Path]:
     """Where to look for an existing derived file, best first: the cache folder when one is set, else
     beside the input and then the user cache (an index shipped beside a read-only input is used)."""
     folder = _folder_of(Path(source))
-    explicit = os.environ.get(CACHE_ENV)
+    explicit = _explicit(cache_dir)
     if explicit:
-        return [_cache_subfolder(Path(explicit), folder) / name]
+        return [_cache_subfolder(explicit, folder) / name]
     return [folder / name, _cache_subfolder(user_cache_root(), folder) / name]
 
 

@@ -33,16 +33,17 @@ class IndexReport:
 
 
 def index_dump(path: str | Path, taxonomy: Taxonomy | None = None, md5: bool = False, workers: int | None = None,
-               progress: bool = False) -> IndexReport:
+               progress: bool = False, cache_dir: str | Path | None = None) -> IndexReport:
     """Build the offset index of ``path`` (categories checked against ``taxonomy`` when given) and, with
     ``md5``, hash every picture."""
     t0 = time.perf_counter()
-    idx = build_index(path, progress=progress, known_category_ids=None if taxonomy is None else taxonomy.category_ids)
-    rep = IndexReport(Path(path), index_path_for(path), len(idx.products), len(idx.pictures), time.perf_counter() - t0)
+    idx = build_index(path, progress, None if taxonomy is None else taxonomy.category_ids, cache_dir)
+    rep = IndexReport(Path(path), index_path_for(path, cache_dir), len(idx.products), len(idx.pictures),
+                      time.perf_counter() - t0)
     if md5:
         t0 = time.perf_counter()
-        digests = hash_pictures(path, workers=workers, progress=progress, index=idx)
-        rep.md5_file, rep.md5_seconds = md5_path_for(path), time.perf_counter() - t0
+        digests = hash_pictures(path, workers=workers, progress=progress, index=idx, cache_dir=cache_dir)
+        rep.md5_file, rep.md5_seconds = md5_path_for(path, cache_dir), time.perf_counter() - t0
         rep.distinct_pictures = len(np.unique(digests.view("V16")))
     return rep
 
@@ -58,8 +59,9 @@ class DumpSummary:
     level1: dict[str, int] = field(default_factory=dict)  # level-1 name -> products, most first
 
 
-def describe_dump(path: str | Path, taxonomy: Taxonomy | None = None, progress: bool = False) -> DumpSummary:
-    idx = BsonIndex.open(path, progress=progress)
+def describe_dump(path: str | Path, taxonomy: Taxonomy | None = None, progress: bool = False,
+                  cache_dir: str | Path | None = None) -> DumpSummary:
+    idx = BsonIndex.open(path, progress=progress, cache_dir=cache_dir)
     prods = idx.products
     n_pics = prods["n_pictures"]
     counts = dict(zip(*(v.tolist() for v in np.unique(n_pics, return_counts=True)), strict=True))

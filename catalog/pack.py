@@ -289,3 +289,29 @@ def check_taxonomy_beside(out: Path, tax: Taxonomy | None) -> None:
     if not np.array_equal(there.category_ids, tax.category_ids) or there.level3_names != tax.level3_names:
         raise DataError(f"{beside}: a different taxonomy is already beside {out.name}; pack into another folder "
                         f"or remove it")
+
+
+@dataclass
+class NewProduct:
+    """One product as a seller lists it, to be classified: its encoded pictures (1-4, in order), its title
+    (None: none), its id (the id prior reads it)."""
+
+    product_id: int
+    pictures: list[bytes]
+    title: str | None = None
+
+
+def write_products(out: str | Path, products: list[NewProduct]) -> Path:
+    """A test dump (no categories) of ``products`` in Kaggle's layout, written atomically: what `etalage serve`
+    classifies goes through the same reading as a packed dump, so it gets the same answer. Pictures are stored
+    as given (checked by the caller); an empty title is left out, as ``pack`` does."""
+    import bson
+
+    out = Path(out)
+    with atomic_write(out, "wb") as fh:
+        for p in products:
+            doc = {"_id": int(p.product_id), "imgs": [{"picture": bytes(b)} for b in p.pictures]}
+            if p.title and p.title.strip():
+                doc["title"] = p.title.strip()
+            fh.write(bson.encode(doc))
+    return out

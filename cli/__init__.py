@@ -13,27 +13,27 @@ a closed pipe (``etalage score ... | head -1``) ends quietly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
 
-from jsonargparse import ArgumentParser
-
 from etalage.cli import data, model, second, tools
-from etalage.cli.options import add_common
+from etalage.cli.options import Parser, add_common
 from etalage.errors import EtalageError
 
 GROUPS = (data, model, second, tools)
 
 
-def build_parser() -> tuple[ArgumentParser, dict]:
+def build_parser() -> tuple[Parser, dict]:
     """The parser and the handler of every command path (e.g. ``("fusion", "fit")``)."""
-    p = ArgumentParser(prog="etalage", default_env=False,
-                       description="Sort e-commerce products into a catalogue's fine categories from their pictures "
-                                   "(Cdiscount BSON dumps, category_names.csv, Kaggle submissions).",
-                       epilog="Start with `etalage demo` (synthetic catalogue end to end); `etalage COMMAND --help` "
-                              "for details.")
+    p = Parser(prog="etalage", default_env=False,
+               description="Sort e-commerce products into a catalogue's fine categories from their pictures "
+                           "(Cdiscount BSON dumps, category_names.csv, Kaggle submissions; your own listings "
+                           "through `etalage pack`).",
+               epilog="Start with `etalage demo` (synthetic catalogue end to end); `etalage COMMAND --help` "
+                      "for details; docs/cli.md lists every command and flag.")
     add_common(p, config=False)
     sub = p.add_subcommands(dest="command", required=True, metavar="COMMAND")
     handlers: dict = {}
@@ -54,12 +54,16 @@ def _leaf(cfg) -> tuple[tuple[str, ...], object]:
     return tuple(path), ns
 
 
-def _setup_output(verbose: int, quiet: bool) -> None:
-    """Stage lines (INFO of etalage's loggers) on stderr unless -q; -v adds debug; warnings as one line."""
+@contextlib.contextmanager
+def _output(verbose: int, quiet: bool):
+    """For the command's duration: stage lines (INFO of etalage's loggers) on stderr unless -q, -v adds debug,
+    warnings as one line. Put back as they were afterwards: ``main`` may be called from a notebook or a test,
+    whose logging and warning hooks are theirs."""
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("etalage")
+    saved = (root.handlers[:], root.level, root.propagate)
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
@@ -67,7 +71,13 @@ def _setup_output(verbose: int, quiet: bool) -> None:
     def one_line(message, category, filename, lineno, file=None, line=None):
         print(f"etalage: warning: {message}", file=sys.stderr)
 
-    warnings.showwarning = one_line
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            yield
+    finally:
+        root.handlers[:], level, root.propagate = saved[0], saved[1], saved[2]
+        root.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,23 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     path, args = _leaf(cfg)
     args.verbose = int(getattr(args, "verbose", 0) or 0) + int(cfg.verbose or 0)
     args.quiet = bool(getattr(args, "quiet", False) or cfg.quiet)
-    cache_dir = getattr(args, "cache_dir", None) or cfg.cache_dir
-    if cache_dir:
-        os.environ["ETALAGE_CACHE_DIR"] = str(cache_dir)
-    _setup_output(args.verbose, args.quiet)
+    args.cache_dir = getattr(args, "cache_dir", None) or cfg.cache_dir  # travels as a value (Compute.cache_dir)
     name = " ".join(path)
-    try:
-        return int(handlers[path](args) or 0)
-    except EtalageError as exc:
-        return _fail(name, str(exc))
-    except KeyboardInterrupt:
-        print(f"etalage {name}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        _quiet_pipe()
-        return 0
-    except (OSError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
-        return _fail(name, _system_message(exc))
+    with _output(args.verbose, args.quiet):
+        try:
+            return int(handlers[path](args) or 0)
+        except EtalageError as exc:
+            return _fail(name, str(exc))
+        except KeyboardInterrupt:
+            print(f"etalage {name}: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            _quiet_pipe()
+            return 0
+        except (OSError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+            return _fail(name, _system_message(exc))
 
 
 def _fail(name: str, message: str) -> int:

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from jsonargparse import ArgumentParser
 
-from etalage.cli.options import add_common
-
-
-def leaf(sub, handlers: dict, path: tuple[str, ...], func, help_: str, description: str | None = None,
-         config: bool = True) -> ArgumentParser:
-    """A command's parser, with the shared options, registered under ``path``."""
-    p = ArgumentParser(prog=f"etalage {' '.join(path)}", description=description or help_)
-    sub.add_subcommand(path[-1], p, help=help_)
-    add_common(p, config)
-    handlers[path] = func
-    return p
+from etalage.cli.options import leaf
 
 
 def register(sub, handlers: dict) -> None:
+    _add_synth(sub, handlers)
+    _add_pack(sub, handlers)
+    _add_index_and_hash(sub, handlers)
+    _add_info_and_score(sub, handlers)
+
+
+def _add_synth(sub, handlers: dict) -> None:
     p = leaf(sub, handlers, ("synth",), cmd_synth,
              "write a synthetic Cdiscount-shaped catalogue (tests, demo, benchmarks)",
              "Write DIR/train.bson, DIR/test.bson (no category_id), DIR/category_names.csv, DIR/sample_submission.csv "
@@ -26,6 +23,8 @@ def register(sub, handlers: dict) -> None:
              "--music-covers). Deterministic per seed.")
     synth_options(p)
 
+
+def _add_pack(sub, handlers: dict) -> None:
     p = leaf(sub, handlers, ("pack",), cmd_pack,
              "pack any catalogue (a listing CSV and its pictures) into a Cdiscount-shaped BSON dump",
              "Write FILE.bson in Kaggle's layout (_id, imgs: [{picture}], category_id) from a listing with a header "
@@ -51,6 +50,9 @@ def register(sub, handlers: dict) -> None:
                                                            "stopping at the first")
     p.add_argument("--workers", type=int, help="picture processes (default: every usable core)")
 
+
+
+def _add_index_and_hash(sub, handlers: dict) -> None:
     for name, func, help_ in (
         ("index", cmd_index, "write the offset index FILE.bson.idx.npz (and with --md5 the picture hashes)"),
         ("hash", cmd_hash, "write FILE.bson.md5.npz: the MD5 of every picture (indexes first if needed)"),
@@ -65,6 +67,9 @@ def register(sub, handlers: dict) -> None:
             p.add_argument("--check-categories", action="store_true",
                            help="check category ids against category_names.csv beside the file")
 
+
+
+def _add_info_and_score(sub, handlers: dict) -> None:
     p = leaf(sub, handlers, ("info",), cmd_info, "products, pictures per product and level-1 distribution of a dump",
              config=False)
     p.add_argument("file", metavar="FILE.bson", help="Cdiscount BSON dump")
@@ -157,7 +162,7 @@ def cmd_index(args, md5: bool | None = None) -> int:
     for path in args.files:
         tax = taxonomy_beside(path, args.taxonomy) if getattr(args, "check_categories", False) or args.taxonomy \
             else None
-        rep = index_dump(path, tax, md5=md5, workers=args.workers, progress=not args.quiet)
+        rep = index_dump(path, tax, md5=md5, workers=args.workers, progress=not args.quiet, cache_dir=args.cache_dir)
         print(f"{rep.index_file}: {rep.products} products, {rep.pictures} pictures in {rep.seconds:.2f}s")
         if rep.md5_file is not None:
             print(f"{rep.md5_file}: {rep.pictures} picture MD5s ({rep.distinct_pictures} distinct) in "
@@ -173,7 +178,8 @@ def cmd_info(args) -> int:
     from etalage.catalog.info import describe_dump
     from etalage.catalog.taxonomy import taxonomy_beside
 
-    s = describe_dump(args.file, taxonomy_beside(args.file, args.taxonomy), progress=not args.quiet)
+    s = describe_dump(args.file, taxonomy_beside(args.file, args.taxonomy), progress=not args.quiet,
+                      cache_dir=args.cache_dir)
     print(f"{s.path}")
     print(f"  products   {s.products:>12,}")
     print(f"  pictures   {s.pictures:>12,}  ({s.pictures / max(1, s.products):.2f} per product)")

@@ -1,34 +1,63 @@
-"""Building blocks of the command line: the options every command shares, deprecated aliases, and
-``KEY=VALUE`` lists."""
+"""Building blocks of the command line: the parser every command gets (no abbreviations, old spellings
+refused with a hint), the options many commands share (compute, engine, pipeline), and what a command's
+options become for the library (``Compute``, an engine, ``KEY=VALUE`` settings)."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from etalage.options import RUN_ENGINES, TTA_MODES
 
-class DeprecatedAlias(argparse.Action):
-    """Stores like ``store`` (or ``store_true`` with ``nargs=0``); warns when an old spelling is used."""
-
-    def __init__(self, option_strings, dest, old: tuple[str, ...] = (), **kwargs):
-        self.old = old
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if option_string in self.old:
-            # printed, not warnings.warn: Python hides DeprecationWarning outside __main__, and a user
-            # running a script must see it
-            print(f"etalage: {option_string} is deprecated and will be removed in the next release; use "
-                  f"{self.option_strings[0]}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
+# Spellings of etalage 0.x removed in 1.0: an old flag is refused as unrecognised (exit status 2), with this hint.
+RENAMED = {"--picture-fusion": "--picture-pooling", "--test": "--data", "--model": "--fusion",
+           "--cache": "--ocr-cache", "--minutes": "--max-minutes", "--batch": "--batch-size", "--lgb": "--set",
+           "--option": "--set", "--top": "--limit"}
+RENAMED_IN = {("train", "--fusion"): "--picture-pooling", ("ocr", "--engine"): "--ocr-engine (an OCR engine) or "
+              "--engine local|ray (where the job runs)", ("demo", "--specialists"): "--names"}
 
 
-def alias(parser, new: str, *old: str, **kwargs) -> None:
-    """``--new`` with the old spellings ``old`` kept for one release (they warn)."""
-    kwargs["help"] = kwargs.get("help", "") + f" (formerly {', '.join(old)})"
-    parser.add_argument(new, *old, action=DeprecatedAlias, old=old, **kwargs)
+class Parser(ArgumentParser):
+    """jsonargparse's parser with prefixes refused (``--picture-fus`` is not ``--picture-fusion``: a removed flag
+    must never silently become another) and a hint naming the 1.0 spelling of an old flag."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("exit_on_error", True)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        command = (self.prog or "").split()[-1]
+        hints = [f"{old} is now {new}" for old, new in RENAMED.items() if _names(message, old)]
+        hints += [f"{old} is now {new}" for (cmd, old), new in RENAMED_IN.items()
+                  if cmd == command and _names(message, old) and not any(old in h for h in hints)]
+        if hints:
+            message = f"{message} ({'; '.join(hints)}; see CHANGELOG.md)"
+        return super().error(message, ex)
+
+
+def _names(message: str, flag: str) -> bool:
+    """Whether an argparse error message names ``flag`` itself (not a longer flag it prefixes)."""
+    import re
+
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message) is not None
+
+
+def leaf(sub, handlers: dict, path: tuple[str, ...], func, help_: str, description: str | None = None,
+         config: bool = True) -> Parser:
+    """A command's parser, with the shared options, registered under ``path``."""
+    p = Parser(prog=f"etalage {' '.join(path)}", description=description or help_)
+    sub.add_subcommand(path[-1], p, help=help_)
+    add_common(p, config)
+    handlers[path] = func
+    return p
+
+
+def group(sub, name: str, help_: str, description: str, dest: str = "action"):
+    """A command with sub-commands (``fusion fit``, ``specialists list``, ``bench core``)."""
+    p = Parser(prog=f"etalage {name}", description=description)
+    sub.add_subcommand(name, p, help=help_)
+    add_common(p, config=False)
+    return p.add_subcommands(dest=dest, required=True, metavar=dest.upper())
 
 
 def add_common(parser: ArgumentParser, config: bool = True) -> None:
@@ -43,6 +72,86 @@ def add_common(parser: ArgumentParser, config: bool = True) -> None:
         parser.add_argument("--config", action=ActionConfigFile,
                             help="YAML or JSON file of this command's options (keys as the flags without --, with _; "
                                  "flags given after it win). Outputs hold the resolved one (config.yaml) to rerun")
+
+
+def compute_options(p, batch_help: str = "products per batch") -> None:
+    p.add_argument("--batch-size", type=int, default=64, help=batch_help)
+    p.add_argument("--workers", type=int, help="decoding processes (default: none on CPU, most cores on CUDA)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load model files that hold more than tensors (older etalage); they can run code: only "
+                        "for files you made yourself")
+
+
+def engine_options(p, what: str = "the stages") -> None:
+    """Where a job runs: this machine (local) or a Ray cluster."""
+    p.add_argument("--engine", default="local", choices=RUN_ENGINES,
+                   help=f"local: {what} one after the other on this machine (forked workers where they help); ray: a "
+                        "Ray Data pipeline over a cluster, the stages at once, chunk by chunk (pip install "
+                        "'etalage[ray]'); the same outputs")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --engine ray: join the running cluster at ADDR (`ray start --head` prints it; 'auto': "
+                        "the one on this machine); unset: Ray starts on this machine for the command and stops after")
+    p.add_argument("--ray-dashboard", action="store_true",
+                   help="with --engine ray and no --ray-address: also start Ray's dashboard (off by default)")
+
+
+def pipeline_options(p) -> None:
+    """Options of the jobs that run a dump through the whole pipeline (submit, fusion predict)."""
+    p.add_argument("--data", required=True, metavar="FILE.bson", help="the dump to predict")
+    p.add_argument("--fusion", metavar="FUSION", help="fusion model (`etalage fusion fit`); it names the run, "
+                                                     "training file and specialists it was fitted with")
+    p.add_argument("--run", action="append",
+                   help="core run (unset: the fusion model's; required without --fusion); repeat for a fusion of "
+                        "several, in its order")
+    p.add_argument("--train", metavar="FILE.bson", help="training dump for the hash and id signals (unset: the "
+                                                       "fusion model's)")
+    p.add_argument("--specialists", metavar="SPECS", help="fitted specialists (unset: the fusion model's)")
+    p.add_argument("--work", metavar="WORK", help="stage outputs (unset: OUT_work beside --out, or DATA.work)")
+    p.add_argument("--shard", default="0/1", help="i/n: run slice i of n only")
+    p.add_argument("--chunk", type=int, default=4096,
+                   help="products per resumable part (a killed job redoes at most one; shards are whole parts)")
+    p.add_argument("--ocr-cache", help="SQLite OCR cache (unset: ocr-cache.sqlite beside the data)")
+    p.add_argument("--topk", type=int, default=20, help="core top-K (core-only submissions)")
+    p.add_argument("--tta", choices=TTA_MODES, help="core test-time augmentation (unset: the fusion model's, "
+                                                    "else none)")
+    compute_options(p)
+    engine_options(p)
+
+
+def settings_option(p, example: str, what: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): the one spelling of free-form settings in every command."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help=f"{what}, e.g. {example} (repeat; values read as JSON when they parse)")
+
+
+def compute_of(args):
+    """The command's ``Compute`` (device, batch size, workers, trust, progress bars, cache folder)."""
+    from etalage.compute import Compute
+
+    return Compute(device=getattr(args, "device", "auto") or "auto", batch_size=getattr(args, "batch_size", 64) or 64,
+                   workers=getattr(args, "workers", None), trust_pickle=bool(getattr(args, "trust_pickle", False)),
+                   progress=not args.quiet, cache_dir=args.cache_dir)
+
+
+def engine_of(args, workers: int | None = None, layout: dict | None = None):
+    """The engine the command runs on (``--engine``, ``--ray-*``): the one place a job's engine is chosen.
+    ``workers``: the local engine's forked processes (default: every usable core); ``layout``: Ray placements
+    to force (e.g. ``{"ocr.actors": 4}``)."""
+    if getattr(args, "engine", "local") == "ray":
+        from etalage.pipeline.ray_engine import RayEngine, RaySettings
+
+        ray = RaySettings(address=args.ray_address, dashboard=bool(args.ray_dashboard), verbose=int(args.verbose or 0),
+                          layout=dict(layout or {}))
+        return RayEngine(ray, progress=not args.quiet, device=getattr(args, "device", "auto") or "auto")
+    from etalage.pipeline.engine import LocalEngine
+
+    return LocalEngine(not args.quiet, workers)
+
+
+def names_of(text: str | None) -> list[str]:
+    """A comma-separated list (``--names``, ``--groups``, ``--without``)."""
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 NOT_SETTINGS = ("config", "verbose", "quiet", "cache_dir", "resume", "merge", "trust_pickle", "__path__",

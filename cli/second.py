@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
+import time
 from pathlib import Path
 
-from jsonargparse import ArgumentParser
-
-from etalage.cli.data import leaf
-from etalage.cli.model import compute_options, pipeline_options, ray_options, ray_settings
-from etalage.cli.options import add_common, alias, save_resolved
-from etalage.options import OCR_ENGINES, RUN_ENGINES, TTA_MODES, parse_key_values
-
-
-def group(sub, name: str, help_: str, description: str, dest: str = "action"):
-    p = ArgumentParser(prog=f"etalage {name}", description=description)
-    sub.add_subcommand(name, p, help=help_)
-    add_common(p, config=False)
-    return p.add_subcommands(dest=dest, required=True, metavar=dest.upper())
+from etalage.cli.options import (
+    compute_of,
+    compute_options,
+    engine_of,
+    engine_options,
+    group,
+    leaf,
+    names_of,
+    pipeline_options,
+    save_resolved,
+    settings_option,
+)
+from etalage.options import OCR_ENGINES, TTA_MODES
 
 
 def register(sub, handlers: dict) -> None:
+    _add_ocr(sub, handlers)
+    _add_specialists(sub, handlers)
+    fusion = group(sub, "fusion", "the second level: fit, predict, report",
+                   "A LightGBM ranker over candidate classes (core top-K, picture-hash matches, specialists' top-k, "
+                   "embedding neighbours) with core, picture-hash, product-id-neighbour and specialist/OCR features.")
+    _add_fusion_fit(fusion, handlers)
+    p = leaf(fusion, handlers, ("fusion", "predict"), cmd_fusion_predict,
+             "fused top-5 classes for every product of a BSON dump (resumable)",
+             "Run index -> core predictions -> specialists -> fusion for --data into WORK, chunk by chunk "
+             "(WORK/fused/part-*.npz: product ids, top-5 classes and scores). --shard i/n runs one slice "
+             "(one machine each, same WORK on shared storage).")
+    pipeline_options(p)
+    p = leaf(fusion, handlers, ("fusion", "report"), cmd_fusion_report,
+             "feature importance and the ablation table (markdown + PNG)",
+             "Cross-validate the reranker over the fitted model's products with each group of signals (core, + hash, "
+             "+ id neighbours, + specialists, + each specialist, all but id, all) and list the features by gain.")
+    p.add_argument("--fusion", required=True, metavar="FUSION", help="fusion model folder")
+    p.add_argument("--out", required=True, metavar="REPORT.md", help="markdown report (the chart goes beside, .png)")
+    p.add_argument("--folds", type=int, default=3, help="cross-validation folds")
+
+
+def _add_ocr(sub, handlers: dict) -> None:
     p = leaf(sub, handlers, ("ocr",), cmd_ocr, "read the text on the pictures of some level-1 groups into the OCR cache",
              "Run an OCR engine over every distinct picture of the products of --groups: by label in a training "
              "file, by the core's routing of its predictions (--predictions) in a test file. Results go to an SQLite "
@@ -29,25 +50,24 @@ def register(sub, handlers: dict) -> None:
              "pictures are skipped, so a killed run resumes, and with nothing left to read the engine never loads.")
     p.add_argument("--data", required=True, metavar="FILE.bson", help="the dump whose pictures to read")
     p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine (default: the default reading)")
-    p.add_argument("--engine", action=EngineOrOcrEngine, default="local", metavar="{local,ray}",
-                   help="local: --workers forked processes on this machine; ray: an actor pool of OCR engines over a "
-                        "Ray cluster (--workers actors, default one per 2 CPUs); the driver writes the cache. (An "
-                        "OCR engine's name here, the former spelling of --ocr-engine, still works, with a warning)")
-    ray_options(p)
     p.add_argument("--groups", default="LIBRAIRIE,MUSIQUE", help="comma-separated level-1 names")
     p.add_argument("--taxonomy", help="category_names.csv (default: the one beside the data file)")
     p.add_argument("--predictions", metavar="PRED", help="core predictions choosing the products of an unlabelled "
                                                          "file")
     p.add_argument("--threshold", type=float, default=0.3,
                    help="with --predictions: minimum level-1 probability on the groups")
-    alias(p, "--ocr-cache", "--cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside the data file)")
-    p.add_argument("--workers", type=int, default=1, help="reading processes")
-    p.add_argument("--batch", type=int, default=32, help="pictures per engine call")
+    p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside the data file)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="reading processes (--engine local) or OCR actors (--engine ray; 1: one per 2 CPUs)")
+    p.add_argument("--batch-size", type=int, default=32, help="pictures per engine call")
     p.add_argument("--scale", type=float,
                    help="easyocr: read in one pass, crops cut from the picture upscaled this much (unset: the "
                         "engine's two passes); tesseract: upscaling before reading")
     p.add_argument("--lang", help="tesseract languages (default fra+eng)")
+    engine_options(p, "the pictures read")
 
+
+def _add_specialists(sub, handlers: dict) -> None:
     spec = group(sub, "specialists", "specialist plugins: list them, fit them",
                  "Specialists score the classes of some level-1 groups from the text on covers (OCR) and, if they "
                  "ask, the pictures. They are found through the entry-point group etalage.specialists; "
@@ -69,35 +89,32 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine for the covers (default: the default "
                                                              "reading)")
     p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
-    p.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
-                   help="a specialist's constructor option, e.g. books.C=4 (repeat; values read as JSON when they "
-                        "parse)")
+    settings_option(p, "books.C=4", "a specialist's constructor option, NAME.OPTION=VALUE")
     p.add_argument("--seed", type=int, default=0, help="random seed (which training products)")
 
-    fusion = group(sub, "fusion", "the second level: fit, predict, report",
-                   "A LightGBM ranker over candidate classes (core top-K, picture-hash matches, specialists' top-k) "
-                   "with core, picture-hash, product-id-neighbour and specialist/OCR features.")
+
+def _add_fusion_fit(fusion, handlers: dict) -> None:
     p = leaf(fusion, handlers, ("fusion", "fit"), cmd_fusion_fit, "fit the fusion model on the products the core "
              "runs never trained on",
              "Predict the core on the products of --train it never trained on: a run's validation products, or with "
              "fold runs (`etalage train --folds K`) every training product by the run that held its fold out; with "
-             "several --run, each model's prediction (the second level of 2017's winners: their average leads, each "
-             "model's probability and rank, their geometric mean, agreement and best rank are features). Score them "
-             "with the fitted specialists (less the products those trained on), find their embedding neighbours "
-             "(--neighbours), build the table (hash, id and neighbour signals leave each product itself out) "
-             "and fit LightGBM: each kind (lambdarank, binary) with each capacity (default or small trees) is scored "
-             "by 5-fold cross-validation over those products, tree by tree, and the best (kind, capacity, number of "
-             "trees) is refitted on all of them (above 50,000 products: one 20 percent split with early stopping). Writes "
+             "several --run, each model's prediction (their average leads; each model's probability and rank, their "
+             "geometric mean, agreement and best rank are features). Score them with the fitted specialists (less "
+             "the products those trained on), find their embedding neighbours (--neighbours), build the table "
+             "(hash, id and neighbour signals leave each product itself out) and fit LightGBM: each kind "
+             "(lambdarank, binary) with each capacity (default or small trees) is scored by 5-fold cross-validation "
+             "over those products, tree by tree, and the best (kind, capacity, number of trees) is refitted on all "
+             "of them (above 50,000 products: one 20 percent split with early stopping). Writes "
              "OUT/fusion.lgb.txt (with feature names), OUT/fusion.json, OUT/table.npz, OUT/fit_report.json.")
     p.add_argument("--run", required=True, action="append",
                    help="a trained core run, or a folder of fold runs (`train --folds K`); repeat for several models "
                         "(runs sharing their validation products, or fold sets of one split)")
     p.add_argument("--train", required=True, metavar="FILE.bson", help="the runs' training dump")
+    p.add_argument("--out", required=True, metavar="FUSION", help="fusion model folder")
     p.add_argument("--neighbours", type=int, default=0, metavar="K",
                    help="K nearest training products by the first model's embeddings (faiss): their classes join the "
                         "candidates, with best cosine, the 2017 8th place's vote and count per class (0: off; 10 is "
                         "a good start; costs a pass of that model's runs over the training dump)")
-    p.add_argument("--out", required=True, metavar="FUSION", help="fusion model folder")
     p.add_argument("--without", default="", metavar="SIGNALS",
                    help="comma-separated signal groups the reranker is not given (ensemble, neighbours, hash, id, "
                         "specialists): e.g. id where product ids were numbered category by category (fit warns "
@@ -106,57 +123,23 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--names", help="comma-separated specialists to use (default: every one fitted in SPECS)")
     p.add_argument("--kind", default="auto", choices=("auto", "ranker", "binary"),
                    help="LightGBM objective (auto: both, the better by cross-validation kept)")
-    p.add_argument("--lgb", action="append", default=[], metavar="KEY=VALUE",
-                   help="a LightGBM setting, e.g. num_leaves=63 or learning_rate=0.05 (repeat; defaults: "
-                        "n_estimators=500 learning_rate=0.1 num_leaves=31 min_child_samples=10 "
-                        "early_stopping_rounds=30, at least 100 in cross-validation); naming num_leaves, "
-                        "learning_rate, max_depth or min_child_samples fixes the capacity instead of choosing it")
+    settings_option(p, "num_leaves=63", "a LightGBM setting (defaults: n_estimators=500 learning_rate=0.1 "
+                    "num_leaves=31 min_child_samples=10 early_stopping_rounds=30, at least 100 in cross-validation); "
+                    "naming num_leaves, learning_rate, max_depth or min_child_samples fixes the capacity instead of "
+                    "choosing it")
     p.add_argument("--topk", type=int, default=20, help="core candidates per product")
     p.add_argument("--tta", default="none", choices=TTA_MODES,
                    help="core test-time augmentation; submit then uses the same")
     p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (cross-validation folds or early-stopping split, LightGBM)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (cross-validation folds or early-stopping split, "
+                                                      "LightGBM)")
     compute_options(p)
-    p = leaf(fusion, handlers, ("fusion", "predict"), cmd_fusion_predict,
-             "fused top-5 classes for every product of a BSON dump (resumable)",
-             "Run index -> core predictions -> specialists -> fusion for --data into WORK, chunk by chunk "
-             "(WORK/fused/part-*.npz: product ids, top-5 classes and scores). --shard i/n runs one slice "
-             "(one machine each, same WORK on shared storage).")
-    pipeline_options(p)
-    p = leaf(fusion, handlers, ("fusion", "report"), cmd_fusion_report,
-             "feature importance and the ablation table (markdown + PNG)",
-             "Cross-validate the reranker over the fitted model's products with each group of signals (core, + hash, "
-             "+ id neighbours, + specialists, + each specialist, all but id, all) and list the features by gain.")
-    alias(p, "--fusion", "--model", required=True, metavar="FUSION", help="fusion model folder")
-    p.add_argument("--out", required=True, metavar="REPORT.md", help="markdown report (the chart goes beside, .png)")
-    p.add_argument("--folds", type=int, default=3, help="cross-validation folds")
-
-
-class EngineOrOcrEngine(argparse.Action):
-    """``ocr --engine``: local or ray (where it runs); an OCR engine's name, its meaning before ``--ocr-engine``,
-    is kept for one release (it warns)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if values in OCR_ENGINES:
-            print(f"etalage: --engine {values} (an OCR engine) is deprecated and will be removed in the next release; "
-                  f"use --ocr-engine {values} (--engine now says where the job runs: local or ray)", file=sys.stderr)
-            namespace.ocr_engine = values
-            return
-        if values not in RUN_ENGINES:
-            parser.error(f"argument --engine: invalid choice {values!r} (choose from local, ray; OCR engines go to "
-                         f"--ocr-engine)")
-        setattr(namespace, self.dest, values)
-
-
-def _names(text: str | None) -> list[str]:
-    return [n.strip() for n in (text or "").split(",") if n.strip()]
+    engine_options(p, "the core's predictions and the specialists")
 
 
 def cmd_ocr(args) -> int:
-    import time
-
     from etalage.catalog.taxonomy import taxonomy_beside
-    from etalage.pipeline.ocr import run_ocr
+    from etalage.pipeline.ocr import OcrJob, run_ocr
 
     tax = taxonomy_beside(args.data, args.taxonomy, required=True)
     options = {}
@@ -164,10 +147,12 @@ def cmd_ocr(args) -> int:
         options["scale"] = args.scale
     if args.lang and args.ocr_engine == "tesseract":
         options["lang"] = args.lang
+    job = OcrJob(names_of(args.groups), args.ocr_engine, options, Path(args.ocr_cache) if args.ocr_cache else None,
+                 args.predictions, args.threshold, args.batch_size)
     t0 = time.perf_counter()
-    s = run_ocr(args.data, _names(args.groups), tax, engine_name=args.ocr_engine, cache_path=args.ocr_cache,
-                predictions=args.predictions, threshold=args.threshold, workers=args.workers, batch=args.batch,
-                engine_options=options, progress=not args.quiet, engine=args.engine, ray=ray_settings(args))
+    layout = {"ocr.actors": args.workers} if args.workers > 1 else {}  # on Ray, 1 (the default): one per 2 CPUs
+    with engine_of(args, args.workers, layout) as engine:
+        s = run_ocr(args.data, tax, job, compute_of(args), engine)
     print(f"{s.products} products of {args.groups}: {s.pictures} distinct pictures, {s.already_cached} already "
           f"cached, {s.read} read in {time.perf_counter() - t0:.1f}s, {s.unreadable} unreadable -> {s.cache} "
           f"({s.engine})")
@@ -191,13 +176,13 @@ def cmd_specialists_list(args) -> int:
 
 
 def cmd_specialists_fit(args) -> int:
-    from etalage.pipeline.fit import fit_specialists_job
+    from etalage.pipeline.fit import SpecialistsFitConfig, fit_specialists_job
     from etalage.specialists.plugins import parse_options
 
-    names = _names(args.names)
-    rows = fit_specialists_job(args.train, args.out, names, run=args.run, taxonomy=args.taxonomy,
-                               max_train=args.max_train, ocr_engine=args.ocr_engine, ocr_cache=args.ocr_cache,
-                               options=parse_options(args.option, names), seed=args.seed, progress=not args.quiet)
+    names = names_of(args.names)
+    cfg = SpecialistsFitConfig(Path(args.train), Path(args.out), names, args.run, args.taxonomy, args.max_train,
+                               args.ocr_engine, args.ocr_cache, parse_options(args.settings, names), args.seed)
+    rows = fit_specialists_job(cfg, compute_of(args))
     save_resolved(args, Path(args.out) / "config.yaml")
     for r in rows:
         print(f"{Path(args.out) / r['specialist']}: fitted on {r['train_products']} products of "
@@ -206,33 +191,36 @@ def cmd_specialists_fit(args) -> int:
 
 
 def cmd_fusion_fit(args) -> int:
-    from etalage.pipeline.fit import fit_fusion
+    from etalage.options import parse_key_values
+    from etalage.pipeline.fit import FusionFitConfig, fit_fusion
 
-    fit = fit_fusion(args.run, args.train, args.out, specialists=args.specialists, names=_names(args.names) or None,
-                     kind=args.kind, topk=args.topk, tta=args.tta, neighbours=args.neighbours,
-                     ocr_cache=args.ocr_cache, seed=args.seed,
-                     device=args.device, batch_size=args.batch_size, workers=args.workers,
-                     lgb_params=parse_key_values(args.lgb, "--lgb"), without=tuple(_names(args.without)),
-                     trust_pickle=args.trust_pickle, progress=not args.quiet)
+    cfg = FusionFitConfig(list(args.run), Path(args.train), Path(args.out), args.specialists,
+                          names_of(args.names) or None, args.kind, args.topk, args.tta, args.neighbours,
+                          args.ocr_cache, args.seed, parse_key_values(args.settings, "--set"),
+                          tuple(names_of(args.without)))
+    t0 = time.perf_counter()
+    with engine_of(args) as engine:
+        fit = fit_fusion(cfg, compute_of(args), engine)
     save_resolved(args, Path(args.out) / "config.yaml")
-    kinds = ", ".join(f"{k} {v:.4f}" for k, v in fit["valid_top1_by_kind"].items())
-    print(f"{args.out}: {fit['kind']} over {fit['products']} products ({fit['rows']:,} rows, {fit['features']} "
-          f"features); candidate coverage {fit['candidate_coverage']:.4f}; core top-1 {fit['core_top1']:.4f}; "
-          f"top-1 by kind ({fit['selection']['selection']}): {kinds}; kept {fit['kind']} with "
-          f"{fit['selection']['trees']} trees")
-    base = fit.get("baselines") or {}
+    kinds = ", ".join(f"{k} {v:.4f}" for k, v in fit.valid_top1_by_kind.items())
+    print(f"{args.out}: {fit.kind} over {fit.products} products ({fit.rows:,} rows, {fit.features} features) in "
+          f"{time.perf_counter() - t0:.0f}s; candidate coverage {fit.candidate_coverage:.4f}; core top-1 "
+          f"{fit.core_top1:.4f}; top-1 by kind ({fit.selection}): {kinds}; kept {fit.kind} with {fit.trees} trees")
+    base = fit.baselines or {}
     if base:
         runs = ", ".join(f"{k} {v:.4f}" for k, v in base["runs"].items())
         print(f"  second-level baselines on the same products: runs {runs}; plain mean {base['plain_mean']:.4f}; "
               f"weighted mean {base['weighted_mean']:.4f}; weighted geometric mean {base['weighted_geomean']:.4f} "
               f"(weights out of fold)")
+    print(f"  report: {Path(args.out) / 'fit_report.json'}")
     return 0
 
 
 def cmd_fusion_predict(args) -> int:
-    from etalage.chunks import parse_shard
+    from etalage.cli.model import job_settings
     from etalage.errors import ConfigError
-    from etalage.pipeline.stages import PredictPlan, predict_file
+    from etalage.pipeline.plan import PredictPlan
+    from etalage.pipeline.predict import predict_file
     from etalage.pipeline.workdir import WorkDir
 
     if args.fusion is None:
@@ -240,11 +228,10 @@ def cmd_fusion_predict(args) -> int:
     work = WorkDir(args.work) if args.work else WorkDir.beside(None, args.data)
     plan = PredictPlan.from_model(args.fusion, args.run, args.train, args.specialists)
     plan.check_tta(args.tta)
-    complete = predict_file(plan, args.data, work, shard=parse_shard(args.shard),
-                            command=f"etalage fusion predict --fusion {args.fusion} --data {args.data} --work {work} "
-                                    f"--shard i/n", ocr_cache=args.ocr_cache, device=args.device,
-                            batch_size=args.batch_size, workers=args.workers, chunk=args.chunk,
-                            trust_pickle=args.trust_pickle, progress=not args.quiet)
+    settings = job_settings(args)
+    settings.command = f"etalage fusion predict --fusion {args.fusion} --data {args.data} --work {work} --shard i/n"
+    with engine_of(args) as engine:
+        complete = predict_file(plan, args.data, work, settings, compute_of(args), engine)
     save_resolved(args, work.path / "config.yaml")
     print(f"{work.fused}: shard {args.shard} done ({'all shards done' if complete else 'other shards still to run'})")
     return 0

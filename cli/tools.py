@@ -1,19 +1,35 @@
-"""Tools: bench (book and album covers), demo."""
+"""Tools: bench (book and album covers, the core on real photos), audit, explain, demo."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from etalage.cli.data import leaf
-from etalage.cli.options import save_resolved
-from etalage.cli.second import group
+from etalage.cli.options import (
+    compute_of,
+    compute_options,
+    engine_of,
+    engine_options,
+    group,
+    leaf,
+    names_of,
+    save_resolved,
+    settings_option,
+)
 from etalage.errors import EtalageError
 from etalage.options import OCR_ENGINES, TTA_MODES
 
 
 def register(sub, handlers: dict) -> None:
     bench = group(sub, "bench", "benchmarks on public data sets",
-                  "Benchmarks on public data sets (see also the scripts in bench/).", dest="benchmark")
+                  "Benchmarks on public data sets (the measurement scripts are in benchmarks/).", dest="benchmark")
+    _add_bench_covers(bench, handlers)
+    _add_bench_core(bench, handlers)
+    _add_audit(sub, handlers)
+    _add_explain(sub, handlers)
+    _add_demo(sub, handlers)
+
+
+def _add_bench_covers(bench, handlers: dict) -> None:
     p = leaf(bench, handlers, ("bench", "covers"), cmd_bench_covers,
              "book or album covers: genre from title, OCR reading, picture and their fusion",
              "Any listing in BookCover30's column order (quoted CSV without header: id, filename, picture URL, "
@@ -39,28 +55,31 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--test-listing", required=True, help="listing to score")
     cover_options(p)
 
+
+def _add_bench_core(bench, handlers: dict) -> None:
     p = leaf(bench, handlers, ("bench", "core"), cmd_bench_core,
-             "the core on real photos: train within a budget, score a labelled test dump, beside probe and 5-NN",
-             "Trains the core on --train for --minutes (the defaults of `etalage train`, or --set KEY=VALUE of its "
-             "settings), predicts --test and reports product top-1 at the leaves, level 2 and level 1, beside a "
+             "the core on real photos: train within a budget, score a labelled dump, beside probe and 5-NN",
+             "Trains the core on --train for --max-minutes (the defaults of `etalage train`, or --set KEY=VALUE of "
+             "its settings), predicts --data and reports product top-1 at the leaves, level 2 and level 1, beside a "
              "linear probe and the 2017 8th place's 5 nearest neighbours on the same backbone's ImageNet features "
              "(pictures letterboxed to 180x180), computed in the same run. Writes REPORT.json, REPORT.md and "
              "REPORT.png (learning curve, most confused class pairs); the run and the anchors' features go to "
              "REPORT_work/ and are reused when run again. Dumps come from `etalage pack`.")
     p.add_argument("--train", required=True, metavar="A.bson", help="labelled training dump")
-    p.add_argument("--test", required=True, metavar="B.bson", help="test dump (labelled, or with --labels)")
-    p.add_argument("--labels", metavar="KEY.csv", help="_id,category_id answer key of --test (default: its own "
+    p.add_argument("--data", required=True, metavar="B.bson", help="the dump to score (labelled, or with --labels)")
+    p.add_argument("--labels", metavar="KEY.csv", help="_id,category_id answer key of --data (default: its own "
                                                        "categories)")
     p.add_argument("--taxonomy", metavar="T.csv", help="category_names.csv (default: the one beside --train)")
     p.add_argument("--out", required=True, metavar="REPORT.json", help="the report (.md and .png go beside)")
-    p.add_argument("--minutes", type=float, default=20.0, help="training time budget")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="training settings other than the defaults, as `etalage train` names them with _ "
-                        "(e.g. picture_size=160 backbone=efficientnet_lite1)")
+    p.add_argument("--max-minutes", type=float, default=20.0, help="training time budget")
+    settings_option(p, "picture_size=160", "a training setting other than the defaults, as `etalage train` names "
+                    "it with _")
     p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation of the core")
     p.add_argument("--no-anchors", action="store_true", help="skip the linear probe and the nearest neighbours")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run and the probe")
 
+
+def _add_audit(sub, handlers: dict) -> None:
     p = leaf(sub, handlers, ("audit",), cmd_audit,
              "the labelled products probably filed in the wrong category, most suspicious first",
              "Scores every labelled product of --data with a network that never trained on it (fold runs from "
@@ -75,15 +94,16 @@ def register(sub, handlers: dict) -> None:
                    help="a core run or a folder of fold runs trained on --data; repeat to average several")
     p.add_argument("--data", required=True, metavar="LABELLED.bson", help="the labelled dump the runs trained on")
     p.add_argument("--out", required=True, metavar="AUDIT", help="output folder")
-    p.add_argument("--top", type=int, default=50, help="suspects shown in audit.html")
+    p.add_argument("--limit", type=int, default=50, help="suspects shown in audit.html")
     p.add_argument("--topk", type=int, default=20, help="classes kept per product (the rest bounded by the K-th)")
     p.add_argument("--tta", default="none", choices=TTA_MODES, help="core test-time augmentation")
     p.add_argument("--specialists", metavar="SPECS", help="fitted specialists whose votes the cards show")
     p.add_argument("--ocr-cache", help="SQLite OCR cache for the specialists (default: beside --data)")
-    p.add_argument("--batch-size", type=int, default=64, help="products per batch")
-    p.add_argument("--workers", type=int, help="decoding processes (default: none on CPU, most cores on CUDA)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    compute_options(p)
+    engine_options(p, "the core's predictions")
 
+
+def _add_explain(sub, handlers: dict) -> None:
     p = leaf(sub, handlers, ("explain",), cmd_explain,
              "a web page of where the pipeline goes wrong on a labelled set (one HTML file, pictures inside)",
              "For a finished submit or fusion predict work folder of a labelled file (or one with an answer key): "
@@ -98,20 +118,22 @@ def register(sub, handlers: dict) -> None:
     p.add_argument("--limit", type=int, default=400, help="products on the page (fixed and broken ones first)")
     p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside the data)")
 
+
+def _add_demo(sub, handlers: dict) -> None:
     p = leaf(sub, handlers, ("demo",), cmd_demo,
              "the whole job on a synthetic catalogue: synth, index, train, specialists, fusion, submit, score",
              "Runs end to end on a synthetic Cdiscount-shaped catalogue and prints product top-1 per stage (core, "
              "core + specialists, fusion), overall and per level-1 group. Leaves submission.csv, test_labels.csv, "
-             "category_names.csv and report.json under --out. With the defaults it finishes within 10 minutes on 2 "
-             "CPU cores; run again to reuse finished stages.")
+             "category_names.csv, report.json and explain.html under --out. With the defaults it finishes within "
+             "about 10 minutes on 2 CPU cores; run again to reuse finished stages.")
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--products", type=int, help="synthetic products, train + test (default: 3000; 8000 with real "
                                                 "covers, so that their groups hold ~290 test products)")
     p.add_argument("--val-fraction", type=float, help="share of the training products held out of the core for "
                                                       "fusion to learn from (default: 0.15; 0.25 with real covers)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
-    p.add_argument("--specialists", default="media", help="specialists to fit and compare, comma-separated ('none': "
-                                                          "skip; 'books,music' for one per group)")
+    p.add_argument("--max-minutes", type=float, default=5.0, help="training time budget")
+    p.add_argument("--names", default="media", help="specialists to fit and compare, comma-separated ('none': "
+                                                    "skip; 'books,music' for one per group)")
     p.add_argument("--ocr-engine", choices=OCR_ENGINES, help="OCR engine for the covers (default: the default reading)")
     p.add_argument("--specialist-train", type=int,
                    help="training products per specialist (default: 300; with real covers every training product "
@@ -125,8 +147,8 @@ def register(sub, handlers: dict) -> None:
                                                         "+ DIR/images, e.g. ../shared/data/real-covers/books-dev)")
     p.add_argument("--music-covers", metavar="DIR", help="real album covers as the MUSIQUE pictures (same layout, "
                                                          "e.g. ../shared/data/real-covers/albums-dev)")
-    p.add_argument("--folds", type=int, help="K fold runs instead of one run (--minutes / K each): fusion learns from "
-                                              "every training product out of fold, and the fit report gives the "
+    p.add_argument("--folds", type=int, help="K fold runs instead of one run (--max-minutes / K each): fusion learns "
+                                              "from every training product out of fold, and the fit report gives the "
                                               "second-level baselines")
     p.add_argument("--neighbours", type=int, default=0, metavar="K",
                    help="the embedding-neighbour signal of fusion, with K neighbours (0: off)")
@@ -141,14 +163,14 @@ def cover_options(p) -> None:
 
 
 def _bench(args, train_listing: str, test_listing: str | None, cv: int, size: int | None, group: str | None) -> dict:
-    from etalage.bench.covers import run_covers, write_report
+    from etalage.bench.covers import CoversSettings, run_covers, write_report
     from etalage.catalog.listings import read_listing
 
     if (args.images is None) == (not args.render):
         raise EtalageError("give exactly one of --images DIR or --render")
     test = read_listing(test_listing) if test_listing else None
-    report = run_covers(read_listing(train_listing), Path(args.out).with_suffix(""), args.images, test=test, cv=cv,
-                        size=size, group=group, ocr_engine=args.ocr_engine, seed=args.seed, progress=not args.quiet)
+    settings = CoversSettings(args.images, test, cv, size, group, args.ocr_engine, args.seed)
+    report = run_covers(read_listing(train_listing), Path(args.out).with_suffix(""), settings, progress=not args.quiet)
     files = write_report(report, args.out, Path(test_listing or train_listing).name)
     print(f"{Path(train_listing).name}: {report['listing_covers']} covers" +
           (f", tested on {report['test_covers']}" if test else f", {report['protocol']}") +
@@ -181,13 +203,13 @@ def cmd_bench_bookcover(args) -> int:
 
 
 def cmd_bench_core(args) -> int:
-    from etalage.bench.core import run_core_bench
+    from etalage.bench.core import CoreBenchConfig, run_core_bench
     from etalage.options import parse_key_values
 
-    rep = run_core_bench(args.train, args.test, args.out, labels=args.labels, taxonomy=args.taxonomy,
-                         minutes=args.minutes, overrides=parse_key_values(args.set, "--set"),
-                         anchors=not args.no_anchors, tta=args.tta, seed=args.seed, progress=not args.quiet)
-    print(f"{Path(args.test).name}: {rep['test_products']:,} test products, {rep['classes']} classes; core trained "
+    rep = run_core_bench(CoreBenchConfig(Path(args.train), Path(args.data), Path(args.out), args.labels, args.taxonomy,
+                                         args.max_minutes, parse_key_values(args.settings, "--set"),
+                                         not args.no_anchors, args.tta, args.seed), progress=not args.quiet)
+    print(f"{Path(args.data).name}: {rep['test_products']:,} test products, {rep['classes']} classes; core trained "
           f"{rep['train_seconds'] / 60:.1f} min ({rep['epochs_seen'] or 0:.1f} epochs, {rep['picture_size']}px)")
     print(f"  {'model':<26}{'leaf':>8}{'level 2':>9}{'level 1':>9}")
     for key, name in (("core", "core"), ("linear_probe", "linear probe"), ("knn", "5 nearest neighbours"),
@@ -200,11 +222,11 @@ def cmd_bench_core(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from etalage.pipeline.audit import audit
+    from etalage.pipeline.audit import AuditOptions, audit
 
-    rep = audit(args.run, args.data, args.out, top=args.top, topk=args.topk, tta=args.tta, specialists=args.specialists,
-                ocr_cache=args.ocr_cache, device=args.device, batch_size=args.batch_size, workers=args.workers,
-                progress=not args.quiet)
+    options = AuditOptions(args.limit, args.topk, args.tta, args.specialists, args.ocr_cache)
+    with engine_of(args) as engine:
+        rep = audit(args.run, args.data, args.out, options, compute_of(args), engine)
     print(f"{args.out}: {rep['flagged']:,} suspects among {rep['scored']:,} products ({100 * rep['flagged_share']:.1f}%; "
           f"{rep['protocol']})")
     print(f"  {rep['outputs']['suspects.parquet']}, {rep['outputs']['suspects.csv']}, {rep['outputs']['audit.html']}")
@@ -215,7 +237,7 @@ def cmd_explain(args) -> int:
     from etalage.pipeline.explain import explain
 
     res = explain(args.work, args.out, labels=args.labels, limit=args.limit, ocr_cache=args.ocr_cache,
-                  progress=not args.quiet)
+                  compute=compute_of(args))
     print(f"{res['page']}: {res['shown']} of {res['products']} products")
     for g in res["groups"]:
         print(f"  {g['group']:<30}{g['products']:>6}  core {g['core']:.3f}  fusion {g['fused']:.3f}  "
@@ -224,15 +246,14 @@ def cmd_explain(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from etalage.pipeline.demo import run_demo
+    from etalage.pipeline.demo import DemoConfig, run_demo
 
-    specialists = tuple(s.strip() for s in args.specialists.split(",") if s.strip()) \
-        if args.specialists != "none" else ()
-    result = run_demo(args.out, products=args.products, minutes=args.minutes, seed=args.seed, backbone=args.backbone,
-                      weights=args.weights, picture_size=args.picture_size, crop=args.crop, specialists=specialists,
-                      ocr_engine=args.ocr_engine, specialist_train=args.specialist_train, val_fraction=args.val_fraction,
-                      book_covers=args.book_covers, music_covers=args.music_covers, folds=args.folds,
-                      neighbours=args.neighbours, progress=not args.quiet)
+    names = () if args.names.strip() == "none" else tuple(names_of(args.names))
+    cfg = DemoConfig(args.products, args.max_minutes, args.seed, args.backbone, args.weights, args.picture_size,
+                     args.crop, names=names, ocr_engine=args.ocr_engine, specialist_train=args.specialist_train,
+                     val_fraction=args.val_fraction, book_covers=args.book_covers, music_covers=args.music_covers,
+                     folds=args.folds, neighbours=args.neighbours)
+    result = run_demo(args.out, cfg, compute_of(args))
     save_resolved(args, Path(args.out) / "config.yaml")
     print_stage_table(result)
     print(f"  what each signal adds (fusion report, cross-validated on the {result['fusion_fit']['products']} fusion "

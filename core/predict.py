@@ -9,6 +9,7 @@ back as a ``CoreRanking`` (``etalage.core.ranking``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
 from etalage.chunks import DEFAULT_CHUNK, list_parts, part_path, shard_chunk_ranges
+from etalage.compute import Compute
 from etalage.core.data import (
     PictureBytesDataset,
     PictureTransform,
@@ -58,6 +60,16 @@ def tta_views(x: torch.Tensor, mode: str, crop: int) -> list[torch.Tensor]:
     return crops + [torch.flip(v, dims=[3]) for v in crops]
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """What a core prediction keeps per product: its ``topk`` classes, each picture's ``picture_topk`` and,
+    with ``embedding``, the pooled embedding (float16; what the embedding-neighbour signal queries with)."""
+
+    topk: int = 20
+    picture_topk: int = 5
+    embedding: bool = False
+
+
 class CorePredictor:
     """A trained run's model between decoding (pre-processing) and top-K reduction (post-processing).
 
@@ -86,6 +98,12 @@ class CorePredictor:
         # the CPU path decodes with Pillow as ever
         on_gpu = self.device.type == "cuda" and not self.transform.mosaic
         self.decode_on_device = on_gpu if decode_on_device is None else bool(decode_on_device)
+
+    @classmethod
+    def of(cls, run: str | Path | RunDir, compute: Compute, tta: str = "none", compile: bool = False) -> CorePredictor:
+        """The predictor of ``run`` with a job's compute settings (device, batch size, workers, trust)."""
+        return cls(run, device=compute.device, batch_size=compute.batch_size, workers=compute.workers, tta=tta,
+                   compile=compile, trust_pickle=compute.trust_pickle)
 
     @torch.no_grad()
     def predict_batch(self, batch, topk: int, picture_topk: int, embedding: bool) -> dict[str, np.ndarray]:
@@ -118,12 +136,11 @@ class CorePredictor:
             out["embedding"] = emb.half()
         return {k: v.cpu().numpy() for k, v in out.items()}
 
-    def claim(self, catalog: Catalog, out_dir: str | Path, topk: int = 20, picture_topk: int = 5,
-              embedding: bool = False, chunk: int = DEFAULT_CHUNK, positions: np.ndarray | None = None,
-              producer: str | None = None) -> np.ndarray:
+    def claim(self, catalog: Catalog, out_dir: str | Path, options: PredictOptions = PredictOptions(),
+              chunk: int = DEFAULT_CHUNK, positions: np.ndarray | None = None, producer: str | None = None
+              ) -> np.ndarray:
         """Stamp ``out_dir`` for these predictions (or check it holds them); returns the positions."""
-        return claim_predictions(self.run, self.spec, self.tta, catalog, out_dir, topk, picture_topk, embedding, chunk,
-                                 positions, producer)
+        return claim_predictions(self.run, self.spec, self.tta, catalog, out_dir, options, chunk, positions, producer)
 
     def predict_catalog(self, catalog: Catalog, out_dir: str | Path, topk: int = 20, picture_topk: int = 5,
                         shard: tuple[int, int] = (0, 1), embedding: bool = False, chunk: int = DEFAULT_CHUNK,
@@ -136,7 +153,8 @@ class CorePredictor:
         Returns the full ``CoreRanking`` when every shard is done, else None.
         """
         out_dir = Path(out_dir)
-        positions = self.claim(catalog, out_dir, topk, picture_topk, embedding, chunk, positions, producer)
+        positions = self.claim(catalog, out_dir, PredictOptions(topk, picture_topk, embedding), chunk, positions,
+                               producer)
         done = list_parts(out_dir)
         todo = [c for c in shard_chunk_ranges(len(positions), chunk, shard) if c not in done]
         total = sum(b - a for a, b in todo)
@@ -154,7 +172,7 @@ class CorePredictor:
                      workers: int | None = None) -> int:
         """One part file: the products ``positions[a:b]`` of ``catalog`` predicted into
         ``out_dir/part-A-B.npz`` (the one per-chunk step of every engine). ``catalog``: a ``Catalog``, or one
-        whose pictures were read beforehand (``PreReadCatalog``). Returns the pictures decoded."""
+        whose pictures were read beforehand (``Catalog.with_chunk``). Returns the pictures decoded."""
         a, b = rows
         parts: dict[str, list[np.ndarray]] = {}
         pictures = 0
@@ -193,8 +211,8 @@ def model_spec(run: str | Path | RunDir, trust_pickle: bool = False) -> dict:
                            trust_pickle)["spec"]
 
 
-def claim_predictions(run: RunDir, spec: dict, tta: str, catalog: Catalog, out_dir: str | Path, topk: int = 20,
-                      picture_topk: int = 5, embedding: bool = False, chunk: int = DEFAULT_CHUNK,
+def claim_predictions(run: RunDir, spec: dict, tta: str, catalog: Catalog, out_dir: str | Path,
+                      options: PredictOptions = PredictOptions(), chunk: int = DEFAULT_CHUNK,
                       positions: np.ndarray | None = None, producer: str | None = None) -> np.ndarray:
     """Stamp ``out_dir`` with the settings of the predictions it holds (run, data and its stamp, positions,
     top-K, TTA, network), or check a stamp there matches: predictions of two jobs never mix. Returns the
@@ -205,47 +223,8 @@ def claim_predictions(run: RunDir, spec: dict, tta: str, catalog: Catalog, out_d
     meta = {"version": PREDICTION_VERSION, "run": str(run.path), "data": str(catalog.path),
             "data_stamp": file_stamp(Path(catalog.path)), "n_products": len(positions),
             "positions_digest": _digest(positions), "producer": producer, "chunk": chunk,
-            "topk": topk, "picture_topk": picture_topk, "tta": check_choice(tta, TTA_MODES, "--tta"),
-            "embedding": embedding, "n_classes": spec["n_classes"], "pooling": picture_pooling_of(spec),
+            "topk": options.topk, "picture_topk": options.picture_topk, "tta": check_choice(tta, TTA_MODES, "--tta"),
+            "embedding": options.embedding, "n_classes": spec["n_classes"], "pooling": picture_pooling_of(spec),
             "backbone": spec["backbone"]}
     claim_folder(out_dir / "meta.json", meta, ignore=("producer",))
     return positions
-
-
-class PreReadCatalog(Catalog):
-    """A catalogue whose products ``start``.. have had their bytes read beforehand (the Ray engine's read
-    tasks: one contiguous stretch of the dump, ``base`` its file offset): pictures come from memory, and
-    ``decode`` is ``Catalog.decode`` itself, so both engines decode alike."""
-
-    def __init__(self, index, start: int, end: int, base: int, blob: bytes):
-        super().__init__(index)
-        self.start, self.end, self.base, self.blob = start, end, base, memoryview(blob)
-
-    def picture_bytes(self, position: int) -> list[bytes]:
-        if not self.start <= position < self.end:
-            return super().picture_bytes(position)
-        row = self.index.products[position]
-        first, count = int(row["first_picture"]), int(row["n_pictures"])
-        pics = self.index.pictures[first:first + count]
-        return [bytes(self.blob[int(o) - self.base:int(o) - self.base + int(n)])
-                for o, n in zip(pics["offset"], pics["length"], strict=True)]
-
-    def __getstate__(self) -> dict:
-        return {"index": self.index}
-
-    def __setstate__(self, state: dict) -> None:
-        Catalog.__init__(self, state["index"])
-        self.start = self.end = self.base = 0
-        self.blob = memoryview(b"")
-
-
-def chunk_extent(catalog: Catalog, rows: tuple[int, int]) -> tuple[int, int]:
-    """(first byte, end byte) of the pictures of products ``rows`` in the dump: one read covers them
-    (products lie one after the other in a BSON dump, their pictures inside them)."""
-    a, b = rows
-    prods = catalog.index.products
-    first, last = int(prods["first_picture"][a]), int(prods["first_picture"][b - 1]) + int(prods["n_pictures"][b - 1])
-    if last <= first:
-        return 0, 0
-    pics = catalog.index.pictures[first:last]
-    return int(pics["offset"].min()), int((pics["offset"] + pics["length"]).max())

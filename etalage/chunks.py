@@ -44,6 +44,14 @@ def part_path(folder: str | Path, start: int, end: int) -> Path:
     return Path(folder) / f"part-{start:09d}-{end:09d}.npz"
 
 
+def part_done(folder: str | Path, rows: tuple[int, int]) -> bool:
+    """Whether the part of ``rows`` in ``folder`` is finished (a whole npz file, as ``list_parts`` counts)."""
+    import zipfile
+
+    path = part_path(folder, *rows)
+    return path.exists() and zipfile.is_zipfile(path)
+
+
 def list_parts(folder: str | Path) -> dict[tuple[int, int], Path]:
     """(start, end) -> path of the finished parts in ``folder``. A part that is not a whole npz file (a
     disk that filled up, a copy cut short) is not finished: it is left out, so the stage redoes it."""

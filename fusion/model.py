@@ -59,19 +59,31 @@ def hash_candidates(index: PictureHashIndex, picture_md5: np.ndarray, picture_ow
     return np.repeat(np.asarray(picture_owner)[pic], reps), pair_class[rows]
 
 
-def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarray, picture_owner: np.ndarray,
-             specialists: list = (), training_queries: bool = False,
-             own_classes: np.ndarray | None = None, prune: bool = True, models: list = (),
-             neighbours: list = ()) -> CandidateTable:
+@dataclass
+class Evidence:
+    """What a fusion table holds besides the core ranking, row for row with it: the products' pictures
+    (``picture_md5``, and ``picture_owner``: the ranking row of each), the specialists'
+    ``SpecialistRanking``s, with several core models each one's ``(name, CoreRanking)`` (the ranking is then
+    their mean), and the embedding neighbours' ``NeighbourHits`` (one per index)."""
+
+    picture_md5: np.ndarray
+    picture_owner: np.ndarray
+    specialists: list = field(default_factory=list)
+    models: list = field(default_factory=list)
+    neighbours: list = field(default_factory=list)
+
+
+def assemble(ranking, taxonomy, signals: TrainingSignals, evidence: Evidence, own_classes: np.ndarray | None = None,
+             prune: bool = True) -> CandidateTable:
     """The full table for the products of ``ranking``: candidates from the core's top-K, hash matches,
     the specialists' top-k (and, when given, every core model's evidence and the embedding neighbours'
-    classes), with every feature. ``picture_md5``/``picture_owner``: the products' pictures and the
-    ranking row of each; ``specialists``: ``SpecialistRanking``s over the same rows; ``models``: with
-    several core models, ``(name, CoreRanking)`` of each (``ranking`` is then their mean); ``neighbours``:
-    ``NeighbourHits`` over the same rows, one per index. ``training_queries`` removes each product's own
-    contribution to the hash and id signals (``own_classes``: their labels, per product row). ``prune``:
-    the core's weak top-K classes stay only with other evidence (``core_evidence``); the same rule must
-    hold when fitting and predicting."""
+    classes), with every feature. ``own_classes``: the products are the fit's training queries, with these
+    labels (per ranking row): each product's own contribution to the hash and id signals is removed.
+    ``prune``: the core's weak top-K classes stay only with other evidence (``core_evidence``); the same
+    rule must hold when fitting and predicting."""
+    training_queries = own_classes is not None
+    picture_md5, picture_owner = evidence.picture_md5, evidence.picture_owner
+    specialists, models, neighbours = list(evidence.specialists), list(evidence.models), list(evidence.neighbours)
     h_owner, h_cls = hash_candidates(signals.hash_index, picture_md5, picture_owner)
     s_owner, s_cls = specialist_candidates(specialists)
     e_owner, e_cls = ensemble_candidates(models) if len(models) > 1 else (np.zeros(0, np.int64),) * 2
@@ -90,11 +102,7 @@ def assemble(ranking, taxonomy, signals: TrainingSignals, picture_md5: np.ndarra
         feats.update(ensemble_features(models, owner, cls))
     if neighbours:
         feats.update(neighbour_features(neighbours, owner, cls))
-    pic_own = None
-    if training_queries:
-        if own_classes is None:
-            raise ConfigError("training_queries needs own_classes")
-        pic_own = np.asarray(own_classes)[picture_owner]
+    pic_own = np.asarray(own_classes)[picture_owner] if training_queries else None
     feats.update(signals.hash_index.features(picture_md5, picture_owner, owner, cls, pic_own))
     feats.update(signals.id_prior.features(ranking.product_ids[owner], cls, signals.ks, exclude_self=training_queries))
     feats["class_frequency"] = signals.class_frequency[cls]
@@ -288,6 +296,20 @@ class FusionModel:
         classes[owner[keep], slot[keep]] = table.classes[order][keep]
         scores[owner[keep], slot[keep]] = s[order][keep]
         return classes, scores
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """``rank``'s scores (products x k, -inf where fewer candidates) as a distribution over each product's k
+        best classes: the binary reranker's probabilities renormalised, the ranker's scores through a softmax
+        (its scores only order candidates: this is a reading of them, not a calibrated probability)."""
+        s = np.asarray(scores, np.float64)
+        finite = np.isfinite(s)
+        if self.kind == "binary":
+            p = np.where(finite, np.clip(s, 0, None), 0.0)
+        else:
+            top = np.where(finite, s, -np.inf).max(axis=1, keepdims=True)
+            p = np.where(finite, np.exp(s - np.where(np.isfinite(top), top, 0)), 0.0)
+        total = p.sum(axis=1, keepdims=True)
+        return np.where(total > 0, p / np.where(total > 0, total, 1), 0.0).astype(np.float32)
 
     def predict(self, table: CandidateTable, n_products: int) -> np.ndarray:
         """Best class per product row (int32); products without candidates get -1."""

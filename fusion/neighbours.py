@@ -163,3 +163,13 @@ def neighbour_features(hits: list[NeighbourHits], owner: np.ndarray, classes: np
         for name in out:
             out[name] /= len(hits)
     return out
+
+
+def load_indexes(folder, runs: int) -> list[EmbeddingIndex]:
+    """The neighbour index of each of a fusion model's ``runs`` (``FusionDir.neighbour_index``)."""
+    return [EmbeddingIndex.load(folder.neighbour_index(i)) for i in range(runs)]
+
+
+def query_hits(indexes: list[EmbeddingIndex], embeddings: list[np.ndarray], k: int) -> list[NeighbourHits]:
+    """Test-time neighbours: each run's embedding of the products against that run's index."""
+    return [index.search(emb.astype(np.float32), k) for index, emb in zip(indexes, embeddings, strict=True)]

@@ -2,6 +2,8 @@
 box features, and a cache keyed by picture MD5 so that specialists and re-runs never read a picture
 twice."""
 
-from etalage.ocr.base import OcrEngine, TextBox, load_engine
+from etalage.ocr.base import OcrEngine
+from etalage.ocr.boxes import TextBox
+from etalage.ocr.zoo import load_engine
 
 __all__ = ["OcrEngine", "TextBox", "load_engine"]

@@ -1,6 +1,6 @@
 """The OCR interface: engines turn RGB pictures into ``TextBox`` lists, one list per picture.
 
-Specialists read book and CD covers through this one door (``load_engine``), whatever the engine.
+Specialists read book and CD covers through one door (``etalage.ocr.zoo.load_engine``), whatever the engine.
 An engine is pre-processing + model + post-processing, like doctr's predictors; ``name``,
 ``version`` and ``options`` identify its results in the cache.
 """
@@ -10,25 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from etalage.errors import ConfigError
-from etalage.options import DEFAULT_OCR_ENGINE, DEFAULT_READING
+from etalage.ocr.boxes import TextBox
 
 MIN_SIDE = 8  # pictures with a shorter side are not read (too small to hold a word)
-
-
-@dataclass
-class TextBox:
-    """One word or line found on a picture."""
-
-    text: str
-    confidence: float            # in [0, 1]
-    quad: np.ndarray             # (4, 2) float32 corners in picture pixels, clockwise from top-left
-    features: np.ndarray | None  # float32 recogniser features (EasyOCR: pooled CRNN sequence output)
 
 
 def check_pictures(pictures) -> list[np.ndarray]:
@@ -49,10 +37,6 @@ def check_pictures(pictures) -> list[np.ndarray]:
             raise ConfigError(f"picture {i}: {pic.shape[1]}x{pic.shape[0]} is too small to read (min {MIN_SIDE}px)")
         out.append(pic)
     return out
-
-
-def box_quad(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
 
 
 class OcrEngine(ABC):
@@ -104,44 +88,6 @@ class OcrEngine(ABC):
     @abstractmethod
     def _read(self, pictures: list[np.ndarray]) -> list[list[TextBox]]:
         ...
-
-
-_ENGINES: dict[str, Callable[..., OcrEngine]] = {}
-
-
-def register_engine(name: str):
-    def wrap(factory):
-        _ENGINES[name] = factory
-        return factory
-    return wrap
-
-
-def _register_builtins() -> None:
-    from etalage.ocr import easyocr_engine, ensemble, rapidocr_engine, tesseract_engine  # noqa: F401 - they register
-
-
-def load_engine(name: str | None = None, lexicon: bool = False, **options) -> OcrEngine:
-    """The single door to OCR engines: ``"easyocr"``, ``"rapidocr"``, ``"tesseract"`` or ``"ensemble"``
-    (several engines' boxes merged); no name gives the default reading (``etalage.options.
-    DEFAULT_OCR_ENGINE`` with its settings, chosen by measurement on real covers). ``lexicon``: add
-    dictionary corrections of the words read (``etalage.ocr.lexicon``).
-
-    >>> engine = load_engine()
-    >>> boxes = engine.read([picture])[0]
-    >>> " ".join(b.text for b in boxes)
-    """
-    _register_builtins()
-    if name is None:
-        name, defaults = DEFAULT_OCR_ENGINE, DEFAULT_READING
-        options = {**defaults, **options}
-        lexicon = lexicon or options.pop("lexicon", False)
-    if name not in _ENGINES:
-        raise ConfigError(f"unknown OCR engine {name!r}; known: {', '.join(sorted(_ENGINES))}")
-    try:
-        engine = _ENGINES[name](**options)
-    except TypeError as exc:
-        raise ConfigError(f"OCR engine {name!r}: bad options {sorted(options)} ({exc})") from None
-    return engine.use_lexicon() if lexicon else engine
 
 
 def merge_readings(readings: list[list[TextBox]]) -> list[TextBox]:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from etalage.errors import DataError
-from etalage.ocr.base import OcrEngine, TextBox
+from etalage.ocr.base import OcrEngine
+from etalage.ocr.boxes import TextBox
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pictures (
@@ -140,10 +141,10 @@ def read_cached(engine: OcrEngine, cache: OcrCache, pictures: list[np.ndarray], 
     return [found[bytes(m)] for m in md5s]
 
 
-def default_cache_path(data: str | Path) -> Path:
+def default_cache_path(data: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The OCR cache every command uses unless told otherwise: ``ocr-cache.sqlite`` beside the data file
     (one per folder, so training and test pictures share it: 42% of real test products share a picture
     with training), or in the cache folder when the data's folder is read-only."""
     from etalage.catalog.derived import derived_path
 
-    return derived_path(data, "ocr-cache.sqlite")
+    return derived_path(data, "ocr-cache.sqlite", cache_dir)

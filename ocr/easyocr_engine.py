@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from etalage.errors import ConfigError
-from etalage.ocr.base import OcrEngine, TextBox, merge_readings, register_engine
+from etalage.ocr.base import OcrEngine, merge_readings
+from etalage.ocr.boxes import TextBox
 from etalage.resources import package_file
 
 WEIGHT_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
@@ -66,7 +68,32 @@ def _quiet():
         yield
 
 
-@register_engine("easyocr")
+@dataclass(frozen=True)
+class EasyOcrSettings:
+    """The easyocr engine's options (``load_engine("easyocr", **options)``; see ``EasyOcrEngine``)."""
+
+    passes: tuple[tuple[float, float], ...] = ((1.5, 2.0), (1.0, 1.0))
+    scale: float | None = None
+    detect_scale: float | None = None
+    mag_ratio: float = 1.0
+    text_threshold: float = 0.7
+    low_text: float = 0.3
+    min_size: int = 20
+    batch_size: int = 64
+    quantize: bool = True
+    int8: tuple[str, ...] = ("detector", "features")
+    optimize: bool = True
+    decoder: str = "greedy"
+    contrast_ths: float = 0.4
+    device: str = "auto"
+    model_dir: str | None = None
+
+
+def easyocr_engine(**options) -> EasyOcrEngine:
+    """The engine ``load_engine("easyocr", **options)`` builds: the options checked as ``EasyOcrSettings``."""
+    return EasyOcrEngine(EasyOcrSettings(**options))
+
+
 class EasyOcrEngine(OcrEngine):
     """CRAFT + CRNN (english_g2).
 
@@ -87,16 +114,17 @@ class EasyOcrEngine(OcrEngine):
 
     name = "easyocr"
 
-    def __init__(self, passes: tuple[tuple[float, float], ...] = ((1.5, 2.0), (1.0, 1.0)),
-                 scale: float | None = None, detect_scale: float | None = None, mag_ratio: float = 1.0,
-                 text_threshold: float = 0.7, low_text: float = 0.3, min_size: int = 20, batch_size: int = 64,
-                 quantize: bool = True, int8: tuple[str, ...] = ("detector", "features"), optimize: bool = True,
-                 decoder: str = "greedy", contrast_ths: float = 0.4,
-                 device: str = "auto", model_dir: str | None = None):
+    def __init__(self, settings: EasyOcrSettings | None = None):
         """Checks the settings and the weight files; the networks load on the first ``read`` (about 9 s
         on CPU with the int8 calibration), so an engine whose pictures are all cached costs nothing."""
         import easyocr
         import torch
+
+        st = settings or EasyOcrSettings()
+        passes, scale, detect_scale, int8, device = st.passes, st.scale, st.detect_scale, st.int8, st.device
+        mag_ratio, text_threshold, low_text, min_size = st.mag_ratio, st.text_threshold, st.low_text, st.min_size
+        quantize, optimize, decoder, contrast_ths = st.quantize, st.optimize, st.decoder, st.contrast_ths
+        batch_size, model_dir = st.batch_size, st.model_dir
 
         if scale is not None or detect_scale is not None:  # one pass, as asked
             passes = ((detect_scale or 1.0, scale or 2.0),)

@@ -7,28 +7,25 @@ from __future__ import annotations
 import numpy as np
 
 from etalage.errors import ConfigError
-from etalage.ocr.base import OcrEngine, TextBox, merge_readings, register_engine
+from etalage.ocr.base import OcrEngine, merge_readings
+from etalage.ocr.boxes import TextBox
 
 DEFAULT_MEMBERS = (("rapidocr", {}), ("easyocr", {}))
 
 
-@register_engine("ensemble")
 class EnsembleEngine(OcrEngine):
-    """Options: ``members``, a list of (engine name, options) pairs read in that order; the first one's
-    boxes are kept, later ones add the boxes that read something new (``merge_readings``).
+    """Several engines read in order: the first one's boxes are kept, later ones add the boxes that read
+    something new (``merge_readings``). Built by ``load_engine("ensemble", members=[(name, options), ...])``.
 
     >>> engine = load_engine("ensemble", members=[("rapidocr", {"scale": 2}), ("easyocr", {})])
     """
 
     name = "ensemble"
 
-    def __init__(self, members=DEFAULT_MEMBERS):
-        from etalage.ocr.base import load_engine
-
-        members = [(str(n), dict(o or {})) for n, o in members]
-        if not members or any(n == "ensemble" for n, _ in members):
-            raise ConfigError(f"ensemble members must be one or more other engines, got {[n for n, _ in members]}")
-        self.members = [load_engine(n, **o) for n, o in members]
+    def __init__(self, members: list[OcrEngine]):
+        if not members or any(m.name == "ensemble" for m in members):
+            raise ConfigError(f"ensemble members must be one or more other engines, got {[m.name for m in members]}")
+        self.members = list(members)
         super().__init__(members=[[m.name, m.options] for m in self.members])  # enough to rebuild it
 
     @property

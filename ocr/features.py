@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from etalage.ocr.base import TextBox
+from etalage.ocr.boxes import TextBox
 
 CRNN_DIM = 256
 SUMMARY_NAMES = (

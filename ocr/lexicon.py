@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from etalage.ocr.base import TextBox
+from etalage.ocr.boxes import TextBox
 
 VERSION = "symspell-en82765-v2"  # in the cache key of engines that use the lexicon: change it with the rules
 MIN_LETTERS = 3        # shorter tokens are not corrected (too many near neighbours)

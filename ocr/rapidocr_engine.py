@@ -18,12 +18,12 @@ import logging
 import numpy as np
 
 from etalage.errors import ConfigError
-from etalage.ocr.base import OcrEngine, TextBox, register_engine
+from etalage.ocr.base import OcrEngine
+from etalage.ocr.boxes import TextBox
 
 PACKAGE = "rapidocr-onnxruntime"
 
 
-@register_engine("rapidocr")
 class RapidOcrEngine(OcrEngine):
     """Options: ``det_side`` (the detector sees the picture scaled so that its shorter side is this
     long; PP-OCR's default 736 upscales a 180px picture 4x), ``text_score`` (lines read below this

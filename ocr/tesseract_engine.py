@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from etalage.errors import ConfigError
-from etalage.ocr.base import OcrEngine, TextBox, box_quad, register_engine
+from etalage.ocr.base import OcrEngine
+from etalage.ocr.boxes import TextBox, box_quad
 
 DEBIAN_PACKAGES = "tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng"
 CHILD_ENV = {"OMP_THREAD_LIMIT": "1"}  # what the binary gets on top of this process's environment
@@ -35,7 +36,6 @@ def _missing() -> ConfigError:
                        f"(apt-get install {DEBIAN_PACKAGES})")
 
 
-@register_engine("tesseract")
 class TesseractEngine(OcrEngine):
     """Options: ``lang`` ("fra+eng"), ``scale`` (3.0), ``psm`` (page segmentation mode; 11 = sparse
     text, suited to covers), ``min_confidence`` (0-100; words below are dropped), ``command`` (the

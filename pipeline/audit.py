@@ -12,34 +12,57 @@ suggested, the core's top-5, the specialists' votes where they looked) and ``AUD
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from etalage.catalog import Catalog
+from etalage.chunks import chunk_ranges
+from etalage.compute import Compute
 from etalage.core.confident import find_suspects
 from etalage.core.ensemble import mean_ranking, open_models
+from etalage.core.predict import PredictOptions
 from etalage.errors import DataError
 from etalage.files import atomic_write, write_json_atomic
+from etalage.ocr.cache import default_cache_path
+from etalage.pipeline.engine import Engine, LocalEngine
+from etalage.pipeline.page import picture_tags, write_page
 
 log = logging.getLogger(__name__)
 
 RULE = "confident learning (given label under its class's self-confidence, another class above its own)"
 
 
-def audit(runs, data: str | Path, out: str | Path, top: int = 50, topk: int = 20, tta: str = "none",
-          specialists: str | Path | None = None, ocr_cache: str | Path | None = None, device: str = "auto",
-          batch_size: int = 64, workers: int | None = None, trust_pickle: bool = False, progress: bool = True) -> dict:
-    """Audit the labelled dump ``data`` with the core models ``runs`` into the folder ``out``; returns the
-    report (also ``out/report.json``)."""
-    from etalage.pipeline.cores import holdout_rankings
+@dataclass
+class AuditOptions:
+    """How an audit runs: suspects shown on the page (``limit``), classes kept per product (``topk``; the rest
+    bounded by the K-th), the core's test-time augmentation, fitted ``specialists`` whose votes the cards show
+    and their OCR cache (None: the default beside the dump)."""
 
+    limit: int = 50
+    topk: int = 20
+    tta: str = "none"
+    specialists: Path | None = None
+    ocr_cache: Path | None = None
+
+
+def audit(runs, data: str | Path, out: str | Path, options: AuditOptions | None = None,
+          compute: Compute | None = None, engine: Engine | None = None) -> dict:
+    """Audit the labelled dump ``data`` with the core models ``runs`` into the folder ``out``, the core's
+    predictions made on ``engine`` (default: this machine); returns the report (also ``out/report.json``).
+
+    >>> report = audit("runs/folds", "train.bson", "audit/")
+    >>> report["flagged"], report["outputs"]["audit.html"]
+    """
+    from etalage.pipeline.cores import HeldOutJob, holdout_rankings
+
+    options, compute = options or AuditOptions(), compute or Compute()
+    engine = engine or LocalEngine(compute.progress)
     models = open_models([runs] if isinstance(runs, (str, Path)) else list(runs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,30 +71,30 @@ def audit(runs, data: str | Path, out: str | Path, top: int = 50, topk: int = 20
     if trained_on != Path(data).resolve():
         raise DataError(f"{data}: the runs were trained on {trained_on}; audit the dump they were trained on, whose "
                         f"products they predict out of fold")
-    catalog = Catalog.open(data, taxonomy, md5=specialists is not None, progress=progress)
+    catalog = Catalog.open(data, taxonomy, md5=options.specialists is not None, progress=compute.progress,
+                           cache_dir=compute.cache_dir)
     catalog.require_labels()
     t0 = time.perf_counter()
     folds = models[0].is_folds
     protocol = (f"every product, out of fold ({len(models[0].runs)} fold runs)" if folds else
                 "the run's validation products only (train with --folds K to audit every product)")
     log.info("[1/3] core predictions: %s", protocol)
-    kw = dict(device=device, batch_size=batch_size, workers=workers, trust_pickle=trust_pickle)
-    positions, per_model = holdout_rankings(models, catalog, out / "core", topk, tta, kw,
-                                            f"etalage audit --data {data} --out {out}", progress)
+    job = HeldOutJob(catalog, out / "core", PredictOptions(options.topk), options.tta,
+                     f"etalage audit --data {data} --out {out}")
+    positions, per_model, stats = holdout_rankings(models, job, compute, engine)
+    stats.save(out)
     ranking = mean_ranking(per_model)
     labels = taxonomy.indices_of(catalog.category_ids[positions]).astype(np.int64)
     log.info("[2/3] confident learning over %d products x top-%d", len(positions), ranking.topk_class.shape[1])
     sus = find_suspects(ranking.topk_class, ranking.topk_prob, labels, taxonomy.n_classes)
     rows = _suspect_rows(sus, positions, labels, catalog, taxonomy)
     _write_suspects(out, rows)
-    shown = sus.flagged[:top]
-    votes = _specialist_votes(specialists, ranking.take(shown), catalog, positions[shown], taxonomy, out, ocr_cache,
-                              progress) if specialists is not None and len(shown) else {}
+    shown = sus.flagged[:options.limit]
+    votes = _specialist_votes(options, ranking.take(shown), catalog, positions[shown], taxonomy, out, compute,
+                              engine) if options.specialists is not None and len(shown) else {}
     log.info("[3/3] audit.html: the top %d suspects", len(shown))
-    page = _page(rows[:top], ranking, shown, positions, catalog, taxonomy, votes,
-                 {"data": str(data), "scored": len(positions), "flagged": len(sus.flagged), "protocol": protocol})
-    with atomic_write(out / "audit.html", "w", encoding="utf-8") as fh:
-        fh.write(page)
+    _page(out / "audit.html", rows[:options.limit], ranking, shown, positions, catalog, taxonomy, votes,
+          {"data": str(data), "scored": len(positions), "flagged": len(sus.flagged), "protocol": protocol})
     report = {"data": str(data), "runs": [str(m.path) for m in models], "protocol": protocol,
               "products": len(catalog), "scored": len(positions), "flagged": len(sus.flagged),
               "flagged_share": len(sus.flagged) / max(1, len(positions)), "expected_issues": sus.expected_issues,
@@ -118,17 +141,22 @@ def _write_suspects(out: Path, rows: list[dict]) -> None:
         writer.writerows([r[c] for c in COLUMNS] for r in rows)
 
 
-def _specialist_votes(specialists, ranking, catalog, positions, taxonomy, out: Path, ocr_cache, progress) -> dict:
+def _specialist_votes(options: AuditOptions, ranking, catalog, positions, taxonomy, out: Path, compute: Compute,
+                      engine: Engine) -> dict:
     """Each fitted specialist's top-3 for the shown suspects its gate lets through: {row: {name: [...]}}."""
-    from etalage.pipeline.stages import score_specialists, specialist_rankings
+    from etalage.pipeline.stages import SpecialistsJob, SpecialistsStage, specialist_rankings
     from etalage.specialists.runner import fitted_names
 
-    names = fitted_names(specialists)
+    names = fitted_names(options.specialists)
     if not names:
         return {}
     folder = out / "specialists"
-    score_specialists(Path(specialists), names, ranking, catalog, positions, taxonomy, folder, (0, 1),
-                      f"etalage audit --specialists {specialists}", Path(ocr_cache) if ocr_cache else None, progress)
+    cache = Path(options.ocr_cache or default_cache_path(catalog.path, compute.cache_dir))
+    job = SpecialistsJob(Path(options.specialists), names, cache, ranking, folder, positions,
+                         producer=f"etalage audit --specialists {options.specialists}")
+    stage = SpecialistsStage(catalog, job, taxonomy)
+    stage.claim()
+    engine.run([stage], chunk_ranges(len(positions), job.chunk), "specialists")
     votes: dict[int, dict] = {}
     for sr in specialist_rankings(folder, names):
         for j, r in enumerate(sr.rows):
@@ -138,13 +166,12 @@ def _specialist_votes(specialists, ranking, catalog, positions, taxonomy, out: P
     return votes
 
 
-def _page(rows: list[dict], ranking, shown: np.ndarray, positions: np.ndarray, catalog, taxonomy, votes: dict,
-          meta: dict) -> str:
+def _page(path: Path, rows: list[dict], ranking, shown: np.ndarray, positions: np.ndarray, catalog, taxonomy,
+          votes: dict, meta: dict) -> None:
     cards = []
     for i, row in enumerate(rows):
         r = int(shown[i])
-        pics = "".join(f'<img src="data:image/jpeg;base64,{base64.b64encode(p).decode("ascii")}" '
-                       f'alt="picture of {row["product_id"]}">' for p in catalog.picture_bytes(int(positions[r])))
+        pics = picture_tags(catalog.picture_bytes(int(positions[r])), f"picture of {row['product_id']}")
         top5 = "".join(
             f'<li class="{"given" if int(c) == taxonomy.index_of(row["given_category_id"]) else ""}">'
             f'{html.escape(" / ".join(taxonomy.names_of(int(c))[1:]))} <small>{float(p):.3f}</small></li>'
@@ -161,27 +188,13 @@ def _page(rows: list[dict], ranking, shown: np.ndarray, positions: np.ndarray, c
             f'<div class="cols"><div><h3>core top-5</h3><ol>{top5}</ol></div>{specs}</div></div></div>')
     head = html.escape(f"{meta['flagged']:,} suspects among {meta['scored']:,} products of {meta['data']} "
                        f"({meta['protocol']}); the {len(rows)} most suspicious below")
-    return _TEMPLATE.format(meta=head, cards="".join(cards), n=len(rows),
-                            data=json.dumps([{k: r[k] for k in ("rank", "product_id")} for r in rows]))
+    body = (f"<h1>etalage audit: products the core files elsewhere</h1><p>{head}</p>"
+            f'<div id="cards">{"".join(cards)}</div>')
+    write_page(path, "etalage audit", body, [{k: r[k] for k in ("rank", "product_id")} for r in rows], _STYLE,
+               'document.body.dataset.cards = document.querySelectorAll(".card").length;')
 
 
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>etalage audit</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
-.card {{ border: 1px solid #ccc; border-left: 6px solid #e9a23b; border-radius: 6px; padding: 10px; margin: 10px 0;
-  display: flex; gap: 16px; }}
-.pics img {{ width: 180px; height: 180px; object-fit: contain; margin-right: 4px; }}
-.cols {{ display: flex; gap: 18px; flex-wrap: wrap; }} .cols ol {{ margin: 0; padding-left: 1.4em; }}
-.given {{ color: #d1495b; }} .suggested {{ color: #2a9d4b; }} li.given {{ font-weight: 600; }}
-h3 {{ margin: 0 0 4px; font-size: 14px; }}
-</style></head><body>
-<h1>etalage audit: products the core files elsewhere</h1><p>{meta}</p>
-<div id="cards">{cards}</div>
-<script id="data" type="application/json">{data}</script>
-<script>
-document.body.dataset.cards = document.querySelectorAll(".card").length;
-Promise.all([...document.images].map(i => i.decode().then(() => 1, () => 0))).then(v => {{
-  document.body.dataset.picturesLoaded = v.reduce((a, b) => a + b, 0); }});
-</script></body></html>
+_STYLE = """
+.card { border-left: 6px solid #e9a23b; }
+.given { color: #d1495b; } .suggested { color: #2a9d4b; } li.given { font-weight: 600; }
 """

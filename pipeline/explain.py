@@ -10,9 +10,7 @@ server and no network: open it in a browser.
 
 from __future__ import annotations
 
-import base64
 import html
-import json
 import logging
 from pathlib import Path
 
@@ -20,18 +18,16 @@ import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
 from etalage.catalog.submission import answer_key_classes
+from etalage.compute import Compute
 from etalage.core.ranking import CoreRanking
 from etalage.errors import DataError
-from etalage.files import atomic_write
 from etalage.fusion.model import FusionModel, fused_top1
+from etalage.fusion.neighbours import load_indexes
 from etalage.ocr.cache import OcrCache, default_cache_path
-from etalage.pipeline.stages import (
-    PredictPlan,
-    chunk_table,
-    load_fused,
-    specialist_rankings,
-    training_signals,
-)
+from etalage.pipeline.page import picture_src, write_page
+from etalage.pipeline.plan import PredictPlan
+from etalage.pipeline.predict import load_fused
+from etalage.pipeline.stages import FusionInputs, chunk_table, specialist_rankings, training_signals
 from etalage.pipeline.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -69,18 +65,15 @@ def _finite_or_none(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _contributions(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
-                   rows: np.ndarray, fused_top: np.ndarray, chunk: int) -> dict[int, list]:
+def _contributions(inputs: FusionInputs, rows: np.ndarray, fused_top: np.ndarray, chunk: int) -> dict[int, list]:
     """Product row -> [(feature, value, contribution)] of its fused top class, the four that moved it most."""
-    from etalage.pipeline.cores import load_indexes
-
+    plan = inputs.plan
     model = FusionModel.load(plan.model)
-    signals = training_signals(train, taxonomy, plan.ks)
     indexes = load_indexes(plan.model, len(plan.models[0].runs)) if plan.neighbours else []
     out: dict[int, list] = {}
     for a in sorted({int(r) // chunk * chunk for r in rows}):
-        b = min(a + chunk, len(catalog))
-        _, table = chunk_table(plan, work, catalog, taxonomy, signals, indexes, (a, b))
+        b = min(a + chunk, len(inputs.catalog))
+        _, table = chunk_table(inputs, indexes, (a, b))
         contrib = model.contributions(table)
         for r in rows[(rows >= a) & (rows < b)]:
             hit = np.flatnonzero((table.owner == r - a) & (table.classes == fused_top[r]))
@@ -95,67 +88,84 @@ def _contributions(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Ca
 
 
 def explain(work: str | Path, out: str | Path, labels: str | Path | None = None, limit: int = 400,
-            ocr_cache: str | Path | None = None, progress: bool = True) -> dict:
+            ocr_cache: str | Path | None = None, compute: Compute | None = None) -> dict:
     """Write the page for the products of ``work`` (a finished ``submit`` or ``fusion predict`` folder);
-    returns a summary (products shown, per-group figures)."""
-    from etalage.specialists.runner import fit_settings
+    returns a summary (products shown, per-group figures).
 
+    >>> explain("submission_work", "explain.html", labels="test_labels.csv")["groups"][0]
+    """
+    compute = compute or Compute()
     work = WorkDir(work)
     job = work.job("etalage submit --fusion FUSION --data FILE.bson --out submission.csv")
     plan = PredictPlan.from_model(job["model"])
     taxonomy = plan.taxonomy()
-    catalog = Catalog.open(job["data"], md5=True, progress=progress)
+    catalog = Catalog.open(job["data"], md5=True, progress=compute.progress, cache_dir=compute.cache_dir)
     truth = _truth(catalog, taxonomy, labels)
     fused = load_fused(work, len(catalog))
     core = CoreRanking.load(work.core)
-    specs = {s.name: s for s in specialist_rankings(work.specialists, list(plan.specialist_names))}
     fused_top = fused_top1(fused["topk_class"], fused["core_top1"])
     known = truth >= 0
     status = _status(core.top1() == truth, fused_top == truth)
     rows = _choose(status, known, limit)
-    train = Catalog.open(plan.train, taxonomy, md5=True, progress=progress)
-    moved = _contributions(plan, work, catalog, train, taxonomy, rows, fused_top, int(job["chunk"]))
+    train = Catalog.open(plan.train, taxonomy, md5=True, progress=compute.progress, cache_dir=compute.cache_dir)
+    inputs = FusionInputs(plan, work, catalog, taxonomy, training_signals(train, taxonomy, plan.ks))
+    moved = _contributions(inputs, rows, fused_top, int(job["chunk"]))
+    cache, engine_key = _ocr_cache(plan, catalog, ocr_cache, compute)
+    specs = {s.name: s for s in specialist_rankings(work.specialists, list(plan.specialist_names))}
+    try:
+        records = [_record(int(r), catalog, taxonomy, truth, status, core, fused, specs, moved, (cache, engine_key))
+                   for r in rows]
+    finally:
+        if cache is not None:
+            cache.close()
+    summary = _summary(taxonomy, truth, core.top1(), fused_top, known)
+    render(out, records, summary, {"data": str(job["data"]), "fusion": str(plan.model), "products": int(known.sum()),
+                                   "shown": len(records)})
+    return {"page": str(out), "shown": len(records), "products": int(known.sum()), "groups": summary}
+
+
+def _ocr_cache(plan: PredictPlan, catalog: Catalog, ocr_cache, compute: Compute) -> tuple[OcrCache | None, str | None]:
+    """The OCR cache the specialists read through, and their engine's key (None, None when none reads)."""
+    from etalage.specialists.runner import fit_settings
+
     engines = {s.get("engine_key") for s in fit_settings(plan.specialists)} if plan.specialists else set()
     engine_key = next(iter(engines - {None}), None)
-    cache = OcrCache(ocr_cache or default_cache_path(catalog.path)) if engine_key else None
+    if engine_key is None:
+        return None, None
+    return OcrCache(ocr_cache or default_cache_path(catalog.path, compute.cache_dir)), engine_key
+
+
+def _record(r: int, catalog: Catalog, taxonomy: Taxonomy, truth, status, core, fused, specs: dict, moved: dict,
+            reading: tuple) -> dict:
+    """What the page shows of product row ``r``."""
+    cache, engine_key = reading
 
     def names(c: int) -> str:
         return " / ".join(taxonomy.names_of(int(c))[1:]) if c >= 0 else "-"
 
-    records = []
-    first = catalog.index.products["first_picture"]
-    for r in rows:
-        r = int(r)
-        pics = catalog.picture_bytes(r)
-        md5s = [catalog.md5[first[r] + k].tobytes() for k in range(len(pics))]
-        boxes = cache.get_many(md5s, engine_key) if cache is not None else {}
-        spec_votes = {}
-        for name, sr in specs.items():
-            hit = np.flatnonzero(sr.rows == r)
-            if len(hit):
-                j = hit[0]
-                spec_votes[name] = [(names(c), float(s)) for c, s in zip(sr.topk_class[j, :3], sr.topk_score[j, :3],
-                                                                         strict=True) if c >= 0]
-        records.append({
-            "id": int(catalog.product_ids[r]), "group": taxonomy.level1_names[taxonomy.level1_of[truth[r]]],
-            "status": str(status[r]), "truth": names(truth[r]),
-            "core": [(names(c), float(p)) for c, p in zip(core.topk_class[r, :5], core.topk_prob[r, :5], strict=True)],
-            "fused": [(names(c), float(s)) for c, s in zip(fused["topk_class"][r], fused["topk_score"][r], strict=True)
-                      if c >= 0],
-            "specialists": spec_votes, "moved": moved.get(r, []),
-            "pictures": [{"src": "data:image/jpeg;base64," + base64.b64encode(p).decode("ascii"),
-                          "boxes": [{"quad": np.asarray(b.quad).round(1).tolist(), "text": b.text,
-                                     "conf": round(float(b.confidence), 2)} for b in boxes.get(m, [])]}
-                         for p, m in zip(pics, md5s, strict=True)],
-        })
-    if cache is not None:
-        cache.close()
-    summary = _summary(taxonomy, truth, core.top1(), fused_top, known)
-    page = render(records, summary, {"data": str(job["data"]), "fusion": str(plan.model), "products": int(known.sum()),
-                                     "shown": len(records)})
-    with atomic_write(out, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    return {"page": str(out), "shown": len(records), "products": int(known.sum()), "groups": summary}
+    pics = catalog.picture_bytes(r)
+    first = int(catalog.index.products["first_picture"][r])
+    md5s = [catalog.md5[first + k].tobytes() for k in range(len(pics))]
+    boxes = cache.get_many(md5s, engine_key) if cache is not None else {}
+    votes = {}
+    for name, sr in specs.items():
+        hit = np.flatnonzero(sr.rows == r)
+        if len(hit):
+            j = hit[0]
+            votes[name] = [(names(c), float(s)) for c, s in zip(sr.topk_class[j, :3], sr.topk_score[j, :3],
+                                                                strict=True) if c >= 0]
+    return {
+        "id": int(catalog.product_ids[r]), "group": taxonomy.level1_names[taxonomy.level1_of[truth[r]]],
+        "status": str(status[r]), "truth": names(truth[r]),
+        "core": [(names(c), float(p)) for c, p in zip(core.topk_class[r, :5], core.topk_prob[r, :5], strict=True)],
+        "fused": [(names(c), float(s)) for c, s in zip(fused["topk_class"][r], fused["topk_score"][r], strict=True)
+                  if c >= 0],
+        "specialists": votes, "moved": moved.get(r, []),
+        "pictures": [{"src": picture_src(p),
+                      "boxes": [{"quad": np.asarray(b.quad).round(1).tolist(), "text": b.text,
+                                 "conf": round(float(b.confidence), 2)} for b in boxes.get(m, [])]}
+                     for p, m in zip(pics, md5s, strict=True)],
+    }
 
 
 def _summary(taxonomy, truth, core_top, fused_top, known) -> list[dict]:
@@ -169,82 +179,68 @@ def _summary(taxonomy, truth, core_top, fused_top, known) -> list[dict]:
     return sorted(out, key=lambda r: -r["products"])
 
 
-def render(records: list[dict], summary: list[dict], meta: dict) -> str:
+def render(out: str | Path, records: list[dict], summary: list[dict], meta: dict) -> Path:
     """The page: data as JSON, drawn by a few lines of JavaScript (filters also read ``#group=..&status=..``)."""
     rows = "".join(f"<tr><td>{html.escape(s['group'])}</td><td>{s['products']}</td><td>{s['core']:.3f}</td>"
                    f"<td>{s['fused']:.3f}</td><td>{s['fixed']}</td><td>{s['broken']}</td></tr>" for s in summary)
     groups = "".join(f'<option value="{html.escape(s["group"])}">{html.escape(s["group"])}</option>' for s in summary)
     statuses = "".join(f'<option value="{k}">{v}</option>' for k, v in STATUSES.items())
-    data = json.dumps(records, allow_nan=False).replace("</", "<\\/")  # JSON.parse refuses NaN
-    return _TEMPLATE.format(meta=html.escape(f"{meta['shown']} of {meta['products']} labelled products of "
-                                             f"{meta['data']}, fusion model {meta['fusion']}"),
-                            rows=rows, groups=groups, statuses=statuses, data=data)
+    head = html.escape(f"{meta['shown']} of {meta['products']} labelled products of {meta['data']}, fusion model "
+                       f"{meta['fusion']}")
+    body = (f"<h1>etalage explain</h1><p>{head}</p>"
+            '<table class="summary"><tr><th>level-1 group</th><th>products</th><th>core top-1</th>'
+            f"<th>fusion top-1</th><th>fixed by fusion</th><th>broken by fusion</th></tr>{rows}</table>"
+            f'<div class="filters">group <select id="group"><option value="">all</option>{groups}</select> '
+            'what fusion did <select id="status"><option value="">all</option><option value="core-wrong">wrong at '
+            f'core</option>{statuses}</select> <span id="count"></span></div><div id="cards"></div>')
+    return write_page(out, "etalage explain", body, records, _STYLE, _SCRIPT)
 
 
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>etalage explain</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
-table.summary td, table.summary th {{ padding: 2px 10px; text-align: right; }}
-table.summary td:first-child, table.summary th:first-child {{ text-align: left; }}
-.filters {{ margin: 1em 0; }} .filters select {{ margin-right: 1em; }}
-.card {{ border: 1px solid #ccc; border-radius: 6px; padding: 10px; margin: 10px 0; display: flex; gap: 16px; }}
-.card[hidden] {{ display: none; }}  /* else display: flex above wins over hidden */
-.card.fixed {{ border-left: 6px solid #2a9d4b; }} .card.broken {{ border-left: 6px solid #d1495b; }}
-.card.wrong {{ border-left: 6px solid #e9a23b; }} .card.right {{ border-left: 6px solid #8ab; }}
-.pic {{ position: relative; width: 180px; height: 180px; flex: none; }}
-.pic img {{ width: 180px; height: 180px; object-fit: contain; }}
-.box {{ position: absolute; border: 1px solid #e4008a; background: rgba(228,0,138,.08); }}
-.cols {{ display: flex; gap: 18px; flex-wrap: wrap; }} .cols ol {{ margin: 0; padding-left: 1.4em; }}
-.ok {{ color: #2a9d4b; font-weight: 600; }} .words {{ color: #555; font-size: 12px; max-width: 360px; }}
-h3 {{ margin: 0 0 4px; font-size: 14px; }}
-</style></head><body>
-<h1>etalage explain</h1><p>{meta}</p>
-<table class="summary"><tr><th>level-1 group</th><th>products</th><th>core top-1</th><th>fusion top-1</th>
-<th>fixed by fusion</th><th>broken by fusion</th></tr>{rows}</table>
-<div class="filters">group <select id="group"><option value="">all</option>{groups}</select>
-what fusion did <select id="status"><option value="">all</option><option value="core-wrong">wrong at core</option>
-{statuses}</select> <span id="count"></span></div>
-<div id="cards"></div>
-<script id="data" type="application/json">{data}</script>
-<script>
+_STYLE = """
+table.summary td, table.summary th { padding: 2px 10px; text-align: right; }
+table.summary td:first-child, table.summary th:first-child { text-align: left; }
+.filters { margin: 1em 0; } .filters select { margin-right: 1em; }
+.card.fixed { border-left: 6px solid #2a9d4b; } .card.broken { border-left: 6px solid #d1495b; }
+.card.wrong { border-left: 6px solid #e9a23b; } .card.right { border-left: 6px solid #8ab; }
+.pic { position: relative; width: 180px; height: 180px; flex: none; }
+.box { position: absolute; border: 1px solid #e4008a; background: rgba(228,0,138,.08); }
+.ok { color: #2a9d4b; font-weight: 600; } .words { color: #555; font-size: 12px; max-width: 360px; }
+"""
+
+_SCRIPT = """
 const records = JSON.parse(document.getElementById("data").textContent);
-const esc = s => String(s).replace(/[&<>"]/g, c => ({{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}})[c]);
+const esc = s => String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})[c]);
 const list = (items, truth) => "<ol>" + items.map(([n, p]) =>
-  `<li class="${{n === truth ? "ok" : ""}}">${{esc(n)}} <small>${{p.toFixed(3)}}</small></li>`).join("") + "</ol>";
-function card(r) {{
-  const pics = r.pictures.map(p => `<div class="pic"><img src="${{p.src}}" alt="picture of ${{r.id}}">` +
-    p.boxes.map(b => {{ const xs = b.quad.map(q => q[0]), ys = b.quad.map(q => q[1]);
+  `<li class="${n === truth ? "ok" : ""}">${esc(n)} <small>${p.toFixed(3)}</small></li>`).join("") + "</ol>";
+function card(r) {
+  const pics = r.pictures.map(p => `<div class="pic"><img src="${p.src}" alt="picture of ${r.id}">` +
+    p.boxes.map(b => { const xs = b.quad.map(q => q[0]), ys = b.quad.map(q => q[1]);
       const x = Math.min(...xs), y = Math.min(...ys);
-      return `<div class="box" title="${{esc(b.text)}} (${{b.conf}})" style="left:${{x}}px;top:${{y}}px;` +
-        `width:${{Math.max(...xs) - x}}px;height:${{Math.max(...ys) - y}}px"></div>`; }}).join("") + "</div>").join("");
+      return `<div class="box" title="${esc(b.text)} (${b.conf})" style="left:${x}px;top:${y}px;` +
+        `width:${Math.max(...xs) - x}px;height:${Math.max(...ys) - y}px"></div>`; }).join("") + "</div>").join("");
   const words = r.pictures.flatMap(p => p.boxes.map(b => b.text)).join(" ");
-  const specs = Object.entries(r.specialists).map(([n, v]) => `<div><h3>${{esc(n)}}</h3>${{list(v, r.truth)}}</div>`).join("");
-  const moved = r.moved.map(([f, v, c]) => `<li>${{esc(f)}} = ${{v === null ? "missing" : v.toFixed(3)}} <small>(${{c > 0 ? "+" : ""}}${{c.toFixed(2)}})</small></li>`).join("");
-  return `<div class="card ${{r.status}}" data-group="${{esc(r.group)}}" data-status="${{r.status}}">${{pics}}<div>` +
-    `<h3>product ${{r.id}} &middot; truth: ${{esc(r.truth)}} &middot; ${{esc(r.group)}}</h3>` +
-    `<div class="cols"><div><h3>core</h3>${{list(r.core, r.truth)}}</div>${{specs}}<div><h3>fusion</h3>` +
-    `${{list(r.fused, r.truth)}}</div><div><h3>what moved fusion's choice</h3><ol>${{moved}}</ol></div></div>` +
-    `<div class="words">read: ${{esc(words) || "(nothing)"}}</div></div></div>`;
-}}
+  const specs = Object.entries(r.specialists).map(([n, v]) => `<div><h3>${esc(n)}</h3>${list(v, r.truth)}</div>`).join("");
+  const moved = r.moved.map(([f, v, c]) => `<li>${esc(f)} = ${v === null ? "missing" : v.toFixed(3)} <small>(${c > 0 ? "+" : ""}${c.toFixed(2)})</small></li>`).join("");
+  return `<div class="card ${r.status}" data-group="${esc(r.group)}" data-status="${r.status}">${pics}<div>` +
+    `<h3>product ${r.id} &middot; truth: ${esc(r.truth)} &middot; ${esc(r.group)}</h3>` +
+    `<div class="cols"><div><h3>core</h3>${list(r.core, r.truth)}</div>${specs}<div><h3>fusion</h3>` +
+    `${list(r.fused, r.truth)}</div><div><h3>what moved fusion's choice</h3><ol>${moved}</ol></div></div>` +
+    `<div class="words">read: ${esc(words) || "(nothing)"}</div></div></div>`;
+}
 document.getElementById("cards").innerHTML = records.map(card).join("");
-function apply() {{
+function apply() {
   const g = document.getElementById("group").value, s = document.getElementById("status").value;
   let shown = 0;
-  for (const el of document.querySelectorAll(".card")) {{
+  for (const el of document.querySelectorAll(".card")) {
     const st = el.dataset.status;
     const ok = (!g || el.dataset.group === g) && (!s || st === s || (s === "core-wrong" && (st === "fixed" || st === "wrong")));
     el.hidden = !ok; shown += ok;
-  }}
-  document.getElementById("count").textContent = `${{shown}} shown`;
+  }
+  document.getElementById("count").textContent = `${shown} shown`;
   document.body.dataset.shown = shown;
-}}
+}
 const params = new URLSearchParams(location.hash.slice(1));
 for (const key of ["group", "status"]) if (params.get(key)) document.getElementById(key).value = params.get(key);
 document.getElementById("group").onchange = document.getElementById("status").onchange = apply;
 apply();
-const imgs = [...document.images];
-Promise.all(imgs.map(i => i.decode().then(() => 1, () => 0))).then(v => {{
-  document.body.dataset.picturesLoaded = v.reduce((a, b) => a + b, 0); }});
-</script></body></html>
 """

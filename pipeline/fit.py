@@ -1,11 +1,12 @@
 """Fitting the second level as jobs: the specialists on training products, then the fusion model on the
 training products the core models never trained on (a run's validation products, or all of them out of
-fold with fold runs)."""
+fold with fold runs), their core predictions and specialist scores made on the engine the job is given."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,178 +14,269 @@ import numpy as np
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import file_stamp
 from etalage.catalog.taxonomy import taxonomy_beside
+from etalage.chunks import chunk_ranges
+from etalage.compute import Compute
+from etalage.core.predict import PredictOptions
 from etalage.core.rundir import RunDir
-from etalage.errors import ConfigError
 from etalage.files import write_json_atomic
 from etalage.fusion.folder import FusionDir, FusionPlan
 from etalage.fusion.model import FusionModel, feature_groups
 from etalage.fusion.report import coverage, ensemble_baselines, save_table
+from etalage.fusion.signals import check_without, ids_look_ordered
 from etalage.ocr.cache import default_cache_path
 from etalage.options import RERANKER_KINDS
-from etalage.pipeline.stages import fusion_table, score_specialists, training_signals
+from etalage.pipeline.engine import Engine, LocalEngine
+from etalage.pipeline.stages import (
+    SpecialistsJob,
+    SpecialistsStage,
+    TableSources,
+    fusion_table,
+    training_signals,
+)
 
 log = logging.getLogger(__name__)
 
 
-def fit_specialists_job(train: str | Path, out: str | Path, names: list[str], run: str | Path | None = None,
-                        taxonomy: str | Path | None = None, max_train: int | None = 2000, ocr_engine: str | None = None,
-                        ocr_cache: str | Path | None = None, options: dict[str, dict] | None = None, seed: int = 0,
-                        progress: bool = True) -> list[dict]:
-    """``etalage specialists fit``: index the training file, read the covers of (up to ``max_train``; None: all)
-    products of each specialist's groups through the OCR cache, fit, save under ``out/NAME``. With
-    ``run``, the core run's validation products are left out (fusion trains on them)."""
+# ---------------------------------------------------------------------------------------------
+# specialists
+
+
+@dataclass
+class SpecialistsFitConfig:
+    """``etalage specialists fit``: the labelled ``train`` dump, the folder of fitted specialists ``out``, the
+    specialists' ``names``; ``run``: a core run whose validation products are left out (fusion trains on them);
+    the taxonomy (default: the run's, else the one beside ``train``); up to ``max_train`` training products per
+    specialist (None: all); the OCR engine (None: the default reading) and cache; constructor ``options`` per
+    name; the seed choosing the products."""
+
+    train: Path
+    out: Path
+    names: list[str]
+    run: Path | None = None
+    taxonomy: Path | None = None
+    max_train: int | None = 2000
+    ocr_engine: str | None = None
+    ocr_cache: Path | None = None
+    options: dict[str, dict] = field(default_factory=dict)
+    seed: int = 0
+
+
+def fit_specialists_job(cfg: SpecialistsFitConfig, compute: Compute | None = None) -> list[dict]:
+    """Index the training dump, read the covers of each specialist's training products through the OCR cache,
+    fit, save under ``out/NAME``; a row per specialist (its ``fit.json``)."""
     from etalage.ocr import load_engine
     from etalage.ocr.cache import OcrCache
     from etalage.specialists.plugins import create_specialist
     from etalage.specialists.runner import fit_specialists
 
-    run_dir = RunDir(run) if run else None
-    if run_dir is not None and not taxonomy:
+    compute = compute or Compute()
+    run_dir = RunDir(cfg.run) if cfg.run else None
+    if run_dir is not None and not cfg.taxonomy:
         tax = run_dir.taxonomy()  # the given taxonomy first, then the run's, then the one beside ``train``
     else:
-        tax = taxonomy_beside(train, taxonomy, required=True)
-    catalog = Catalog.open(train, tax, md5=True, progress=progress)
+        tax = taxonomy_beside(cfg.train, cfg.taxonomy, required=True)
+    catalog = Catalog.open(cfg.train, tax, md5=True, progress=compute.progress, cache_dir=compute.cache_dir)
     catalog.require_labels()
     exclude = run_dir.val_positions() if run_dir else None
-    options = options or {}
-    reads = any("text" in create_specialist(n, **options.get(n, {})).needs for n in names)
-    engine = load_engine(ocr_engine) if reads else None
-    cache = OcrCache(ocr_cache or default_cache_path(train)) if reads else None
+    reads = any("text" in create_specialist(n, **cfg.options.get(n, {})).needs for n in cfg.names)
+    engine = load_engine(cfg.ocr_engine) if reads else None
+    cache = OcrCache(cfg.ocr_cache or default_cache_path(cfg.train, compute.cache_dir)) if reads else None
     try:
-        return fit_specialists(catalog, tax, names, out, engine, cache, exclude=exclude, max_train=max_train,
-                               seed=seed, options=options, progress=progress)
+        return fit_specialists(catalog, tax, cfg.names, cfg.out, engine, cache, exclude=exclude,
+                               max_train=cfg.max_train, seed=cfg.seed, options=cfg.options, progress=compute.progress)
     finally:
         if cache is not None:
             cache.close()
 
 
-def fit_fusion(runs, train: str | Path, out: str | Path, specialists: str | Path | None = None,
-               names: list[str] | None = None, kind: str = "auto", topk: int = 20, tta: str = "none",
-               neighbours: int = 0, ocr_cache: str | Path | None = None, seed: int = 0, device: str = "auto",
-               batch_size: int = 64, workers: int | None = None, lgb_params: dict | None = None,
-               without: tuple[str, ...] = (), trust_pickle: bool = False, progress: bool = True) -> dict:
-    """Fit the fusion model on the training products of ``train`` that the core models ``runs`` (a run or
-    a folder of fold runs, or a list of them: ``check_compatible`` rules) predict honestly: a run's
-    validation products, or every product with fold runs, less those the specialists were fitted on.
-    ``neighbours``: k embedding neighbours per product from the first model's embeddings (0: off).
-    Writes the fusion folder (``FusionDir``): model, plan (paths relative to the folder), table, fit
-    report with the second-level baselines. ``names``: only these of the fitted specialists. ``without``:
-    signal groups (``LEAVABLE_SIGNALS``) the reranker is not given, e.g. ``id`` where product ids were
-    numbered class by class (a listing sorted by category), so that neighbouring ids would leak the label
-    of training products and mean nothing for test ones."""
-    from etalage.core.ensemble import mean_ranking, open_models
-    from etalage.pipeline.cores import build_neighbour_indexes, holdout_hits, holdout_rankings
-    from etalage.specialists.runner import fitted_names, trained_positions
+# ---------------------------------------------------------------------------------------------
+# fusion
 
-    without = check_without(without)
-    models = open_models([runs] if isinstance(runs, (str, Path)) else list(runs))
-    train, folder = Path(train), FusionDir(out)
+
+@dataclass
+class FusionFitConfig:
+    """``etalage fusion fit``: the core models ``runs`` (a run or a folder of fold runs, or a list of them:
+    ``check_compatible`` rules), their labelled ``train`` dump, the fusion folder ``out``; the fitted specialists
+    (``names``: only these of them); the reranker ``kind`` (auto: ranker and binary, the better by
+    cross-validation); the core's top-K candidates and test-time augmentation; ``neighbours``: k embedding
+    neighbours per product from the first model's embeddings (0: off); the OCR cache; the seed; LightGBM
+    settings; ``without``: signal groups (``fusion.signals.LEAVABLE_SIGNALS``) the reranker is not given."""
+
+    runs: list
+    train: Path
+    out: Path
+    specialists: Path | None = None
+    names: list[str] | None = None
+    kind: str = "auto"
+    topk: int = 20
+    tta: str = "none"
+    neighbours: int = 0
+    ocr_cache: Path | None = None
+    seed: int = 0
+    lgb_params: dict = field(default_factory=dict)
+    without: tuple[str, ...] = ()
+
+
+@dataclass
+class FusionFit:
+    """What ``fit_fusion`` did (``FUSION/fit_report.json``): the products it learnt from and how they were held
+    out, the table's size, the chosen reranker and how (``selection``, ``trees``, each kind's validation top-1),
+    the core's top-1 on the same products (each model's too), the 2017 second-level baselines, the candidate
+    coverage, whether the ids looked numbered category by category, the seconds taken, the feature importance."""
+
+    products: int
+    held_out: str
+    training_products: int
+    rows: int
+    features: int
+    signals_left_out: list[str]
+    id_order_share: float
+    ids_look_ordered: bool
+    kind: str
+    selection: str
+    trees: int
+    valid_top1_by_kind: dict[str, float]
+    core_top1: float
+    core_top1_by_model: dict[str, float]
+    baselines: dict
+    candidate_coverage: float
+    seconds: float
+    importance: dict
+    params: dict = field(default_factory=dict)
+    candidates: list = field(default_factory=list)  # every (kind, capacity) scored, with its best trees
+
+    @property
+    def share_of_training_products(self) -> float:
+        return self.products / max(1, self.training_products)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "share_of_training_products": self.share_of_training_products}
+
+
+@dataclass
+class _HeldOut:
+    """The fit's training queries: their positions in the dump, the core ranking of them (several models:
+    their mean, and each model's), their labels, their embedding neighbours."""
+
+    positions: np.ndarray
+    ranking: object
+    per_model: list
+    truth: np.ndarray
+    hits: list
+
+
+def fit_fusion(cfg: FusionFitConfig, compute: Compute | None = None, engine: Engine | None = None) -> FusionFit:
+    """Fit the fusion model on the training products of ``cfg.train`` that the core models predict honestly: a
+    run's validation products, or every product with fold runs, less those the specialists were fitted on.
+    Writes the fusion folder (``FusionDir``): model, plan (paths relative to the folder), table, fit report with
+    the second-level baselines."""
+    from etalage.core.ensemble import open_models
+
+    compute = compute or Compute()
+    engine = engine or LocalEngine(compute.progress)
+    without = check_without(cfg.without)
+    models = open_models([cfg.runs] if isinstance(cfg.runs, (str, Path)) else list(cfg.runs))
+    folder = FusionDir(cfg.out)
     folder.path.mkdir(parents=True, exist_ok=True)
     taxonomy = models[0].runs[0].taxonomy()
-    catalog = Catalog.open(train, taxonomy, md5=True, progress=progress)
+    catalog = Catalog.open(cfg.train, taxonomy, md5=True, progress=compute.progress, cache_dir=compute.cache_dir)
     catalog.require_labels()
     labels = taxonomy.indices_of(catalog.category_ids)
-    command = f"etalage fusion fit {' '.join(f'--run {m.path}' for m in models)} --train {train} --out {folder}"
-    id_runs, id_chance = id_order_share(catalog.product_ids, labels), chance_share(labels)
-    if id_runs > max(ID_ORDER_WARN, 3 * id_chance) and "id" not in without:
+    ordered, id_share, chance = ids_look_ordered(catalog.product_ids, labels)
+    if ordered and "id" not in without:
         log.warning("%s: %.0f%% of the products sit next to a product of their own category in id order (%.0f%% by "
                     "chance; Cdiscount's sample: 7%%): the ids look numbered category by category, so the product-id "
                     "prior would learn the labels of training products and mislead on test ones; refit with "
-                    "--without id unless the test products' ids interleave with these", train, 100 * id_runs,
-                    100 * id_chance)
-    kw = dict(device=device, batch_size=batch_size, workers=workers, trust_pickle=trust_pickle)
+                    "--without id unless the test products' ids interleave with these", cfg.train, 100 * id_share,
+                    100 * chance)
     t0 = time.perf_counter()
-    positions, _ = models[0].holdout()
-    spec_names = (list(names) if names else fitted_names(specialists)) if specialists is not None else []
+    spec_names = _specialist_names(cfg)
+    held = _held_out(cfg, models, catalog, labels, spec_names, folder, compute, engine)
     if spec_names:
-        fitted_on = trained_positions(specialists, train)
-        left = np.setdiff1d(positions, fitted_on)
-        if len(left) < len(positions):
-            log.info("      %d of the %d held-out products trained the specialists: left out", len(positions) - len(left),
-                     len(positions))
-        positions = left
-    held = "validation products" if not models[0].is_folds else "training products (out of fold)"
-    log.info("[1/4] core predictions on the %d %s of %s (%s)", len(positions), held, train.name,
-             ", ".join(f"{m.name}: {len(m.runs)} run{'s' * (len(m.runs) > 1)}" for m in models))
-    held_pos, per_model = holdout_rankings(models, catalog, folder.core_val, topk, tta, kw, command, progress)
-    rows = np.searchsorted(held_pos, positions)
-    per_model = [r.take(rows) for r in per_model]
-    ranking = mean_ranking(per_model)
-    hits = []
-    if neighbours:
-        log.info("      embedding neighbours: the training products' embeddings by %s's %d run(s), one index each",
-                 models[0].name, len(models[0].runs))
-        embeddings = build_neighbour_indexes(models[0], catalog, labels, folder, tta, kw, command, progress)
-        hits = [holdout_hits(models[0], embeddings, folder, positions, neighbours)]
-    if spec_names:
-        log.info("[2/4] specialists %s on the products their gates let through", ", ".join(spec_names))
-        score_specialists(Path(specialists), spec_names, ranking, catalog, positions, taxonomy, folder.specialists_val,
-                          (0, 1), command, Path(ocr_cache) if ocr_cache else None, progress)
+        _score_held_out(cfg, spec_names, held, catalog, taxonomy, folder, compute, engine)
     else:
         log.info("[2/4] specialists: none (pass --specialists DIR from `etalage specialists fit`)")
     log.info("[3/4] table: candidates and features (hash, id and neighbour signals exclude each product itself)")
     signals = training_signals(catalog, taxonomy)
-    named = list(zip([m.name for m in models], per_model, strict=True)) if len(models) > 1 else []
-    table = fusion_table(ranking, catalog, positions, taxonomy, signals, folder.specialists_val, spec_names,
-                         own_classes=labels[positions], models=named, neighbours=hits)
-    truth = labels[positions]
+    named = list(zip([m.name for m in models], held.per_model, strict=True)) if len(models) > 1 else []
+    table = fusion_table(held.ranking, catalog, held.positions, taxonomy, signals,
+                         TableSources(folder.specialists_val, spec_names, None, named, held.hits), held.truth)
     left_out = {n for g in without for n in feature_groups(tuple(table.features), spec_names).get(g, [])}
     feature_names = tuple(n for n in table.features if n not in left_out)
-    save_table(folder.table_file, table, truth, ranking.top1())
+    save_table(folder.table_file, table, held.truth, held.ranking.top1())
     log.info("[4/4] LightGBM (%s) over %s rows x %d features",
-             "ranker and binary, chosen by cross-validation" if kind == "auto" else kind, f"{len(table.owner):,}",
-             len(feature_names))
-    kinds = RERANKER_KINDS if kind == "auto" else (kind,)
-    model, chosen = FusionModel.fit_best(table, truth, feature_names, kinds=kinds, seed=seed, lgb_params=lgb_params)
-    model.plan = FusionPlan.build(folder, [m.path for m in models], train, specialists, specialist_names=spec_names,
-                                  topk=topk, tta=tta, ks=list(signals.ks), train_stamp=file_stamp(train),
-                                  lgb_params=lgb_params or {}, lgb_chosen=chosen.get("params", {}),
-                                  run_names=[m.name for m in models], neighbours=neighbours)
+             "ranker and binary, chosen by cross-validation" if cfg.kind == "auto" else cfg.kind,
+             f"{len(table.owner):,}", len(feature_names))
+    kinds = RERANKER_KINDS if cfg.kind == "auto" else (cfg.kind,)
+    model, chosen = FusionModel.fit_best(table, held.truth, feature_names, kinds=kinds, seed=cfg.seed,
+                                         lgb_params=cfg.lgb_params)
+    model.plan = FusionPlan.build(folder, [m.path for m in models], cfg.train, cfg.specialists,
+                                  specialist_names=spec_names, topk=cfg.topk, tta=cfg.tta, ks=list(signals.ks),
+                                  train_stamp=file_stamp(Path(cfg.train)), lgb_params=cfg.lgb_params,
+                                  lgb_chosen=chosen.get("params", {}), run_names=[m.name for m in models],
+                                  neighbours=cfg.neighbours)
     model.save(folder)
-    fit = {"products": len(positions), "held_out": held, "training_products": len(catalog),
-           "share_of_training_products": len(positions) / max(1, len(catalog)), "rows": len(table.owner),
-           "features": len(feature_names), "signals_left_out": list(without), "id_order_share": id_runs,
-           "kind": model.kind, "valid_top1_by_kind": chosen["valid_top1_by_kind"],
-           "selection": {k: v for k, v in chosen.items() if k != "valid_top1_by_kind"},
-           "core_top1": float((ranking.top1() == truth).mean()),
-           "core_top1_by_model": {m.name: float((r.top1() == truth).mean()) for m, r in zip(models, per_model,
-                                                                                             strict=True)},
-           "baselines": ensemble_baselines(table, truth, seed=seed), "candidate_coverage": coverage(table, truth),
-           "seconds": time.perf_counter() - t0, "importance": model.importance()}
-    write_json_atomic(folder.fit_report_file, fit)
+    fit = FusionFit(len(held.positions), _held_out_words(models), len(catalog), len(table.owner), len(feature_names),
+                    list(without), id_share, ordered, model.kind, chosen["selection"], int(chosen["trees"]),
+                    chosen["valid_top1_by_kind"], float((held.ranking.top1() == held.truth).mean()),
+                    {m.name: float((r.top1() == held.truth).mean()) for m, r in zip(models, held.per_model, strict=True)},
+                    ensemble_baselines(table, held.truth, seed=cfg.seed), coverage(table, held.truth),
+                    time.perf_counter() - t0, model.importance(), chosen.get("params", {}),
+                    chosen.get("candidates", []))
+    write_json_atomic(folder.fit_report_file, fit.as_dict())
     return fit
 
 
-LEAVABLE_SIGNALS = ("ensemble", "neighbours", "hash", "id", "specialists")
-ID_ORDER_WARN = 0.5  # share of products whose id-order neighbour has their category (and 3x chance) above
-                     # which fit warns
+def _specialist_names(cfg: FusionFitConfig) -> list[str]:
+    from etalage.specialists.runner import fitted_names
+
+    if cfg.specialists is None:
+        return []
+    return list(cfg.names) if cfg.names else fitted_names(cfg.specialists)
 
 
-def check_without(without) -> tuple[str, ...]:
-    """The signal groups of ``--without`` (a list, or one comma-separated string), checked."""
-    if isinstance(without, str):
-        without = without.split(",")
-    out = tuple(dict.fromkeys(w.strip() for w in without if w.strip()))
-    bad = [w for w in out if w not in LEAVABLE_SIGNALS]
-    if bad:
-        raise ConfigError(f"--without {','.join(bad)}: unknown signal (one of {', '.join(LEAVABLE_SIGNALS)}; the "
-                          f"core's own features always stay)")
-    return out
+def _held_out_words(models) -> str:
+    return "validation products" if not models[0].is_folds else "training products (out of fold)"
 
 
-def id_order_share(product_ids: np.ndarray, labels: np.ndarray) -> float:
-    """Share of products whose next product in id order has the same category: about the share of the
-    largest categories where ids carry no order (Cdiscount's sample: 7%), near 1 where ids were numbered
-    category by category."""
-    if len(product_ids) < 2:
-        return 0.0
-    order = np.argsort(product_ids, kind="stable")
-    same = labels[order][1:] == labels[order][:-1]
-    return float(same.mean())
+def _held_out(cfg: FusionFitConfig, models, catalog: Catalog, labels: np.ndarray, spec_names: list[str],
+              folder: FusionDir, compute: Compute, engine: Engine) -> _HeldOut:
+    """Step 1: the products fusion learns from (held out of the core, less the specialists' training products),
+    each model's core ranking of them, and their embedding neighbours."""
+    from etalage.core.ensemble import mean_ranking
+    from etalage.pipeline.cores import HeldOutJob, build_neighbour_indexes, holdout_hits, holdout_rankings
+    from etalage.specialists.runner import trained_positions
+
+    positions, _ = models[0].holdout()
+    if spec_names:
+        left = np.setdiff1d(positions, trained_positions(cfg.specialists, cfg.train))
+        if len(left) < len(positions):
+            log.info("      %d of the %d held-out products trained the specialists: left out", len(positions) - len(left),
+                     len(positions))
+        positions = left
+    log.info("[1/4] core predictions on the %d %s of %s (%s)", len(positions), _held_out_words(models),
+             Path(cfg.train).name, ", ".join(f"{m.name}: {len(m.runs)} run{'s' * (len(m.runs) > 1)}" for m in models))
+    command = f"etalage fusion fit {' '.join(f'--run {m.path}' for m in models)} --train {cfg.train} --out {folder}"
+    job = HeldOutJob(catalog, folder.core_val, PredictOptions(cfg.topk), cfg.tta, command)
+    held_pos, per_model, _ = holdout_rankings(models, job, compute, engine)
+    rows = np.searchsorted(held_pos, positions)
+    per_model = [r.take(rows) for r in per_model]
+    hits = []
+    if cfg.neighbours:
+        log.info("      embedding neighbours: the training products' embeddings by %s's %d run(s), one index each",
+                 models[0].name, len(models[0].runs))
+        embeddings = build_neighbour_indexes(models[0], job, labels, folder, compute, engine)
+        hits = [holdout_hits(models[0], embeddings, folder, positions, cfg.neighbours)]
+    return _HeldOut(positions, mean_ranking(per_model), per_model, labels[positions], hits)
 
 
-def chance_share(labels: np.ndarray) -> float:
-    """What ``id_order_share`` gives when ids carry no order: the chance that two products share a
-    category (the sum of the squared category shares)."""
-    p = np.bincount(np.asarray(labels, np.int64)) / max(1, len(labels))
-    return float((p ** 2).sum())
+def _score_held_out(cfg: FusionFitConfig, spec_names: list[str], held: _HeldOut, catalog: Catalog, taxonomy,
+                    folder: FusionDir, compute: Compute, engine: Engine) -> None:
+    """Step 2: the specialists on the held-out products their gates let through, on the engine."""
+    log.info("[2/4] specialists %s on the products their gates let through", ", ".join(spec_names))
+    cache = Path(cfg.ocr_cache or default_cache_path(cfg.train, compute.cache_dir))
+    job = SpecialistsJob(Path(cfg.specialists), spec_names, cache, held.ranking, folder.specialists_val,
+                         held.positions, producer=f"etalage fusion fit --out {folder}")
+    stage = SpecialistsStage(catalog, job, taxonomy)
+    stage.claim()
+    engine.run([stage], chunk_ranges(len(held.positions), job.chunk), "specialists").save(None)

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
+from etalage.chunks import chunk_ranges
+from etalage.compute import Compute
 from etalage.core.ranking import ROUTING_THRESHOLD, CoreRanking
 from etalage.errors import ConfigError, DataError
 from etalage.ocr.cache import OcrCache, default_cache_path
 from etalage.ocr.pictures import product_pictures
-from etalage.options import RUN_ENGINES, check_choice
-from etalage.progress import bar as progress_bar
-from etalage.resources import usable_cpus
+from etalage.pipeline.engine import Engine, LocalEngine, Stage
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,31 @@ class OcrRunSummary:
     unreadable_examples: list[tuple[int, int]] = field(default_factory=list)  # (product id, picture number)
     engine: str = ""
     cache: str = ""
+
+    def add(self, payload: dict) -> None:
+        """One batch's reading: what was read, what could not be decoded (logged with its product)."""
+        self.read += len(payload["done"])
+        self.unreadable += len(payload["unreadable"])
+        for pid, k in payload["unreadable"]:
+            log.warning("unreadable picture %d of product %d skipped", k, pid)
+            if len(self.unreadable_examples) < 20:
+                self.unreadable_examples.append((pid, k))
+
+
+@dataclass
+class OcrJob:
+    """What ``etalage ocr`` reads: the products of the level-1 ``groups`` (by label, or by the core's routing
+    rule on ``predictions`` for a dump without labels, with ``threshold``), read by the OCR engine
+    ``engine_name`` (None: the default reading) with ``engine_options``, ``batch_size`` pictures per engine
+    call, into the cache at ``cache_path`` (None: the default beside the dump)."""
+
+    groups: list[str]
+    engine_name: str | None = None
+    engine_options: dict = field(default_factory=dict)
+    cache_path: Path | None = None
+    predictions: Path | None = None
+    threshold: float = ROUTING_THRESHOLD
+    batch_size: int = 32
 
 
 def select_products(catalog: Catalog, taxonomy: Taxonomy, groups: list[str], predictions: str | None = None,
@@ -56,92 +81,75 @@ def select_products(catalog: Catalog, taxonomy: Taxonomy, groups: list[str], pre
     return np.flatnonzero(ranking.routed_to(group_ids, taxonomy.level1_of, threshold))
 
 
-_WORKER: dict = {}
+class OcrStage(Stage):
+    """Reading pictures: chunk ``a..b`` is pictures ``a..b`` of the job's list of (MD5, product position,
+    picture number), decoded and read by the OCR engine (loaded once per worker); what was read goes back to
+    the job (``payload``), whose process alone writes the cache."""
+
+    name = "ocr"
+    forked = True
+    unit = "picture"
+
+    def __init__(self, catalog: Catalog, todo: list[tuple[bytes, int, int]], engine_name: str | None, options: dict):
+        self.catalog, self.todo_list, self.engine_name, self.options = catalog, todo, engine_name, options
+        self.engine, self.engine_pid = None, -1
+
+    def todo(self, rows, upstream: dict) -> bool:
+        return True  # the job leaves out what the cache holds
+
+    def _engine(self):
+        """This process's own engine: one inherited through a fork would share ONNX Runtime's and torch's
+        thread pools with its parent, which do not survive a fork."""
+        import os
+
+        if self.engine is None or self.engine_pid != os.getpid():
+            from etalage.ocr import load_engine
+
+            self.engine, self.engine_pid = load_engine(self.engine_name, **self.options), os.getpid()
+        return self.engine
+
+    def run(self, rows, chunk=None) -> dict:
+        jobs = self.todo_list[rows[0]:rows[1]]
+        pp = product_pictures(self.catalog, [pos for _, pos, _ in jobs], only=[k for _, _, k in jobs])
+        done = list(zip(pp.md5, self._engine().read(pp.pictures), strict=True))
+        return {"pictures": len(done), "payload": {"done": done, "unreadable": pp.unreadable}}
+
+    def close(self) -> None:
+        self.engine = None
 
 
-def _init_worker(engine_name: str, options: dict, catalog: Catalog, threads: int) -> None:
-    import torch
+def run_ocr(data: str | Path, taxonomy: Taxonomy, job: OcrJob, compute: Compute | None = None,
+            engine: Engine | None = None) -> OcrRunSummary:
+    """Read the distinct pictures of the job's products of ``data`` that the cache lacks, on ``engine``
+    (default: this machine, ``compute.workers`` forked readers); the job's process alone writes the cache."""
+    from etalage.ocr import load_engine
 
-    from etalage.ocr.base import load_engine
-
-    torch.set_num_threads(threads)
-    _WORKER.update(engine=load_engine(engine_name, **options), catalog=catalog)
-
-
-def _read_batch(jobs: list[tuple[bytes, int, int]]) -> tuple[list[tuple[bytes, list]], list[tuple[int, int]]]:
-    """Decode and read one batch of (md5, position, picture number); returns results and unreadable ones."""
-    pp = product_pictures(_WORKER["catalog"], [pos for _, pos, _ in jobs], only=[k for _, _, k in jobs])
-    return list(zip(pp.md5, _WORKER["engine"].read(pp.pictures), strict=True)), pp.unreadable
-
-
-def run_ocr(data: str | Path, groups: list[str], taxonomy: Taxonomy, engine_name: str | None = None,
-            cache_path: str | Path | None = None, predictions: str | None = None,
-            threshold: float = ROUTING_THRESHOLD, workers: int = 1, batch: int = 32,
-            engine_options: dict | None = None, progress: bool = True, engine: str = "local",
-            ray=None) -> OcrRunSummary:
-    """Read the distinct pictures of ``groups``' products of ``data`` that the cache lacks. ``engine``:
-    ``local`` (``workers`` forked processes) or ``ray`` (an actor pool of OCR engines on a cluster,
-    ``workers`` actors, default one per 2 CPUs; ``ray``: its ``RaySettings``); the driver alone writes the
-    cache in both."""
-    from etalage.ocr.base import load_engine
-
-    run_engine = check_choice(engine, RUN_ENGINES, "--engine")  # ``engine`` names the OCR engine below
-
-    engine_options = engine_options or {}
-    catalog = Catalog.open(data, md5=True, progress=progress)
-    cache_path = Path(cache_path) if cache_path else default_cache_path(data)
-    positions = select_products(catalog, taxonomy, groups, predictions, threshold)
+    compute = compute or Compute()
+    engine = engine or LocalEngine(compute.progress, compute.workers or 1)
+    catalog = Catalog.open(data, md5=True, progress=compute.progress, cache_dir=compute.cache_dir)
+    cache_path = Path(job.cache_path) if job.cache_path else default_cache_path(data, compute.cache_dir)
+    positions = select_products(catalog, taxonomy, job.groups, job.predictions, job.threshold)
     md5 = catalog.md5
     first = catalog.index.products["first_picture"]
     unique: dict[bytes, tuple[int, int]] = {}
     for pos in positions:
         for k in range(int(catalog.n_pictures[pos])):
             unique.setdefault(md5[first[pos] + k].tobytes(), (int(pos), k))
-    engine = load_engine(engine_name, **engine_options)  # cheap: networks load on the first read
-    summary = OcrRunSummary(products=len(positions), pictures=len(unique), engine=engine.cache_key,
+    reader = load_engine(job.engine_name, **job.engine_options)  # cheap: networks load on the first read
+    summary = OcrRunSummary(products=len(positions), pictures=len(unique), engine=reader.cache_key,
                             cache=str(cache_path))
     with OcrCache(cache_path) as cache:
-        cached = cache.get_many(list(unique), engine.cache_key)
+        cached = cache.get_many(list(unique), reader.cache_key)
         summary.already_cached = len(cached)
         todo = [(m, *where) for m, where in unique.items() if m not in cached]
         if not todo:
             return summary  # nothing to read: the networks are never loaded
-        if run_engine == "ray":
-            from etalage.pipeline.ray_engine import read_pictures_ray
 
-            read_pictures_ray(catalog, todo, engine_name, engine_options, batch, cache, engine.cache_key, summary,
-                              progress, ray, workers if workers > 1 else None)
-            return summary
-        batches = [todo[i:i + batch] for i in range(0, len(todo), batch)]
-        if workers <= 1:
-            _WORKER.update(engine=engine, catalog=catalog)
-            results = map(_read_batch, batches)
-            pool = None
-        else:
-            from etalage.forking import forked_pool
+        def write(stage, rows, report) -> None:  # batch by batch: a killed run keeps what was read
+            cache.put_many(report["payload"]["done"], reader.cache_key)
+            summary.add(report["payload"])
 
-            threads = max(1, usable_cpus() // workers)
-            pool = forked_pool(workers, _init_worker, (engine_name, engine_options, catalog, threads))
-            results = pool.imap(_read_batch, batches)
-        try:
-            with progress_bar(total=len(todo), unit="picture", desc=f"ocr {engine.name}", enabled=progress) as bar:
-                for done, corrupt in results:
-                    cache.put_many(done, engine.cache_key)
-                    summary.read += len(done)
-                    summary.unreadable += len(corrupt)
-                    for pid, k in corrupt:
-                        log.warning("unreadable picture %d of product %d skipped", k, pid)
-                        if len(summary.unreadable_examples) < 20:
-                            summary.unreadable_examples.append((pid, k))
-                    bar.update(len(done) + len(corrupt))
-            if pool is not None:
-                pool.close()  # done: the children leave on their own
-        except BaseException:
-            if pool is not None:
-                pool.terminate()  # an error or Ctrl-C: the queued batches are not read first
-            raise
-        finally:
-            if pool is not None:
-                pool.join()
+        stage = OcrStage(catalog, todo, job.engine_name, job.engine_options)
+        engine.run([stage], chunk_ranges(len(todo), job.batch_size), f"ocr {job.engine_name or 'default'}", write
+                   ).save(None)
     return summary
-

@@ -1,64 +1,200 @@
-"""Predicting a data file through every stage, in resumable chunks and shards, and merging the chunks
-into a submission.
+"""The stages of the prediction jobs: the core, the specialists and fusion, each a per-chunk step
+(``engine.Stage``) that knows nothing of where it runs.
 
 Per chunk of products (the core's chunks, so ``--shard i/n`` splits every stage the same way):
 
-1. index + picture MD5s of the file and of the training file (skipped when up to date);
-2. core predictions                 -> WORK/core/part-*.npz
-3. specialists on gated products    -> WORK/specialists/NAME/part-*.npz (OCR through the cache)
-4. fusion                           -> WORK/fused/part-*.npz (top classes and scores per product)
+- ``CoreStage``: each core run's predictions (and, with several runs, their average) -> ``WORK/core/``;
+- ``SpecialistsStage``: the fitted specialists on the products their gates let through (OCR through the
+  cache) -> ``WORK/specialists/NAME/``;
+- ``FusionStage``: the fusion table of every signal, ranked by the fusion model -> ``WORK/fused/``.
 
-Every part is written atomically and skipped when present, so a killed job picks up where it stopped;
-memory holds one chunk's table at a time plus the training signals.
+Every part is written atomically and skipped when present, so a killed job picks up where it stopped; memory
+holds one chunk's table at a time plus the training signals. The fusion table of a chunk is built by one
+function (``fusion_table``) when fitting, predicting and explaining alike.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from etalage.catalog import Catalog, Taxonomy
-from etalage.chunks import DEFAULT_CHUNK, chunk_ranges, list_parts, load_parts, part_path, shard_chunk_ranges
-from etalage.core.ensemble import CoreModel
+from etalage.chunks import DEFAULT_CHUNK, part_done, part_path
+from etalage.compute import Compute
+from etalage.core.ensemble import CoreModel, mean_ranking
+from etalage.core.predict import PredictOptions
 from etalage.core.ranking import CoreRanking
 from etalage.core.rundir import RunDir
-from etalage.errors import ConfigError, DataError, StageOutputError
-from etalage.files import save_npz_atomic
-from etalage.forking import map_forked, mp_child
-from etalage.fusion.folder import FusionDir
-from etalage.fusion.model import FusionModel, assemble, fused_top1
+from etalage.errors import ConfigError
+from etalage.files import claim_folder, save_npz_atomic
+from etalage.fusion.model import Evidence, FusionModel, assemble
+from etalage.fusion.neighbours import load_indexes, query_hits
 from etalage.fusion.signals import TrainingSignals
 from etalage.fusion.table import CandidateTable
-from etalage.ocr.cache import default_cache_path
 from etalage.options import FUSED_TOPK
+from etalage.pipeline.engine import Rows, Stage
+from etalage.pipeline.plan import PredictPlan
 from etalage.pipeline.workdir import WorkDir
-from etalage.progress import bar as progress_bar
-from etalage.resources import usable_cpus
 
 log = logging.getLogger(__name__)
 
-
-def fusion_workers() -> int:
-    """Processes for the fusion stage: every core this process may use (``ETALAGE_FUSION_WORKERS``
-    overrides)."""
-    return int(os.environ.get("ETALAGE_FUSION_WORKERS", 0)) or usable_cpus()
+RANKING_ARRAYS = ("product_ids", "topk_class", "topk_prob", "n_pictures", "picture_topk_class",
+                  "picture_topk_prob", "level1_prob")
 
 
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# ---------------------------------------------------------------------------------------------
+# the core
 
 
-def training_signals(train: Catalog, taxonomy: Taxonomy, ks: list[int] | None = None) -> TrainingSignals:
-    train.require_labels()
-    return TrainingSignals.build(train.product_ids, taxonomy.indices_of(train.category_ids), train.md5,
-                                 train.n_pictures, taxonomy.n_classes, ks)
+@dataclass
+class CoreTarget:
+    """One run's predictions and where they go (``embedding``: with the pooled embedding)."""
+
+    run: RunDir
+    out: Path
+    embedding: bool = False
+
+
+@dataclass
+class Combination:
+    """Several runs' predictions averaged chunk by chunk into ``core_dir`` (per model, then over the models):
+    ``run_dir(model, i)`` is where run i of a model writes (``WorkDir.core_run``)."""
+
+    models: list[CoreModel]
+    core_dir: Path
+    run_dir: object
+
+    def claim(self, catalog: Catalog, chunk: int, options: PredictOptions, tta: str, producer: str | None) -> None:
+        """Stamp ``core_dir`` as the combination of the models' runs (or check it is)."""
+        self.core_dir.mkdir(parents=True, exist_ok=True)
+        claim_folder(self.core_dir / "meta.json", {"n_products": len(catalog), "chunk": chunk, "producer": producer,
+                                                   "combined": [f"{m.name}:{len(m.runs)}" for m in self.models],
+                                                   "topk": options.topk, "tta": tta}, ignore=("producer",))
+
+    def combine(self, rows: Rows) -> None:
+        combined, _ = chunk_rankings(self.models, self.run_dir, rows)
+        save_npz_atomic(part_path(self.core_dir, *rows), **{k: getattr(combined, k) for k in RANKING_ARRAYS})
+
+
+@dataclass
+class CoreJob:
+    """What the core stage predicts: each target run into its folder, over ``positions`` of the catalogue
+    (None: every product, in file order), with ``options`` and the test-time augmentation ``tta``; with a
+    ``combination``, the targets' chunks averaged too. ``producer``: the command that fills the folders,
+    quoted by errors."""
+
+    targets: list[CoreTarget]
+    options: PredictOptions = field(default_factory=PredictOptions)
+    tta: str = "none"
+    chunk: int = DEFAULT_CHUNK
+    producer: str | None = None
+    positions: np.ndarray | None = None
+    combination: Combination | None = None
+    compile: bool = False
+
+
+def single_run(models: list[CoreModel]) -> bool:
+    """One model of one run: its predictions are the work folder's core stage itself."""
+    return len(models) == 1 and not models[0].is_folds
+
+
+def models_job(models: list[CoreModel], core_dir: Path, run_dir, options: PredictOptions, tta: str = "none",
+               chunk: int = DEFAULT_CHUNK, producer: str | None = None) -> CoreJob:
+    """The core job of a dump over ``models``: a single run straight into ``core_dir``; otherwise run i of a
+    model into ``run_dir(model, i)`` (the first model's with the embedding, when ``options`` asks for it) and
+    their average into ``core_dir``, the folder later stages read."""
+    if single_run(models):
+        return CoreJob([CoreTarget(models[0].runs[0], Path(core_dir), options.embedding)], options, tta, chunk,
+                       producer)
+    targets = [CoreTarget(run, Path(run_dir(m.name, i)), options.embedding and j == 0)
+               for j, m in enumerate(models) for i, run in enumerate(m.runs)]
+    return CoreJob(targets, options, tta, chunk, producer, combination=Combination(models, Path(core_dir), run_dir))
+
+
+class CoreStage(Stage):
+    """The core's predictions, chunk by chunk (``CorePredictor.predict_part``), for every target of ``job``."""
+
+    name = "core"
+
+    def __init__(self, catalog: Catalog, job: CoreJob, compute: Compute, label: str = ""):
+        self.source, self.job, self.compute, self.label = catalog, job, compute, label
+        self.reads_pictures = job.positions is None  # a chunk's pictures lie together in the dump
+        self.predictors: list | None = None
+
+    @property
+    def read_ahead(self) -> Catalog | None:
+        return self.source if self.reads_pictures else None
+
+    def positions(self) -> np.ndarray:
+        return np.arange(len(self.source)) if self.job.positions is None else np.asarray(self.job.positions, np.int64)
+
+    def claim(self) -> None:
+        """Stamp every folder the job writes (or check each holds this job's predictions): on the driver, once."""
+        from etalage.core.predict import claim_predictions, model_spec
+
+        job = self.job
+        for t in job.targets:
+            claim_predictions(t.run, model_spec(t.run, self.compute.trust_pickle), job.tta, self.source, t.out,
+                              replace(job.options, embedding=t.embedding), job.chunk, job.positions, job.producer)
+        if job.combination is not None:
+            job.combination.claim(self.source, job.chunk, job.options, job.tta, job.producer)
+
+    def todo(self, rows: Rows, upstream: dict) -> bool:
+        combined = self.job.combination
+        return not all(part_done(t.out, rows) for t in self.job.targets) or \
+            (combined is not None and not part_done(combined.core_dir, rows))
+
+    def open(self, threads: int | None = None) -> None:
+        if self.predictors is None:
+            from etalage.core.predict import CorePredictor
+
+            # in a worker of the engine's own, decoding stays in that worker (no DataLoader processes)
+            compute = self.compute if threads is None else self.compute.but(workers=0)
+            self.predictors = [CorePredictor.of(t.run, compute, self.job.tta, self.job.compile)
+                               for t in self.job.targets]
+
+    def run(self, rows: Rows, chunk=None) -> dict:
+        catalog = self.source.with_chunk(chunk) if chunk is not None else self.source
+        positions, o = self.positions(), self.job.options
+        pictures = 0
+        for t, p in zip(self.job.targets, self.predictors, strict=True):
+            if not part_done(t.out, rows):
+                pictures += p.predict_part(catalog, t.out, positions, rows, o.topk, o.picture_topk, t.embedding)
+        combined = self.job.combination
+        if combined is not None and not part_done(combined.core_dir, rows):
+            combined.combine(rows)
+        return {"pictures": pictures}
+
+    def close(self) -> None:
+        self.predictors = None
+
+    def adopt(self, opened: CoreStage) -> None:
+        self.predictors = opened.predictors
+
+
+def chunk_rankings(models: list[CoreModel], run_dir, rows: Rows) -> tuple[CoreRanking, list[tuple[str, CoreRanking]]]:
+    """The chunk ``rows`` of every model (its fold runs averaged) and their average."""
+    per_model = []
+    for m in models:
+        runs = [CoreRanking.load(run_dir(m.name, i), rows) for i in range(len(m.runs))]
+        per_model.append((m.name, mean_ranking(runs)))
+    return mean_ranking([r for _, r in per_model]), per_model
+
+
+def run_embeddings(models: list[CoreModel], run_dir, core_dir: Path, rows: Rows) -> list[np.ndarray]:
+    """The first model's embeddings of the chunk ``rows``, one array per run (each run's own space)."""
+    if single_run(models):
+        return [CoreRanking.load(core_dir, rows).embedding]
+    return [CoreRanking.load(run_dir(models[0].name, i), rows).embedding for i in range(len(models[0].runs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# the specialists
 
 
 def ocr_engine_of(specialist_settings: list[dict]):
@@ -77,337 +213,200 @@ def ocr_engine_of(specialist_settings: list[dict]):
     return load_engine(name, **json.loads(options))
 
 
-class SpecialistsStage:
-    """The specialists stage, loaded once: the fitted specialists ``names`` under ``specialists_dir``, the OCR
-    engine they were fitted with and the OCR cache (opened per call). The local engine scores a shard with
-    one call, the Ray engine's specialists actors one chunk per call (``chunk_shard``)."""
+@dataclass
+class SpecialistsJob:
+    """What the specialists stage scores: the fitted specialists ``names`` under ``folder``, their OCR cache,
+    the core ranking to gate on (its folder, read a chunk at a time, or a ``CoreRanking`` in memory: ranking
+    row r is the product at ``positions[r]``; None: every product), the output folder."""
 
-    def __init__(self, specialists_dir: Path, names: list[str], ocr_cache: Path | None, data: Path):
-        from etalage.specialists.runner import fit_settings, load_fitted
-
-        self.specs = load_fitted(specialists_dir, names)
-        self.engine = ocr_engine_of([s for s in fit_settings(specialists_dir) if s is not None])
-        self.cache_path = Path(ocr_cache) if ocr_cache else default_cache_path(data)
-
-    def score(self, ranking, catalog: Catalog, positions: np.ndarray, taxonomy: Taxonomy, out_dir: Path,
-              shard: tuple[int, int], producer: str, progress: bool = True):
-        """``score_catalog`` over shard ``shard`` (guarded: a failing plugin costs its chunks only)."""
-        from etalage.ocr.cache import OcrCache
-        from etalage.specialists.runner import score_catalog
-
-        cache = OcrCache(self.cache_path) if self.engine is not None else None
-        try:
-            return score_catalog(self.specs, ranking, catalog, positions, taxonomy, self.engine, cache, out_dir,
-                                 shard=shard, producer=producer, progress=progress)
-        finally:
-            if cache is not None:
-                cache.close()
+    folder: Path
+    names: list[str]
+    ocr_cache: Path
+    ranking: Path | CoreRanking
+    out_dir: Path
+    positions: np.ndarray | None = None
+    chunk: int = DEFAULT_CHUNK
+    producer: str | None = None
 
 
-def chunk_shard(rows: tuple[int, int], n_products: int, chunk: int) -> tuple[int, int]:
-    """The shard ``i/n`` that is exactly the chunk ``rows`` (n: the number of chunks), so that a stage run
-    over shards does one chunk."""
-    chunks = chunk_ranges(n_products, chunk)
-    shard = (chunks.index(tuple(rows)), len(chunks))
-    assert shard_chunk_ranges(n_products, chunk, shard) == [tuple(rows)]
-    return shard
+class SpecialistsStage(Stage):
+    """The fitted specialists on the products their gates let through (``SpecialistScorer``), a chunk at a
+    time; a failing plugin costs its chunks only, and its warnings travel in the report."""
+
+    name = "specialists"
+
+    def __init__(self, catalog: Catalog, job: SpecialistsJob, taxonomy: Taxonomy, label: str = ""):
+        self.source, self.job, self.taxonomy, self.label = catalog, job, taxonomy, label
+        self.scorer = None
+        self.cache = None
+        self.owns_cache = False  # an adopted cache is closed by the stage that opened it
+
+    def _positions(self) -> np.ndarray:
+        job = self.job
+        return np.arange(len(self.source)) if job.positions is None else np.asarray(job.positions, np.int64)
+
+    def open(self, threads: int | None = None) -> None:
+        if self.scorer is None:
+            from etalage.ocr.cache import OcrCache
+            from etalage.specialists.runner import SpecialistScorer, fit_settings, load_fitted
+
+            specs = load_fitted(self.job.folder, self.job.names)
+            engine = ocr_engine_of([s for s in fit_settings(self.job.folder) if s is not None])
+            self.cache = OcrCache(self.job.ocr_cache) if engine is not None else None
+            self.owns_cache = True
+            self.scorer = SpecialistScorer(specs, self.taxonomy, self.job.out_dir, engine, self.cache)
+
+    def claim(self) -> None:
+        """Each specialist's output folder stamped (on the driver, once). A stage opened here to do it is closed
+        again: it travels to an engine's workers as a description, not with a database connection."""
+        opened_here = self.scorer is None
+        self.open(None)
+        self.scorer.claim(len(self._positions()), self.job.chunk, self.job.producer)
+        if opened_here:
+            self.close()
+
+    def todo(self, rows: Rows, upstream: dict) -> bool:
+        return not all(part_done(self.job.out_dir / n, rows) for n in self.job.names)
+
+    def run(self, rows: Rows, chunk=None) -> dict:
+        ranking = self.job.ranking
+        part = ranking.take(np.arange(*rows)) if isinstance(ranking, CoreRanking) else CoreRanking.load(ranking, rows)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            done = self.scorer.score(part, self.source, self._positions(), rows)
+        return {"scored": done.scored, "failed": done.failed, "recovered": done.recovered,
+                "warnings": list(dict.fromkeys(str(w.message) for w in caught))}
+
+    def close(self) -> None:
+        if self.cache is not None and self.owns_cache:
+            self.cache.close()
+        self.scorer = self.cache = None
+        self.owns_cache = False
+
+    def adopt(self, opened: SpecialistsStage) -> None:
+        from etalage.specialists.runner import SpecialistScorer
+
+        o = opened.scorer
+        self.cache, self.owns_cache = opened.cache, False
+        self.scorer = SpecialistScorer(o.specialists, self.taxonomy, self.job.out_dir, o.engine, opened.cache)
 
 
-def score_specialists(specialists_dir: Path, names: list[str], ranking, catalog: Catalog, positions: np.ndarray,
-                      taxonomy: Taxonomy, out_dir: Path, shard: tuple[int, int], producer: str,
-                      ocr_cache: Path | None, progress: bool = True):
-    """The specialists stage: load the fitted ones, read the gated products, score them (guarded)."""
-    stage = SpecialistsStage(specialists_dir, names, ocr_cache, catalog.path)
-    summary = stage.score(ranking, catalog, positions, taxonomy, out_dir, shard, producer, progress)
-    for line in summary.lines():
-        log.info("      %s", line)
-    return summary
-
-
-def specialist_rankings(folder: Path, names: list[str], rows: tuple[int, int] | None = None) -> list:
+def specialist_rankings(folder: Path, names: list[str], rows: Rows | None = None) -> list:
     from etalage.specialists.runner import SpecialistRanking
 
     return [SpecialistRanking.load(folder / n, rows) for n in names]
 
 
-def predict_core_file(run: str | Path, data: str | Path, out: str | Path, topk: int = 20, picture_topk: int = 5,
-                      tta: str = "none", shard: tuple[int, int] = (0, 1), embedding: bool = False,
-                      batch_size: int = 64, workers: int | None = None, device: str = "auto", compile: bool = False,
-                      trust_pickle: bool = False, progress: bool = True, engine: str = "local", ray=None):
-    """``etalage predict``: core predictions of shard ``i/n`` of ``data`` into ``out``; once every shard
-    is done, also ``out/ranking.parquet``. Returns the ``CoreRanking`` when complete, else None.
-    ``engine``: ``local`` (this process) or ``ray`` (``ray``: its ``RaySettings``), the same parts."""
-    from etalage.core.ranking import write_ranking_parquet
-
-    if engine == "ray":
-        from etalage.pipeline.ray_engine import predict_core_ray
-
-        ranking = predict_core_ray(run, data, out, topk, picture_topk, tta, shard, embedding, batch_size, device,
-                                   compile, trust_pickle, progress=progress, ray=ray)
-        taxonomy = RunDir(run).taxonomy()
-    else:
-        from etalage.core.predict import CorePredictor
-
-        catalog = Catalog.open(data, progress=progress)
-        predictor = CorePredictor(run, device=device, batch_size=batch_size, workers=workers, tta=tta,
-                                  compile=compile, trust_pickle=trust_pickle)
-        ranking = predictor.predict_catalog(catalog, out, topk=topk, picture_topk=picture_topk, shard=shard,
-                                            embedding=embedding, progress=progress)
-        taxonomy = predictor.taxonomy
-    if ranking is not None:
-        write_ranking_parquet(Path(out) / "ranking.parquet", ranking.product_ids, ranking.topk_class,
-                              ranking.topk_prob.astype(np.float32), taxonomy)
-    return ranking
+def specialist_lines(scored: dict[str, int], failed: dict[str, int]) -> list[str]:
+    """What the job says of its specialists stage: products scored, chunks failed (retried by the next run)."""
+    return [f"{name}: {n} products scored" + (f", failed on {failed[name]} chunk(s) (retried by the next run)"
+                                              if failed.get(name) else "") for name, n in scored.items()]
 
 
 # ---------------------------------------------------------------------------------------------
-# the plan a fusion model carries
+# fusion
+
+
+def training_signals(train: Catalog, taxonomy: Taxonomy, ks: list[int] | None = None) -> TrainingSignals:
+    train.require_labels()
+    return TrainingSignals.build(train.product_ids, taxonomy.indices_of(train.category_ids), train.md5,
+                                 train.n_pictures, taxonomy.n_classes, ks)
 
 
 @dataclass
-class PredictPlan:
-    """What ``predict_file`` runs with: the fusion model's ``FusionPlan``, paths resolved and checked,
-    each overridable per call."""
+class TableSources:
+    """Where a fusion table's other signals are: the specialists ``names``' scores under ``specialists_dir``
+    (``rows``: the products' rows there, a chunk ``(a, b)``; None: all), each core model's ``(name, ranking)``
+    when there are several, the products' embedding neighbours (``NeighbourHits``, one per index)."""
 
-    model: FusionDir
-    models: list[CoreModel]   # the core models: one run, fold runs, or several (their averaged ranking leads)
-    train: Path
-    specialists: Path | None
-    specialist_names: list[str]
-    topk: int
-    ks: list[int]
-    tta: str  # the core's test-time augmentation: the model saw its probabilities, test must match
-    neighbours: int = 0       # embedding neighbours per product (0: none)
+    specialists_dir: Path
+    names: list[str]
+    rows: Rows | None = None
+    models: list = field(default_factory=list)
+    neighbours: list = field(default_factory=list)
+
+
+def fusion_table(ranking: CoreRanking, catalog: Catalog, positions: np.ndarray, taxonomy: Taxonomy,
+                 signals: TrainingSignals, sources: TableSources, own_classes: np.ndarray | None = None
+                 ) -> CandidateTable:
+    """The one way a fusion table is built, when fitting and when predicting: the products at ``positions``
+    of ``catalog``, ``ranking`` their core ranking row for row (with several core models, their average);
+    their pictures' MD5s; the ``sources``' signals. ``own_classes``: the products' labels when they are the
+    fit's training queries (each product's own hash and id contribution removed)."""
+    pic_rows, pic_owner = catalog.picture_rows(positions)
+    evidence = Evidence(catalog.md5[pic_rows], pic_owner,
+                        specialist_rankings(sources.specialists_dir, list(sources.names), sources.rows),
+                        list(sources.models), list(sources.neighbours))
+    return assemble(ranking, taxonomy, signals, evidence, own_classes)
+
+
+@dataclass
+class FusionInputs:
+    """What fusing a chunk of a work folder needs besides the fusion model: the plan, the work folder, the test
+    catalogue, the taxonomy and the training signals (hash index, id prior, class frequencies)."""
+
+    plan: PredictPlan
+    work: WorkDir
+    catalog: Catalog
+    taxonomy: Taxonomy
+    signals: TrainingSignals
+
+
+@dataclass
+class FusionModels:
+    """The fusion model and the embedding-neighbour indexes of a plan, loaded from its folder."""
+
+    model: FusionModel
+    indexes: list
 
     @classmethod
-    def from_model(cls, model_dir: str | Path, run=None, train=None, specialists=None) -> PredictPlan:
-        """The plan stored in ``model_dir/fusion.json`` (paths relative to the folder), each path checked.
-        ``run``: a path, or a list of them, in place of the stored core models (same number, same order)."""
-        folder = FusionDir(model_dir)
-        stored = FusionModel.load(folder).plan
-        if stored is None:
-            raise StageOutputError(f"{folder.meta_file}: no settings to predict with; refit with `etalage fusion fit`")
-
-        def pick(given, key: str, flag: str) -> Path | None:
-            return Path(given) if given else folder.resolve(getattr(stored, key), key, flag)
-
-        given = [run] if isinstance(run, (str, Path)) else list(run or [])
-        if given and len(given) != len(stored.runs):
-            raise ConfigError(f"{folder} was fitted over {len(stored.runs)} core model(s); pass --run that many "
-                              f"times (got {len(given)})")
-        paths = [Path(g) for g in given] or [folder.resolve(r, "run", "--run") for r in stored.runs]
-        if not paths:
-            raise StageOutputError(f"{folder.meta_file}: no core run stored; pass --run PATH")
-        names = stored.run_names if len(stored.run_names) == len(paths) else [None] * len(paths)
-        models = [CoreModel.open(p, n) for p, n in zip(paths, names, strict=True)]
-        return cls(folder, models, pick(train, "train", "--train"), pick(specialists, "specialists", "--specialists"),
-                   list(stored.specialist_names), stored.topk, list(stored.ks), stored.tta, stored.neighbours)
-
-    @property
-    def run(self) -> RunDir:
-        """The first core run (its taxonomy is every run's, ``check_compatible`` made sure)."""
-        return self.models[0].runs[0]
-
-    def taxonomy(self) -> Taxonomy:
-        return self.run.taxonomy()
-
-    def runs_label(self) -> str:
-        return " + ".join(str(m.path) for m in self.models)
-
-    def check_tta(self, tta: str | None) -> None:
-        if tta is not None and tta != self.tta:
-            raise ConfigError(f"{self.model} was fitted on core probabilities with --tta {self.tta}; predict with "
-                              f"the same (drop --tta) or refit with `etalage fusion fit --tta {tta}`")
+    def load(cls, plan: PredictPlan) -> FusionModels:
+        indexes = load_indexes(plan.model, len(plan.models[0].runs)) if plan.neighbours else []
+        return cls(FusionModel.load(plan.model), indexes)
 
 
-# ---------------------------------------------------------------------------------------------
-# the fusion table of a chunk
-
-
-def fusion_table(ranking, catalog: Catalog, positions: np.ndarray, taxonomy: Taxonomy, signals: TrainingSignals,
-                 specialists_dir: Path, specialist_names: list[str], rows: tuple[int, int] | None = None,
-                 own_classes: np.ndarray | None = None, models: list = (), neighbours: list = ()) -> CandidateTable:
-    """The one way a fusion table is built, when fitting and when predicting: the products at
-    ``positions`` of ``catalog``, ``ranking`` their core ranking row for row (with several core models,
-    their average, and ``models`` each one's ``(name, ranking)``); their pictures' MD5s; the specialists
-    ``specialist_names`` scored under ``specialists_dir`` (``rows``: the products' rows there, a chunk
-    ``(a, b)``; None: all); ``neighbours``: their ``NeighbourHits`` (one per index). ``own_classes``: the
-    products' labels when they are the fit's training queries (each product's own hash and id
-    contribution removed)."""
-    pic_rows, pic_owner = catalog.picture_rows(positions)
-    return assemble(ranking, taxonomy, signals, catalog.md5[pic_rows], pic_owner,
-                    specialist_rankings(specialists_dir, list(specialist_names), rows),
-                    training_queries=own_classes is not None, own_classes=own_classes, models=models,
-                    neighbours=neighbours)
-
-
-def chunk_table(plan: PredictPlan, work: WorkDir, catalog: Catalog, taxonomy: Taxonomy, signals: TrainingSignals,
-                indexes: list, rows: tuple[int, int]) -> tuple[CoreRanking, CandidateTable]:
-    """The fusion table of the chunk ``rows`` of a work folder (fusion and explain build the same one):
-    its core ranking (and each core model's), specialists, and embedding neighbours."""
-    from etalage.pipeline.cores import chunk_rankings, query_hits, run_embeddings
-
-    a, b = rows
+def chunk_table(inputs: FusionInputs, indexes: list, rows: Rows) -> tuple[CoreRanking, CandidateTable]:
+    """The fusion table of the chunk ``rows`` of a work folder (fusion and explain build the same one): its
+    core ranking (and each core model's), specialists, and embedding neighbours."""
+    plan, work = inputs.plan, inputs.work
     part = CoreRanking.load(work.core, rows)
     models = chunk_rankings(plan.models, work.core_run, rows)[1] if len(plan.models) > 1 else []
     hits = query_hits(indexes, run_embeddings(plan.models, work.core_run, work.core, rows), plan.neighbours) \
         if plan.neighbours else []
-    return part, fusion_table(part, catalog, np.arange(a, b), taxonomy, signals, work.specialists,
-                              plan.specialist_names, rows, models=models, neighbours=hits)
+    sources = TableSources(work.specialists, plan.specialist_names, rows, models, hits)
+    return part, fusion_table(part, inputs.catalog, np.arange(*rows), inputs.taxonomy, inputs.signals, sources)
 
 
-# ---------------------------------------------------------------------------------------------
-# predict (shards) and merge
+class FusionStage(Stage):
+    """Fusion, chunk by chunk: the chunk's table from every signal, ranked; one part file (top classes and
+    scores per product, and the core's best class). Forked on the local engine (single-threaded numpy and
+    LightGBM work per chunk)."""
 
+    name = "fusion"
+    forked = True
 
-def open_prediction_job(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tuple[int, int], chunk: int,
-                        progress: bool) -> tuple[Path, Taxonomy, str, Catalog, Catalog]:
-    """Stage 1 of every engine: the work folder claimed for this job, the test and training dumps indexed
-    with their picture hashes. Returns (data, taxonomy, shard label for log lines, test, train). A model
-    whose specialists are not at hand is refused first, before any of that."""
-    if plan.specialist_names and plan.specialists is None:
-        raise ConfigError(f"{plan.model}: the model uses specialists {', '.join(plan.specialist_names)}; "
-                          f"pass --specialists DIR")
-    data = Path(data)
-    work.claim(data, str(plan.model), plan.runs_label(), chunk)
-    taxonomy = plan.taxonomy()
-    label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    log.info("[1/4] index + picture hashes: %s, %s", data.name, plan.train.name)
-    catalog = Catalog.open(data, md5=True, progress=progress)
-    train = Catalog.open(plan.train, taxonomy, md5=True, progress=progress)
-    return data, taxonomy, label, catalog, train
+    def __init__(self, inputs: FusionInputs, label: str = ""):
+        self.inputs, self.label = inputs, label
+        self.loaded: FusionModels | None = None
 
+    def todo(self, rows: Rows, upstream: dict) -> bool:
+        recovered = upstream.get("specialists", {}).get("recovered", False)  # fused before without them
+        return recovered or not part_done(self.inputs.work.fused, rows)
 
-def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, shard: tuple[int, int] = (0, 1),
-                 command: str = "etalage submit", ocr_cache: str | Path | None = None, device: str = "auto",
-                 batch_size: int = 64, workers: int | None = None, chunk: int = DEFAULT_CHUNK,
-                 trust_pickle: bool = False, progress: bool = True) -> bool:
-    """Stages 1-4 for shard ``i/n`` of ``data`` into ``work``. True when every chunk of every shard
-    is fused (the merge can run)."""
-    from etalage.pipeline.cores import predict_models
+    def open(self, threads: int | None = None) -> None:
+        if self.loaded is None:
+            self.loaded = FusionModels.load(self.inputs.plan)
+        self.loaded.model.threads = threads or 0  # LightGBM's threads per call: 0 is every core
 
-    data, taxonomy, label, catalog, train = open_prediction_job(plan, data, work, shard, chunk, progress)
-    log.debug("peak RSS so far %.0f MB", peak_rss_mb())
-    log.info("[2/4] core predictions%s -> %s", label, work.core)
-    kw = dict(device=device, batch_size=batch_size, workers=workers, trust_pickle=trust_pickle)
-    predict_models(plan.models, catalog, work.core, work.core_run, shard, chunk, plan.topk, plan.tta,
-                   bool(plan.neighbours), kw, command, progress)
-    chunks = shard_chunk_ranges(len(catalog), chunk, shard)
-    redo: set[tuple[int, int]] = set()
-    if plan.specialist_names:
-        if plan.specialists is None:
-            raise ConfigError(f"{plan.model}: the model uses specialists {', '.join(plan.specialist_names)}; "
-                              f"pass --specialists DIR")
-        log.debug("peak RSS so far %.0f MB", peak_rss_mb())
-        log.info("[3/4] specialists %s%s -> %s", ", ".join(plan.specialist_names), label, work.specialists)
-        summary = score_specialists(plan.specialists, plan.specialist_names, work.core, catalog,
-                                    np.arange(len(catalog)), taxonomy, work.specialists, shard, command,
-                                    Path(ocr_cache) if ocr_cache else None, progress)
-        redo = set(summary.recovered_chunks)  # fused without a specialist that has now scored them
-    else:
-        log.info("[3/4] specialists: none in this fusion model")
-    log.debug("peak RSS so far %.0f MB", peak_rss_mb())
-    log.info("[4/4] fusion%s -> %s", label, work.fused)
-    fuse_chunks(plan, work, catalog, train, taxonomy, chunks, redo, progress)
-    log.debug("peak RSS so far %.0f MB", peak_rss_mb())
-    done = set(list_parts(work.fused))
-    return all(c in done for c in chunk_ranges(len(catalog), chunk))
+    def run(self, rows: Rows, chunk=None) -> dict:
+        part, table = chunk_table(self.inputs, self.loaded.indexes, rows)
+        classes, scores = self.loaded.model.rank(table, rows[1] - rows[0], FUSED_TOPK)
+        save_npz_atomic(part_path(self.inputs.work.fused, *rows), product_ids=part.product_ids, topk_class=classes,
+                        topk_score=scores, core_top1=part.top1())
+        return {"fused": True}
 
+    def close(self) -> None:
+        self.loaded = None
 
-def fuse_chunks(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
-                chunks: list[tuple[int, int]], redo: set[tuple[int, int]], progress: bool) -> None:
-    """Stage 4 over ``chunks`` (those not fused yet, and ``redo``), in forked workers."""
-    done = list_parts(work.fused)
-    todo = [c for c in chunks if c not in done or c in redo]
-    workers = min(fusion_workers(), len(todo))
-    state = fusion_state(plan, work, catalog, train, taxonomy)
-    state["model"].threads = 1 if workers > 1 else 0
-    state["faiss_threads"] = 0  # forked workers: one thread each, else every core
-    _FUSE.update(state)
-    try:
-        with progress_bar(total=sum(b - a for a, b in todo), unit="product", desc="fusion", enabled=progress) as bar:
-            for a, b in map_forked(_fuse_chunk, todo, workers):
-                bar.update(b - a)
-    finally:
-        _FUSE.clear()
-
-
-def fusion_state(plan: PredictPlan, work: WorkDir, catalog: Catalog, train: Catalog, taxonomy: Taxonomy,
-                 signals: TrainingSignals | None = None, load: bool = True) -> dict:
-    """What fusing a chunk needs: the work folder, the catalogue, the taxonomy, the training signals, the
-    fusion model and the embedding-neighbour indexes (``fuse_chunk``'s ``st``). ``load=False``: without the
-    model and the indexes (``load_fusion_models`` adds them where the fusing happens)."""
-    signals = signals if signals is not None else training_signals(train, taxonomy, plan.ks)
-    st = dict(work=work, catalog=catalog, taxonomy=taxonomy, signals=signals, plan=plan)
-    return load_fusion_models(st) if load else st
-
-
-def load_fusion_models(st: dict) -> dict:
-    """``st`` with the fusion model and the embedding-neighbour indexes of its plan, loaded from the fusion
-    folder."""
-    from etalage.pipeline.cores import load_indexes
-
-    plan = st["plan"]
-    st["model"] = FusionModel.load(plan.model)
-    st["indexes"] = load_indexes(plan.model, len(plan.models[0].runs)) if plan.neighbours else []
-    return st
-
-
-_FUSE: dict = {}  # what the fusion workers inherit (set by fuse_chunks before forking)
-
-
-def _fuse_chunk(chunk: tuple[int, int]) -> tuple[int, int]:
-    return fuse_chunk(_FUSE, chunk)
-
-
-def fuse_chunk(st: dict, chunk: tuple[int, int]) -> tuple[int, int]:
-    """Fuse products a..b: their table from every signal, ranked; one part file (the one per-chunk step of
-    every engine). ``st``: ``fusion_state``'s, with ``faiss_threads`` (0: one in a forked worker, else every
-    core)."""
-    a, b = chunk
-    work: WorkDir = st["work"]
-    if st["indexes"]:
-        import faiss
-
-        faiss.omp_set_num_threads(st.get("faiss_threads") or (1 if mp_child() else usable_cpus()))
-    part, table = chunk_table(st["plan"], work, st["catalog"], st["taxonomy"], st["signals"], st["indexes"], (a, b))
-    classes, scores = st["model"].rank(table, b - a, FUSED_TOPK)
-    save_npz_atomic(part_path(work.fused, a, b), product_ids=part.product_ids, topk_class=classes,
-                    topk_score=scores, core_top1=part.top1())
-    return a, b
-
-
-def load_fused(work: WorkDir, n_products: int | None = None, command: str = "etalage submit --shard i/n"
-               ) -> dict[str, np.ndarray]:
-    """Every fused part of ``work`` in product order; a missing chunk names the command to run."""
-    job = work.job(command)
-    data = Path(job["data"])
-    if n_products is None:
-        n_products = len(Catalog.open(data))
-    expected = chunk_ranges(n_products, job["chunk"])
-    done = list_parts(work.fused)
-    missing = [c for c in expected if c not in done]
-    if missing:
-        a, b = missing[0]
-        raise StageOutputError(f"{work.fused}: products {a}-{b} of {data} are not fused yet ({len(missing)} of "
-                               f"{len(expected)} chunks missing); run `{command}` for every shard first")
-    return load_parts(work.fused, expected)
-
-
-def merge_submission(work: WorkDir, out: str | Path, taxonomy: Taxonomy, data: str | Path,
-                     command: str = "etalage submit --shard i/n") -> dict:
-    """Write the submission from the fused parts of every shard (validated, atomic)."""
-    from etalage.catalog.submission import write_submission
-
-    catalog = Catalog.open(data)
-    fused = load_fused(work, len(catalog), command)
-    if not np.array_equal(fused["product_ids"], catalog.product_ids):
-        raise DataError(f"{work}: fused products do not match {data} (another file?)")
-    best = fused_top1(fused["topk_class"], fused["core_top1"])
-    write_submission(out, fused["product_ids"], taxonomy.category_ids[best], expected_ids=catalog.product_ids,
-                     taxonomy=taxonomy)
-    from etalage.core.ranking import write_ranking_parquet
-
-    write_ranking_parquet(work.fused_parquet, fused["product_ids"], fused["topk_class"], fused["topk_score"], taxonomy,
-                          score_name="score")
-    return {"submission": str(out), "products": len(best), "ranking": str(work.fused_parquet)}
+    def adopt(self, opened: FusionStage) -> None:
+        self.loaded = opened.loaded

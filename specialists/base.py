@@ -29,7 +29,7 @@ from etalage.core.ranking import ROUTING_THRESHOLD, CoreRanking
 
 if TYPE_CHECKING:
     from etalage.catalog.taxonomy import Taxonomy
-    from etalage.ocr.base import TextBox
+    from etalage.ocr.boxes import TextBox
 
 NEEDS = ("text", "pictures")
 

@@ -137,19 +137,16 @@ def create_specialist(name: str, **options) -> Specialist:
 
 def parse_options(items: list[str], names: list[str]) -> dict[str, dict]:
     """``["phones.C=4", "books.encoder=none"]`` -> ``{"phones": {"C": 4}, "books": {"encoder": "none"}}``;
-    values are read as JSON when they parse (numbers, true/false, lists), else kept as text."""
-    import json
+    values are read as JSON when they parse (numbers, true/false, lists), else kept as text
+    (``etalage.options.parse_key_values``)."""
+    from etalage.options import parse_key_values
 
     out: dict[str, dict] = {n: {} for n in names}
-    for item in items:
-        key, sep, value = item.partition("=")
+    for key, value in parse_key_values(items, "--set").items():
         plugin, dot, option = key.partition(".")
-        if not sep or not dot or not option:
-            raise ConfigError(f"--option {item!r}: expected NAME.OPTION=VALUE (e.g. books.C=4)")
+        if not dot or not option:
+            raise ConfigError(f"--set {key}=...: expected NAME.OPTION=VALUE (e.g. books.C=4)")
         if plugin not in out:
-            raise ConfigError(f"--option {item!r}: {plugin!r} is not among the specialists {', '.join(names)}")
-        try:
-            out[plugin][option] = json.loads(value)
-        except ValueError:
-            out[plugin][option] = value
+            raise ConfigError(f"--set {key}=...: {plugin!r} is not among the specialists {', '.join(names)}")
+        out[plugin][option] = value
     return out

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from etalage.catalog import Catalog
-from etalage.ocr.base import OcrEngine, TextBox, box_quad
+from etalage.ocr.base import OcrEngine
+from etalage.ocr.boxes import TextBox, box_quad
 from etalage.ocr.cache import OcrCache, read_cached
 from etalage.ocr.features import PICTURE_FEATURE_NAMES, picture_features
 from etalage.ocr.pictures import product_pictures

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from etalage.catalog import Catalog
-from etalage.chunks import list_parts, load_chunked, part_path, shard_chunk_ranges
+from etalage.chunks import list_parts, load_chunked, part_done, part_path
 from etalage.core.ranking import CoreRanking
 from etalage.errors import ConfigError, StageOutputError
 from etalage.files import atomic_write, save_npz_atomic, write_json_atomic
 from etalage.ocr.features import OCR_SUMMARY_NAMES, text_summary
-from etalage.progress import bar as progress_bar
 from etalage.specialists.base import ProductReading, Specialist
 from etalage.specialists.guard import check_fitted, guarded_gate, guarded_predict
 from etalage.specialists.persist import load_specialist
@@ -184,78 +183,63 @@ class SpecialistRanking:
 
 
 @dataclass
-class ScoringSummary:
-    """What a scoring stage did, per specialist: products scored, chunks where the plugin failed
-    (retried by the next run), and the chunks that were failed before and now succeeded."""
+class ChunkScore:
+    """What scoring one chunk did: products scored per specialist, the specialists whose plugin failed
+    there (no part: the next run tries again), and whether a chunk failed before now succeeded (fusion,
+    which went on without that specialist there, must redo it)."""
 
     scored: dict[str, int] = field(default_factory=dict)
-    failed_chunks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    recovered_chunks: list[tuple[int, int]] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = []
-        for name in self.scored:
-            failed = self.failed_chunks.get(name, [])
-            note = f", failed on {len(failed)} chunk(s) (retried by the next run)" if failed else ""
-            out.append(f"{name}: {self.scored[name]} products scored{note}")
-        return out
+    failed: list[str] = field(default_factory=list)
+    recovered: bool = False
 
 
-def score_catalog(specialists: list[Specialist], predictions, catalog: Catalog, positions: np.ndarray, taxonomy,
-                  engine, cache, out_dir: str | Path, shard: tuple[int, int] = (0, 1), producer: str | None = None,
-                  progress: bool = True) -> ScoringSummary:
-    """Score the products of the core's ``predictions`` (a ``CoreRanking``, or its folder: then one
-    chunk at a time is loaded) that each specialist's gate lets through, into
-    ``out_dir/NAME/part-*.npz``. Ranking row r is the product at ``positions[r]`` of ``catalog``.
-    Finished chunks are skipped; failed ones are tried again."""
-    out_dir = Path(out_dir)
-    positions = np.asarray(positions, np.int64)
-    if isinstance(predictions, CoreRanking):
-        meta = predictions.meta
-        chunk_of = lambda a, b: predictions.take(np.arange(a, b))  # noqa: E731
-    else:
-        meta = json.loads((Path(predictions) / "meta.json").read_text())
-        chunk_of = lambda a, b: CoreRanking.load(predictions, (a, b))  # noqa: E731
-    n_products, chunk = int(meta["n_products"]), int(meta["chunk"])
-    shard_chunks = shard_chunk_ranges(n_products, chunk, shard)
-    summary = ScoringSummary()
-    todo = {}  # specialist name -> its chunks still to score
-    for spec in specialists:
-        (out_dir / spec.name).mkdir(parents=True, exist_ok=True)
-        _write_meta(out_dir / spec.name, spec, n_products, chunk, producer)
-        done = list_parts(out_dir / spec.name)
-        todo[spec.name] = {c for c in shard_chunks if c not in done}
-        summary.scored[spec.name] = 0
-    needs = needs_of(specialists)
-    chunks = [c for c in shard_chunks if any(c in t for t in todo.values())]
-    with progress_bar(total=sum(b - a for a, b in chunks), unit="product", desc="specialists",
-                      enabled=progress) as bar:
-        for a, b in chunks:
-            part = chunk_of(a, b)  # one load of the core's chunk, and one reading per product, for all
-            read: dict[int, ProductReading] = {}
-            for spec in specialists:
-                if (a, b) not in todo[spec.name]:
-                    continue
-                folder = out_dir / spec.name
-                mask = guarded_gate(spec, part, taxonomy)
-                result = None
-                if mask is not None:
-                    rows = np.flatnonzero(mask)
-                    wanted = positions[a + rows]
-                    new = np.array([p for p in wanted if int(p) not in read], np.int64)
-                    read.update(zip(new.tolist(), read_products(catalog, new, engine, cache, needs), strict=True))
-                    readings = [read[int(p)] for p in wanted]
-                    result = _score_chunk(spec, readings, a + rows, folder, a, b, taxonomy)
-                if result is None:
-                    write_json_atomic(failed_path(folder, a, b), {"specialist": spec.name, "chunk": [a, b]})
-                    summary.failed_chunks.setdefault(spec.name, []).append((a, b))
-                    continue
-                summary.scored[spec.name] += result
-                if failed_path(folder, a, b).exists():
-                    failed_path(folder, a, b).unlink()
-                    summary.recovered_chunks.append((a, b))
-            bar.update(b - a)
-    return summary
+class SpecialistScorer:
+    """The fitted ``specialists`` scoring, chunk by chunk, the products of a core ranking their gates let
+    through, into ``out_dir/NAME/part-*.npz``; the covers read by the OCR ``engine`` through ``cache``.
+    Every call into a plugin is guarded (``etalage.specialists.guard``)."""
+
+    def __init__(self, specialists: list[Specialist], taxonomy, out_dir: str | Path, engine=None, cache=None):
+        self.specialists, self.taxonomy, self.out_dir = specialists, taxonomy, Path(out_dir)
+        self.engine, self.cache = engine, cache
+        self.needs = needs_of(specialists)
+
+    def claim(self, n_products: int, chunk: int, producer: str | None) -> None:
+        """Each specialist's folder and its ``meta.json`` (what fusion and explain read back)."""
+        for spec in self.specialists:
+            (self.out_dir / spec.name).mkdir(parents=True, exist_ok=True)
+            _write_meta(self.out_dir / spec.name, spec, n_products, chunk, producer)
+
+    def todo(self, rows: tuple[int, int]) -> bool:
+        return not all(part_done(self.out_dir / s.name, rows) for s in self.specialists)
+
+    def score(self, part: CoreRanking, catalog: Catalog, positions: np.ndarray, rows: tuple[int, int]) -> ChunkScore:
+        """Chunk ``rows`` = (a, b): ``part`` is the core ranking of rows a..b, ranking row r the product at
+        ``positions[r]`` of ``catalog``. One reading per product for all the specialists."""
+        a, b = rows
+        done = ChunkScore()
+        read: dict[int, ProductReading] = {}
+        for spec in self.specialists:
+            folder = self.out_dir / spec.name
+            if part_done(folder, rows):
+                continue
+            mask = guarded_gate(spec, part, self.taxonomy)
+            result = None
+            if mask is not None:
+                gated = np.flatnonzero(mask)
+                wanted = positions[a + gated]
+                new = np.array([p for p in wanted if int(p) not in read], np.int64)
+                read.update(zip(new.tolist(), read_products(catalog, new, self.engine, self.cache, self.needs),
+                                strict=True))
+                result = _score_chunk(spec, [read[int(p)] for p in wanted], a + gated, folder, a, b, self.taxonomy)
+            if result is None:
+                write_json_atomic(failed_path(folder, a, b), {"specialist": spec.name, "chunk": [a, b]})
+                done.failed.append(spec.name)
+                continue
+            done.scored[spec.name] = result
+            if failed_path(folder, a, b).exists():
+                failed_path(folder, a, b).unlink()
+                done.recovered = True
+        return done
 
 
 def _score_chunk(spec: Specialist, readings: list[ProductReading], rows: np.ndarray, folder: Path, a: int, b: int,

@@ -18,7 +18,9 @@ import numpy as np
 
 from etalage.specialists.base import Specialist
 from etalage.specialists.guard import PluginFault, validate_output
-from etalage.specialists.readings import make_reading  # also for plugin authors: etalage.specialists.testing.make_reading
+from etalage.specialists.readings import (
+    make_reading,  # also for plugin authors: etalage.specialists.testing.make_reading
+)
 
 WORDS = ("amour maison jardin histoire cuisine voyage guerre soleil nuit hiver mer montagne ville chemin forest river "
          "castle dragon secret silence memory light shadow star sky earth fire water wind stone queen king prince")

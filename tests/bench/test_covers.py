@@ -7,7 +7,7 @@ from etalage.bench.covers import genre_taxonomy, title_word_recall
 from etalage.catalog.listings import read_listing
 from etalage.cli import main
 from etalage.errors import DataError
-from etalage.ocr.base import TextBox, box_quad
+from etalage.ocr.boxes import TextBox, box_quad
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from etalage.catalog import Catalog, Taxonomy
 from etalage.catalog.submission import read_id_category_csv
 from etalage.core.predict import CorePredictor
 from etalage.errors import ConfigError
-from etalage.fusion.model import FusionModel, assemble, feature_groups
+from etalage.fusion.model import Evidence, FusionModel, assemble, feature_groups
 from etalage.fusion.signals import TrainingSignals
 from etalage.fusion.table import CORE_FEATURE_NAMES, CandidateTable
 
@@ -34,7 +34,7 @@ def test_fusion_beats_the_core_on_test(kind, tiny_run, synth_dir, tmp_path):
     rank_train = predictor.predict_catalog(train, tmp_path / "p_train", topk=5, picture_topk=3, progress=False)
     rank_val = rank_train.take(val)
     md5_v, owner_v = _pictures(train, train_md5, val)
-    table_v = assemble(rank_val, tax, signals, md5_v, owner_v, training_queries=True, own_classes=labels[val])
+    table_v = assemble(rank_val, tax, signals, Evidence(md5_v, owner_v), own_classes=labels[val])
     names = tuple(CORE_FEATURE_NAMES) + signals.feature_names
     groups = feature_groups(tuple(table_v.features))
     assert groups["core"] == list(CORE_FEATURE_NAMES) and groups["id"][-1] == "class_frequency"
@@ -45,7 +45,7 @@ def test_fusion_beats_the_core_on_test(kind, tiny_run, synth_dir, tmp_path):
     rank_test = predictor.predict_catalog(test, tmp_path / "p_test", topk=5, picture_topk=3, progress=False)
     test_md5 = _md5(test, tmp_path)
     md5_t, owner_t = _pictures(test, test_md5, np.arange(len(test)))
-    table_t = assemble(rank_test, tax, signals, md5_t, owner_t)
+    table_t = assemble(rank_test, tax, signals, Evidence(md5_t, owner_t))
     truth = tax.indices_of(read_id_category_csv(synth_dir / "test_labels.csv")[1])
     fused = model.predict(table_t, len(test))
     core_acc = (rank_test.top1() == truth).mean()

@@ -3,7 +3,8 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from etalage.ocr.base import OcrEngine, TextBox, box_quad
+from etalage.ocr.base import OcrEngine
+from etalage.ocr.boxes import TextBox, box_quad
 from etalage.ocr.cache import OcrCache, read_cached
 from etalage.ocr.features import PICTURE_FEATURE_NAMES, SUMMARY_NAMES, picture_features
 

@@ -24,7 +24,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def audited(fold_sets, synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit") / "a"
     assert main(["audit", "--run", str(fold_sets / "a"), "--data", str(synth_dir / "train.bson"), "--out", str(out),
-                 "--top", "12", "--workers", "0", "-q"]) == 0
+                 "--limit", "12", "--workers", "0", "-q"]) == 0
     return out
 
 

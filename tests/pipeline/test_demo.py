@@ -22,7 +22,7 @@ def test_submit_covers_every_test_product_in_order(tiny_run, synth_dir, tmp_path
 
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--products", "240", "--minutes", "0.3", "--backbone", "test_efficientnet",
+    argv = ["demo", "--out", str(out), "--products", "240", "--max-minutes", "0.3", "--backbone", "test_efficientnet",
             "--weights", "none", "--picture-size", "48", "--crop", "40", "--ocr-engine", "tesseract",
             "--specialist-train", "30", "-q"]
     assert main(argv) == 0

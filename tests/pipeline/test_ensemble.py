@@ -88,7 +88,7 @@ def test_runs_that_cannot_be_combined_are_one_line(fold_sets, tiny_run, synth_di
 
 def test_id_order_share_tells_ids_numbered_by_category_and_without_names_bad_signals():
     from etalage.errors import ConfigError
-    from etalage.pipeline.fit import check_without, id_order_share
+    from etalage.fusion.signals import check_without, id_order_share
 
     labels = np.repeat(np.arange(20), 50)
     assert id_order_share(np.arange(1000), labels) > 0.95, "numbered category by category"

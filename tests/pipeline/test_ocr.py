@@ -4,9 +4,10 @@ import pytest
 
 from etalage.catalog import Catalog, Taxonomy
 from etalage.cli import main
+from etalage.compute import Compute
 from etalage.errors import ConfigError
 from etalage.ocr.cache import OcrCache
-from etalage.pipeline.ocr import run_ocr, select_products
+from etalage.pipeline.ocr import OcrJob, run_ocr, select_products
 
 
 def test_ocr_command_fills_the_cache_and_resumes(synth_dir, tmp_path, capsys):
@@ -33,7 +34,8 @@ def test_corrupt_pictures_are_counted(tmp_path, synth_dir):
     docs = [{"_id": 5, "imgs": [{"picture": b"\xff\xd8 broken"}, {"picture": good}], "category_id": int(books[0])}]
     path = tmp_path / "t.bson"
     path.write_bytes(b"".join(bson.encode(d) for d in docs))
-    s = run_ocr(path, ["LIBRAIRIE"], tax, engine_name="tesseract", cache_path=tmp_path / "c.sqlite", progress=False)
+    s = run_ocr(path, tax, OcrJob(["LIBRAIRIE"], "tesseract", cache_path=tmp_path / "c.sqlite"),
+                Compute(progress=False))
     assert (s.products, s.pictures, s.read, s.unreadable) == (1, 2, 1, 1)
     assert s.unreadable_examples == [(5, 0)]
 

@@ -92,7 +92,7 @@ def test_ray_submission_and_parts_equal_the_local_engines(fitted, synth_dir, loc
     _same_parts(tmp_path / "s_work", local_chunked / "s_work")
     import json
 
-    stats = json.loads((tmp_path / "s_work" / "ray_stats.json").read_text())
+    stats = json.loads((tmp_path / "s_work" / "engine_stats.json").read_text())
     n = sum(1 for _ in open(local_chunked / "s.csv")) - 1
     assert stats["stages"]["core"]["chunks_worked"] == _chunks(synth_dir, CHUNK) >= 3
     assert stats["stages"]["fusion"]["products"] == n
@@ -150,26 +150,22 @@ def test_a_killed_driver_continues_with_the_same_command(fitted, synth_dir, loca
     assert len(list((work / "fused").glob("part-*.npz"))) == total
     import json
 
-    stats = json.loads((work / "ray_stats.json").read_text())
+    stats = json.loads((work / "engine_stats.json").read_text())
     assert stats["stages"]["fusion"]["chunks_worked"] == total - len([p for p in before if p.parent.name == "fused"])
 
 
 def test_a_failing_plugin_is_contained_in_its_chunk(fitted_pipeline, tmp_path, monkeypatch):
-    """The specialists actor's step (run here in-process): a plugin failing on a chunk costs that chunk,
-    with the guard's warning carried back to the driver, and its next try recovers it (fusion redoes it)."""
-    import json
+    """The specialists stage's step (what every actor runs, here in-process): a plugin failing on a chunk costs
+    that chunk, with the guard's warning in the report the driver raises again, and its next try recovers it
+    (so that fusion redoes it)."""
     import shutil
     import warnings
 
     from etalage.catalog import Catalog
-    from etalage.pipeline.ray_engine import (
-        PortableCatalog,
-        RunStats,
-        SpecialistsActor,
-        SpecialistsJob,
-        _warn_back,
-    )
-    from etalage.pipeline.stages import PredictPlan
+    from etalage.pipeline.engine import warn_back
+    from etalage.pipeline.plan import PredictPlan
+    from etalage.pipeline.stages import FusionInputs, FusionStage, SpecialistsJob, SpecialistsStage
+    from etalage.pipeline.workdir import WorkDir
     from etalage.specialists.books import BooksSpecialist
 
     fitted, synth_dir, sub_work = fitted_pipeline
@@ -180,28 +176,34 @@ def test_a_failing_plugin_is_contained_in_its_chunk(fitted_pipeline, tmp_path, m
     n = len(cat)
     tag = f"000000000-{n:09d}"
     (work / "specialists" / "books" / f"part-{tag}.npz").unlink()
-    job = SpecialistsJob(plan.specialists, plan.specialist_names, fitted / "ocr.sqlite", PortableCatalog.of(cat),
-                         plan.taxonomy(), work / "core", work / "specialists", "etalage submit ...", 4096)
-    batch = {"a": np.array([0]), "b": np.array([n]), "read_info": np.array(["{}"]), "core_info": np.array(["{}"])}
+    job = SpecialistsJob(plan.specialists, plan.specialist_names, fitted / "ocr.sqlite", work / "core",
+                         work / "specialists", producer="etalage submit ...")
+    stage = SpecialistsStage(cat, job, plan.taxonomy())
+    assert stage.todo((0, n), {})
 
     def boom(self, readings):
         raise ConnectionError("the cover service is down")
 
     monkeypatch.setattr(BooksSpecialist, "predict", boom)
-    info = json.loads(SpecialistsActor(job, 1)(batch)["spec_info"][0])
-    assert info["failed"] == {"books": 1} and not info["recovered"]
-    assert any("specialist 'books' failed in predict" in w and "ConnectionError" in w for w in info["warnings"])
+    stage.open(1)
+    report = stage.run((0, n))
+    stage.close()
+    assert report["failed"] == ["books"] and not report["recovered"]
+    assert any("specialist 'books' failed in predict" in w and "ConnectionError" in w for w in report["warnings"])
     assert (work / "specialists" / "books" / f"failed-{tag}.json").exists()
-    stats = RunStats()
-    stats.add_row({**{k: v[0] for k, v in batch.items()}, "spec_info": json.dumps(info)})
     with pytest.warns(UserWarning, match="specialist 'books' failed in predict"):
-        _warn_back(stats.warnings)
+        warn_back(report)
     monkeypatch.undo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        info = json.loads(SpecialistsActor(job, 1)(batch)["spec_info"][0])
-    assert info["recovered"] and info["failed"] == {} and info["scored"]["books"] > 0
+        stage.open(1)
+        report = stage.run((0, n))
+        stage.close()
+    assert report["recovered"] and report["failed"] == [] and report["scored"]["books"] > 0
     assert not (work / "specialists" / "books" / f"failed-{tag}.json").exists()
+    fusion = FusionStage(FusionInputs(plan, WorkDir(work), cat, plan.taxonomy(), None))
+    assert fusion.todo((0, n), {"specialists": report}), "a chunk fused without a specialist is fused again"
+    assert not fusion.todo((0, n), {})
 
 
 def test_predict_and_ocr_on_ray(tiny_run, synth_dir, ray_cluster, tmp_path):
@@ -227,17 +229,21 @@ def test_predict_and_ocr_on_ray(tiny_run, synth_dir, ray_cluster, tmp_path):
     assert n > 0
 
 
-def test_the_layout_leaves_cpu_for_the_read_and_fusion_tasks():
-    """A GPU node with few cores: the actors' reservations shrink so the tasks can start (else it hangs)."""
+def test_the_layout_leaves_cpu_for_the_read_tasks():
+    """A GPU node with few cores: the actors' reservations shrink so the read tasks can start (else it hangs)."""
     from etalage.errors import ConfigError
-    from etalage.pipeline.ray_engine import Layout
+    from etalage.pipeline.ray_engine import READ_CPUS, Layout, Placement
 
-    lay = Layout(nodes=1, cpus=2.0, gpus=1.0, core_actors=1, core_gpus=1.0, core_cpus=1.0, specialist_actors=1,
-                 specialist_cpus=1.0, fusion_tasks=2, fusion_cpus=0.5).fitted()
-    free = lay.cpus - lay.fusion_tasks * lay.fusion_cpus - 2 * lay.read_cpus
-    assert lay.core_actors * lay.core_cpus + lay.specialist_actors * lay.specialist_cpus <= free + 1e-9
-    assert lay.core_cpus > 0 and lay.specialist_cpus > 0
-    roomy = Layout(nodes=1, cpus=16.0).fitted()
-    assert roomy.core_cpus == Layout().core_cpus, "nothing changes where there is room"
+    lay = Layout(nodes=1, cpus=2.0, gpus=1.0, stages={"core": Placement(1, 1.0, 1.0, 2),
+                                                       "specialists": Placement(1, 1.0, 0.0, 2),
+                                                       "fusion": Placement(2, 0.5, 0.0, 1)}).fitted()
+    held = sum(p.actors * p.cpus for p in lay.stages.values())
+    assert held <= lay.cpus - 2 * READ_CPUS + 1e-9 and all(p.cpus > 0 for p in lay.stages.values())
+    roomy = Layout(nodes=1, cpus=16.0, stages={"core": Placement(1, 0.25, 0.0, 16)}).fitted()
+    assert roomy.stages["core"].cpus == 0.25, "nothing changes where there is room"
     with pytest.raises(ConfigError, match="leave nothing"):
-        Layout(nodes=1, cpus=1.0, fusion_tasks=2, fusion_cpus=0.5).fitted()
+        Layout(nodes=1, cpus=0.05).fitted()
+    roomy.force({"core.actors": 3})
+    assert roomy.stages["core"].actors == 3
+    with pytest.raises(ConfigError, match="unknown Ray layout setting 'fusion.actors'"):
+        roomy.force({"fusion.actors": 2})

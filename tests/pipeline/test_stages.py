@@ -128,7 +128,7 @@ def test_fusion_report_ablation_and_chart(fitted, tmp_path, capsys):
 
 
 def test_fusion_predict_writes_ranked_top5(fitted, synth_dir, tmp_path):
-    from etalage.pipeline.stages import load_fused
+    from etalage.pipeline.predict import load_fused
     from etalage.pipeline.workdir import WorkDir
 
     work = tmp_path / "w"

@@ -4,8 +4,8 @@ import pytest
 from etalage.errors import ConfigError
 from etalage.specialists import create_specialist
 from etalage.specialists.encoders import letterbox, normalise
-from etalage.synth import default_taxonomy
 from etalage.specialists.testing import make_reading
+from etalage.synth import default_taxonomy
 
 VOCAB = {0: "dragon chateau royaume", 1: "cuisine recettes gateaux", 2: "physics chemistry lessons",
          3: "voyage ocean island"}

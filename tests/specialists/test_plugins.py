@@ -12,8 +12,8 @@ from etalage.errors import ConfigError
 from etalage.specialists import create_specialist, discover, plugins, shadowed
 from etalage.specialists.guard import check_fitted, guarded_gate, guarded_predict
 from etalage.specialists.runner import load_fitted
-from etalage.synth import default_taxonomy
 from etalage.specialists.testing import check_specialist, make_reading
+from etalage.synth import default_taxonomy
 
 
 def _music_data(n=6):
