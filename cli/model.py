@@ -10,6 +10,7 @@ from etalage.cli.options import (
     compute_options,
     engine_of,
     engine_options,
+    id_prior_of,
     leaf,
     pipeline_options,
     save_resolved,
@@ -227,7 +228,8 @@ def job_settings(args):
     from etalage.chunks import parse_shard
     from etalage.pipeline.predict import JobSettings
 
-    return JobSettings(parse_shard(args.shard), args.chunk, Path(args.ocr_cache) if args.ocr_cache else None)
+    return JobSettings(parse_shard(args.shard), args.chunk, Path(args.ocr_cache) if args.ocr_cache else None,
+                       id_prior=id_prior_of(args))
 
 
 def cmd_submit(args) -> int:

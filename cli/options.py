@@ -115,6 +115,12 @@ def pipeline_options(p) -> None:
     p.add_argument("--topk", type=int, default=20, help="core top-K (core-only submissions)")
     p.add_argument("--tta", choices=TTA_MODES, help="core test-time augmentation (unset: the fusion model's, "
                                                     "else none)")
+    p.add_argument("--with", dest="with_signals", choices=("id",),
+                   help="id: fuse with the product-id prior even where the test ids do not interleave with the "
+                        "training ids (unset: decided from the ids, said on the terminal and in WORK/id_prior.json)")
+    p.add_argument("--without", dest="without_signals", choices=("id",),
+                   help="id: fuse with the model fitted without id features (there when the training ids looked "
+                        "numbered category by category)")
     compute_options(p)
     engine_options(p)
 
@@ -170,3 +176,12 @@ def save_resolved(args, path) -> None:
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write("# resolved options of this command; rerun with --config this-file (flags given after it win)\n")
         yaml.safe_dump(settings, fh, sort_keys=False, allow_unicode=True)
+
+
+def id_prior_of(args) -> str:
+    """``auto``, ``with`` or ``without`` (``--with id`` / ``--without id``)."""
+    from etalage.errors import ConfigError
+
+    if args.with_signals and args.without_signals:
+        raise ConfigError("--with id and --without id: one or the other")
+    return "with" if args.with_signals else "without" if args.without_signals else "auto"

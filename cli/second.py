@@ -119,6 +119,9 @@ def _add_fusion_fit(fusion, handlers: dict) -> None:
                    help="comma-separated signal groups the reranker is not given (ensemble, neighbours, hash, id, "
                         "specialists): e.g. id where product ids were numbered category by category (fit warns "
                         "when they look so), which would leak training labels and mean nothing for test products")
+    p.add_argument("--with", dest="with_signals", choices=("id",),
+                   help="id: the test products' ids will interleave with these, so fit no model without id "
+                        "features (by default one is fitted too where the ids look numbered category by category)")
     p.add_argument("--specialists", metavar="SPECS", help="fitted specialists (`etalage specialists fit`)")
     p.add_argument("--names", help="comma-separated specialists to use (default: every one fitted in SPECS)")
     p.add_argument("--kind", default="auto", choices=("auto", "ranker", "binary"),
@@ -197,7 +200,7 @@ def cmd_fusion_fit(args) -> int:
     cfg = FusionFitConfig(list(args.run), Path(args.train), Path(args.out), args.specialists,
                           names_of(args.names) or None, args.kind, args.topk, args.tta, args.neighbours,
                           args.ocr_cache, args.seed, parse_key_values(args.settings, "--set"),
-                          tuple(names_of(args.without)))
+                          tuple(names_of(args.without)), with_id=args.with_signals == "id")
     t0 = time.perf_counter()
     with engine_of(args) as engine:
         fit = fit_fusion(cfg, compute_of(args), engine)
@@ -212,6 +215,11 @@ def cmd_fusion_fit(args) -> int:
         print(f"  second-level baselines on the same products: runs {runs}; plain mean {base['plain_mean']:.4f}; "
               f"weighted mean {base['weighted_mean']:.4f}; weighted geometric mean {base['weighted_geomean']:.4f} "
               f"(weights out of fold)")
+    if fit.without_id:
+        alt = fit.without_id
+        print(f"  the ids look numbered category by category: also fitted without id features ({alt['kind']}, "
+              f"{alt['trees']} trees) -> {alt['folder']}; prediction uses it where the test ids do not interleave "
+              f"with the training ids (--with id / --without id force the choice)")
     print(f"  report: {Path(args.out) / 'fit_report.json'}")
     return 0
 

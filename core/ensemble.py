@@ -85,6 +85,7 @@ def _safe_name(name: str) -> str:
 def open_models(paths: list[str | Path]) -> list[CoreModel]:
     """The core models of ``fusion fit --run A --run B ...`` (unique names), checked compatible."""
     models = [CoreModel.open(p) for p in paths]
+    check_not_loose_folds(models)
     seen: dict[str, int] = {}
     for m in models:
         seen[m.name] = seen.get(m.name, 0) + 1
@@ -92,6 +93,21 @@ def open_models(paths: list[str | Path]) -> list[CoreModel]:
             m.name = f"{m.name}_{seen[m.name]}"
     check_compatible(models)
     return models
+
+
+def check_not_loose_folds(models: list[CoreModel]) -> None:
+    """Fold runs trained one by one (``train --folds K --fold i --out runs/fI``, the way to spread folds over
+    machines) and given as separate ``--run``s are one model, not K: say how to make them the fold set they are
+    (one folder holding fold0 ... foldK-1), instead of refusing them as runs that hold out different products."""
+    loose = [m for m in models if not m.is_folds and m.config().get("folds")]
+    if len(loose) < 2:  # one fold run alone is an honest single run on its own fold
+        return
+    cfg = loose[0].config()
+    k, folder = int(cfg["folds"]), loose[0].path.parent / "folds"
+    moves = " && ".join(f"mv {m.path} {folder}/fold{m.config().get('fold')}" for m in loose)
+    raise ConfigError(f"{', '.join(str(m.path) for m in loose)}: fold runs of a {k}-fold split trained one by one; "
+                      f"together they are one model: put all {k} in one folder as fold0 ... fold{k - 1} "
+                      f"(mkdir -p {folder} && {moves}) and pass --run {folder}")
 
 
 def check_compatible(models: list[CoreModel]) -> None:

@@ -52,6 +52,12 @@ class FusionDir(Folder):
         return self.neighbours_dir / f"run{run}"
 
     @property
+    def without_id(self) -> FusionDir:
+        """The model fitted without the product-id features, beside the main one, where the training ids looked
+        numbered category by category: prediction uses it where the test ids do not interleave with them."""
+        return FusionDir(self.path / "without_id")
+
+    @property
     def exists(self) -> bool:
         return self.model_file.exists() and self.meta_file.exists()
 
@@ -98,10 +104,12 @@ class FusionPlan:
     lgb_chosen: dict = field(default_factory=dict)
     run_names: list[str] = field(default_factory=list)   # each core model's column prefix (several runs)
     neighbours: int = 0                                  # embedding neighbours per product (0: none)
+    id_interleave: float | None = None  # how fusion's own products' ids interleave with the training ids, where a
+                                        # model without id features was fitted too (``id_interleave_share``)
     extra: dict = field(default_factory=dict)
 
     KNOWN = ("run", "runs", "train", "specialists", "specialist_names", "topk", "tta", "ks", "train_stamp",
-             "lgb_params", "lgb_chosen", "run_names", "neighbours")
+             "lgb_params", "lgb_chosen", "run_names", "neighbours", "id_interleave")
 
     @classmethod
     def build(cls, folder: FusionDir, runs: list[str | Path], train: str | Path, specialists: str | Path | None,
@@ -125,7 +133,8 @@ class FusionPlan:
                 "ks": list(self.ks), "train_stamp": dict(self.train_stamp), "lgb_params": dict(self.lgb_params),
                 "lgb_chosen": dict(self.lgb_chosen),
                 **({"run_names": list(self.run_names)} if len(self.runs) > 1 else {}),
-                **({"neighbours": self.neighbours} if self.neighbours else {}), **self.extra}
+                **({"neighbours": self.neighbours} if self.neighbours else {}),
+                **({"id_interleave": self.id_interleave} if self.id_interleave is not None else {}), **self.extra}
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str | Path = "fusion.json") -> FusionPlan:
@@ -138,6 +147,7 @@ class FusionPlan:
                        [int(k) for k in cfg["ks"]], dict(cfg.get("train_stamp") or {}),
                        dict(cfg.get("lgb_params") or {}), dict(cfg.get("lgb_chosen") or {}),
                        [str(n) for n in cfg.get("run_names") or []], int(cfg.get("neighbours") or 0),
+                       None if cfg.get("id_interleave") is None else float(cfg["id_interleave"]),
                        {k: v for k, v in cfg.items() if k not in cls.KNOWN})
         except (KeyError, TypeError, ValueError) as exc:
             raise StageOutputError(f"{source}: unreadable settings ({type(exc).__name__}: {exc}); refit with "

@@ -271,3 +271,26 @@ def ids_look_ordered(product_ids: np.ndarray, labels: np.ndarray) -> tuple[bool,
     chance), with the share and the chance share."""
     share, chance = id_order_share(product_ids, labels), chance_share(labels)
     return share > max(ID_ORDER_WARN, 3 * chance), share, chance
+
+
+def id_interleave_share(query_ids: np.ndarray, train_ids: np.ndarray, queries_are_training: bool = False) -> float:
+    """Share of ``query_ids`` with a training id close on each side (within ten times the median gap between
+    neighbouring training ids): where the id prior sees the training products around a product. About 1 for
+    products numbered among the training ones (Cdiscount's test set; fusion's own held-out products, each
+    measured without itself: ``queries_are_training``), about 0 for new listings numbered after them (a
+    catalogue's next batch, GroceryStore's test part)."""
+    t = np.unique(np.asarray(train_ids, np.int64))
+    q = np.asarray(query_ids, np.int64)
+    if len(t) < 3 or not len(q):
+        return 0.0
+    limit = 10 * max(1.0, float(np.median(np.diff(t))))
+    left_at = np.searchsorted(t, q, side="left") - 1
+    right_at = np.searchsorted(t, q, side="right")
+    if not queries_are_training:  # a test id equal to a training id is between its neighbours too
+        right_at = np.where((left_at + 1 < len(t)) & (t[np.minimum(left_at + 1, len(t) - 1)] == q), left_at + 1,
+                            right_at)
+    ok = (left_at >= 0) & (right_at < len(t))
+    near = np.zeros(len(q), bool)
+    li, ri = left_at[ok], right_at[ok]
+    near[ok] = (q[ok] - t[li] <= limit) & (t[ri] - q[ok] <= limit)
+    return float(near.mean())

@@ -22,7 +22,7 @@ from etalage.files import write_json_atomic
 from etalage.fusion.folder import FusionDir, FusionPlan
 from etalage.fusion.model import FusionModel, feature_groups
 from etalage.fusion.report import coverage, ensemble_baselines, save_table
-from etalage.fusion.signals import check_without, ids_look_ordered
+from etalage.fusion.signals import check_without, id_interleave_share, ids_look_ordered
 from etalage.ocr.cache import default_cache_path
 from etalage.options import RERANKER_KINDS
 from etalage.pipeline.engine import Engine, LocalEngine
@@ -115,6 +115,7 @@ class FusionFitConfig:
     seed: int = 0
     lgb_params: dict = field(default_factory=dict)
     without: tuple[str, ...] = ()
+    with_id: bool = False  # --with id: the test ids will interleave with these; no model without id features
 
 
 @dataclass
@@ -144,6 +145,8 @@ class FusionFit:
     importance: dict
     params: dict = field(default_factory=dict)
     candidates: list = field(default_factory=list)  # every (kind, capacity) scored, with its best trees
+    without_id: dict = field(default_factory=dict)  # the model fitted without id features too (ids looked ordered)
+    id_interleave: float | None = None              # how fusion's products' ids interleave with the training ids
 
     @property
     def share_of_training_products(self) -> float:
@@ -186,9 +189,10 @@ def fit_fusion(cfg: FusionFitConfig, compute: Compute | None = None, engine: Eng
     if ordered and "id" not in without:
         log.warning("%s: %.0f%% of the products sit next to a product of their own category in id order (%.0f%% by "
                     "chance; Cdiscount's sample: 7%%): the ids look numbered category by category, so the product-id "
-                    "prior would learn the labels of training products and mislead on test ones; refit with "
-                    "--without id unless the test products' ids interleave with these", cfg.train, 100 * id_share,
-                    100 * chance)
+                    "prior learns the labels of training products and misleads on test products numbered apart from "
+                    "them; %s", cfg.train, 100 * id_share, 100 * chance,
+                    "kept as asked (--with id)" if cfg.with_id else "a model without id features is fitted too, and "
+                    "prediction uses it where the test ids do not interleave with these")
     t0 = time.perf_counter()
     spec_names = _specialist_names(cfg)
     held = _held_out(cfg, models, catalog, labels, spec_names, folder, compute, engine)
@@ -215,6 +219,10 @@ def fit_fusion(cfg: FusionFitConfig, compute: Compute | None = None, engine: Eng
                                   train_stamp=file_stamp(Path(cfg.train)), lgb_params=cfg.lgb_params,
                                   lgb_chosen=chosen.get("params", {}), run_names=[m.name for m in models],
                                   neighbours=cfg.neighbours)
+    alternative = {}
+    if ordered and "id" not in without and not cfg.with_id:
+        model.plan.id_interleave = id_interleave_share(catalog.product_ids[held.positions], catalog.product_ids, True)
+        alternative = _fit_without_id(table, held.truth, feature_names, spec_names, cfg, model, folder)
     model.save(folder)
     fit = FusionFit(len(held.positions), _held_out_words(models), len(catalog), len(table.owner), len(feature_names),
                     list(without), id_share, ordered, model.kind, chosen["selection"], int(chosen["trees"]),
@@ -222,9 +230,26 @@ def fit_fusion(cfg: FusionFitConfig, compute: Compute | None = None, engine: Eng
                     {m.name: float((r.top1() == held.truth).mean()) for m, r in zip(models, held.per_model, strict=True)},
                     ensemble_baselines(table, held.truth, seed=cfg.seed), coverage(table, held.truth),
                     time.perf_counter() - t0, model.importance(), chosen.get("params", {}),
-                    chosen.get("candidates", []))
+                    chosen.get("candidates", []), alternative, model.plan.id_interleave)
     write_json_atomic(folder.fit_report_file, fit.as_dict())
     return fit
+
+
+def _fit_without_id(table, truth: np.ndarray, feature_names: tuple[str, ...], spec_names: list[str],
+                    cfg: FusionFitConfig, model: FusionModel, folder: FusionDir) -> dict:
+    """The same reranker fitted without the id features, into ``FUSION/without_id`` (its plan the main model's):
+    what prediction uses where the test ids stand apart from the training ids. Returns its summary."""
+    from dataclasses import replace
+
+    id_features = set(feature_groups(tuple(table.features), spec_names).get("id", []))
+    names = tuple(n for n in feature_names if n not in id_features)
+    log.info("      and without the id features (%d features) -> %s", len(names), folder.without_id)
+    kinds = RERANKER_KINDS if cfg.kind == "auto" else (cfg.kind,)
+    alt, chosen = FusionModel.fit_best(table, truth, names, kinds=kinds, seed=cfg.seed, lgb_params=cfg.lgb_params)
+    alt.plan = replace(model.plan)
+    alt.save(folder.without_id)
+    return {"folder": str(folder.without_id), "kind": alt.kind, "features": len(names), "trees": int(chosen["trees"]),
+            "valid_top1_by_kind": chosen["valid_top1_by_kind"]}
 
 
 def _specialist_names(cfg: FusionFitConfig) -> list[str]:

@@ -28,6 +28,7 @@ class PredictPlan:
     ks: list[int]
     tta: str  # the core's test-time augmentation: the model saw its probabilities, test must match
     neighbours: int = 0       # embedding neighbours per product (0: none)
+    id_interleave: float | None = None  # fusion's own products' id interleave (with a model without id features)
 
     @classmethod
     def from_model(cls, model_dir: str | Path, run=None, train=None, specialists=None) -> PredictPlan:
@@ -55,7 +56,8 @@ class PredictPlan:
         names = stored.run_names if len(stored.run_names) == len(paths) else [None] * len(paths)
         models = [CoreModel.open(p, n) for p, n in zip(paths, names, strict=True)]
         return cls(folder, models, pick(train, "train", "--train"), pick(specialists, "specialists", "--specialists"),
-                   list(stored.specialist_names), stored.topk, list(stored.ks), stored.tta, stored.neighbours)
+                   list(stored.specialist_names), stored.topk, list(stored.ks), stored.tta, stored.neighbours,
+                   stored.id_interleave)
 
     @property
     def run(self) -> RunDir:

@@ -20,9 +20,10 @@ from etalage.compute import Compute
 from etalage.core.predict import PredictOptions
 from etalage.core.ranking import CoreRanking
 from etalage.core.rundir import RunDir
-from etalage.errors import DataError, StageOutputError
+from etalage.errors import ConfigError, DataError, StageOutputError
 from etalage.fusion.model import fused_top1
 from etalage.ocr.cache import default_cache_path
+from etalage.options import check_choice
 from etalage.pipeline.engine import Engine
 from etalage.pipeline.plan import PredictPlan
 from etalage.pipeline.stages import (
@@ -53,6 +54,7 @@ class JobSettings:
     chunk: int = DEFAULT_CHUNK
     ocr_cache: Path | None = None
     command: str = "etalage submit"
+    id_prior: str = "auto"  # the product-id prior: auto (where the test ids interleave), with, without (--with id)
 
 
 def predict_core(run: str | Path, data: str | Path, out: str | Path, options: PredictOptions, tta: str = "none",
@@ -127,9 +129,40 @@ def prediction_stages(plan: PredictPlan, job: PredictionJob, work: WorkDir, sett
     else:
         log.info("[3/4] specialists: none in this fusion model")
     signals = training_signals(job.train, job.taxonomy, plan.ks)
-    stages.append(FusionStage(FusionInputs(plan, work, job.catalog, job.taxonomy, signals),
+    model_dir = id_prior_choice(plan, job.catalog.product_ids, job.train.product_ids, settings.id_prior, work)
+    stages.append(FusionStage(FusionInputs(plan, work, job.catalog, job.taxonomy, signals, model_dir),
                               f"[4/4] fusion{job.shard_label} -> {work.fused}"))
     return stages
+
+
+def id_prior_choice(plan: PredictPlan, test_ids: np.ndarray, train_ids: np.ndarray, asked: str = "auto",
+                    work: WorkDir | None = None) -> Path:
+    """Which reranker fuses these products: the plan's, with its id features, where the test ids interleave with the
+    training ids as fusion's own products' did (at least half as often), else the one fitted without them (there
+    when the training ids looked numbered category by category). ``asked``: ``with`` / ``without`` force it. Said on
+    the terminal and in ``WORK/id_prior.json``."""
+    from etalage.files import write_json_atomic
+    from etalage.fusion.signals import id_interleave_share
+
+    check_choice(asked, ("auto", "with", "without"), "the id prior (--with id / --without id)")
+    alternative = plan.model.without_id
+    if not alternative.exists:
+        if asked == "without":
+            raise ConfigError(f"{plan.model} has no model without id features (its training ids did not look "
+                              f"ordered); refit with `etalage fusion fit --without id`")
+        return plan.model.path
+    share = id_interleave_share(test_ids, train_ids)
+    fit_share = plan.id_interleave if plan.id_interleave is not None else 1.0
+    use_id = asked == "with" or (asked == "auto" and share >= 0.5 * fit_share)
+    why = "as asked" if asked != "auto" else (f"{100 * share:.0f}% of the test ids interleave with the training ids, "
+                                              f"{100 * fit_share:.0f}% of fusion's own products' did")
+    log.info("      fusion %s the product-id prior (%s)%s", "uses" if use_id else "does not use", why,
+             "" if use_id else f": the model fitted without id features, {alternative}")
+    if work is not None:
+        write_json_atomic(work.path / "id_prior.json", {"uses_id": use_id, "asked": asked, "test_interleave": share,
+                                                        "fit_interleave": fit_share, "model": str(
+                                                            plan.model.path if use_id else alternative.path)})
+    return plan.model.path if use_id else alternative.path
 
 
 def predict_file(plan: PredictPlan, data: str | Path, work: WorkDir, settings: JobSettings | None = None,

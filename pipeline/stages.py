@@ -350,6 +350,7 @@ class FusionInputs:
     catalog: Catalog
     taxonomy: Taxonomy
     signals: TrainingSignals
+    model_dir: Path | None = None  # the reranker to use: the plan's (None), or its model without id features
 
 
 @dataclass
@@ -360,9 +361,9 @@ class FusionModels:
     indexes: list
 
     @classmethod
-    def load(cls, plan: PredictPlan) -> FusionModels:
+    def load(cls, plan: PredictPlan, model_dir: Path | None = None) -> FusionModels:
         indexes = load_indexes(plan.model, len(plan.models[0].runs)) if plan.neighbours else []
-        return cls(FusionModel.load(plan.model), indexes)
+        return cls(FusionModel.load(model_dir or plan.model), indexes)
 
 
 def chunk_table(inputs: FusionInputs, indexes: list, rows: Rows) -> tuple[CoreRanking, CandidateTable]:
@@ -395,7 +396,7 @@ class FusionStage(Stage):
 
     def open(self, threads: int | None = None) -> None:
         if self.loaded is None:
-            self.loaded = FusionModels.load(self.inputs.plan)
+            self.loaded = FusionModels.load(self.inputs.plan, self.inputs.model_dir)
         self.loaded.model.threads = threads or 0  # LightGBM's threads per call: 0 is every core
 
     def run(self, rows: Rows, chunk=None) -> dict:

@@ -86,3 +86,13 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert message in lines[0]
+
+
+def test_the_cli_reference_in_docs_matches_the_parser():
+    """docs/cli.md is generated from the parser; regenerate it with `python -m etalage.cli.reference > docs/cli.md`."""
+    from pathlib import Path
+
+    from etalage.cli.reference import render
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    assert doc.read_text() == render(), "docs/cli.md is out of date: python -m etalage.cli.reference > docs/cli.md"

@@ -97,3 +97,18 @@ def test_id_order_share_tells_ids_numbered_by_category_and_without_names_bad_sig
     assert check_without(["id", " hash", "id"]) == ("id", "hash")
     with pytest.raises(ConfigError, match="--without idd"):
         check_without(["idd"])
+
+
+def test_fold_runs_given_one_by_one_name_the_fold_set_they_are(fold_sets, synth_dir, tmp_path, capsys):
+    """Folds trained on separate machines (`--fold i --out runs/fI`) and passed as separate --run: one line
+    saying how to make them one model, not the old "they hold out different products"."""
+    import shutil
+
+    for i in range(2):
+        shutil.copytree(fold_sets / "a" / f"fold{i}", tmp_path / f"f{i}")
+    argv = ["audit", "--run", str(tmp_path / "f0"), "--run", str(tmp_path / "f1"), "--data",
+            str(synth_dir / "train.bson"), "--out", str(tmp_path / "audit"), "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "fold runs of a 2-fold split trained one by one" in err and f"--run {tmp_path / 'folds'}" in err
+    assert f"mv {tmp_path / 'f1'} {tmp_path / 'folds'}/fold1" in err
