@@ -27,7 +27,8 @@ ALLOWED = {
     "fusion": {"specialists", "core", "ocr", "catalog", "base"},
     "bench": {"fusion", "specialists", "core", "ocr", "synth", "catalog", "base"},
     "pipeline": {"fusion", "specialists", "core", "ocr", "synth", "catalog", "base"},
-    "cli": {"pipeline", "bench", "fusion", "specialists", "core", "ocr", "synth", "catalog", "base"},
+    "serve": {"pipeline", "fusion", "specialists", "core", "ocr", "synth", "catalog", "base"},
+    "cli": {"serve", "pipeline", "bench", "fusion", "specialists", "core", "ocr", "synth", "catalog", "base"},
 }
 FORBIDDEN = [("etalage.core.predict", "etalage.core.train"), ("etalage.core.ranking", "torch"),
              ("etalage.core.rundir", "torch"), ("etalage.core.config", "torch")]
