@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from etalage.errors import DataError, EtalageError
 from etalage.serve.batching import Batcher, ClassifierFailed, Overloaded
-from etalage.serve.forms import BadRequest, check_pictures, products_of_form, read_listing
+from etalage.serve.forms import BadRequest, check_complete, check_pictures, products_of_form, read_listing
 from etalage.serve.model import Classifier, Proposal
 from etalage.serve.page import page_html
 from etalage.serve.settings import MAX_PICTURES, ServeSettings, size_text
@@ -154,6 +154,7 @@ async def _classify(request: Request, batch: bool) -> list:
     products = settings.max_products if batch else 1
     async with request.form(max_files=products * MAX_PICTURES + 1, max_fields=products * 2 + 1,
                             max_part_size=settings.max_title_chars * 4 + 1024) as form:
+        check_complete(content_type, request.scope.get(BODY_TAIL, b""))
         grouped = products_of_form(form, batch)
         if len(grouped) > settings.max_products:
             raise BadRequest(413, f"{len(grouped)} products in one request; at most {settings.max_products}")
@@ -214,6 +215,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 # the guard: keys, sizes and slow clients, before a byte reaches a route
 
 
+BODY_TAIL = "etalage.body_tail"  # the scope key of the body's last bytes (a cut multipart body lacks its end)
+TAIL_BYTES = 256
+
+
 class _Refused(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -245,7 +250,7 @@ class Guard:
             await send(message)
 
         try:
-            await self.app(scope, self._bounded(receive), tracked_send)
+            await self.app(scope, self._bounded(scope, receive), tracked_send)
         except _Refused as exc:
             if started:  # the response is on its way: nothing more to say to this client
                 log.warning("request on %s cut short: %s", scope["path"], exc)
@@ -268,9 +273,10 @@ class Guard:
                 raise _Refused(413, f"the request body is {size_text(int(length))}; at most "
                                     f"{size_text(self.settings.max_body_bytes)}")
 
-    def _bounded(self, receive):
+    def _bounded(self, scope, receive):
         limit, timeout = self.settings.max_body_bytes, self.settings.read_timeout_s
         state = {"bytes": 0, "done": False, "deadline": None}
+        scope[BODY_TAIL] = b""
 
         async def bounded_receive():
             if state["done"]:  # the body is in: later calls only wait for a disconnect
@@ -287,6 +293,7 @@ class Guard:
                 if state["bytes"] > limit:
                     raise _Refused(413, f"the request body is over {size_text(limit)}")
                 state["done"] = not message.get("more_body", False)
+                scope[BODY_TAIL] = (scope[BODY_TAIL] + message.get("body", b""))[-TAIL_BYTES:]
             return message
 
         return bounded_receive

@@ -17,6 +17,7 @@ from etalage.serve.model import Listing
 from etalage.serve.settings import MAX_PICTURES, ServeSettings, size_text
 
 SINGLE_FIELDS = ("picture", "title", "id")
+BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
 BATCH_FIELD = re.compile(r"^(picture|title|id)\.(\d{1,4})$")
 
 
@@ -26,6 +27,14 @@ class BadRequest(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def check_complete(content_type: str, tail: bytes) -> None:
+    """A multipart body must end with its closing boundary: the parser takes a body cut after any whole part
+    as if it were all, which would answer for a listing without the pictures or title that were lost."""
+    m = BOUNDARY.search(content_type)
+    if m and b"--" + m.group(1).encode("latin-1") + b"--" not in tail:
+        raise BadRequest(400, "the multipart body ends before its closing boundary: the request was cut short")
 
 
 def _is_file(value) -> bool:

@@ -77,3 +77,8 @@ def slow() -> FakeClassifier:
 
 def quick() -> FakeClassifier:
     return FakeClassifier(max_batch=16, per_product_s=0.002)
+
+
+def slower() -> FakeClassifier:
+    """1 s a batch: requests are surely in flight when a test stops the server."""
+    return FakeClassifier(max_batch=8, delay_s=1.0)

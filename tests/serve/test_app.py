@@ -298,3 +298,13 @@ def test_the_page_is_self_contained(serve):
     assert "<form" in text and 'type="file"' in text and "v1/classify" in text
     assert "http://" not in text and "https://" not in text and "<link" not in text and "src=\"" not in text
     assert 'id="key"' not in text, "no key field when the API asks for none"
+
+
+def test_a_body_cut_after_a_whole_part_is_refused(serve):
+    client = serve()
+    head = b'--zz\r\nContent-Disposition: form-data; name="picture"; filename="a.jpg"\r\n\r\n'
+    whole = head + picture(RED) + b'\r\n--zz\r\nContent-Disposition: form-data; name="title"\r\n\r\njazz\r\n--zz--\r\n'
+    headers = {"content-type": "multipart/form-data; boundary=zz"}
+    assert client.post("/v1/classify", content=whole, headers=headers).json()["signals"] == ["core", "title"]
+    r = client.post("/v1/classify", content=whole[: whole.index(b"jazz")], headers=headers)
+    assert r.status_code == 400 and "cut short" in r.json()["error"], "the title was lost: not answered without it"
