@@ -60,7 +60,7 @@ def _read_response(sock) -> bytes:
         while chunk := sock.recv(65536):
             data += chunk
             sock.settimeout(1.0)
-    except (ConnectionResetError, TimeoutError, socket.timeout):
+    except (ConnectionResetError, TimeoutError):
         pass
     return data
 
