@@ -33,7 +33,8 @@ PAGE = """<!doctype html>
   .names .path { display: block; font-weight: 400; color: #666; font-size: 0.85rem; }
   .bar { background: #eee; border-radius: 4px; height: 1.2rem; position: relative; overflow: hidden; }
   .bar span { display: block; height: 100%; background: #2a6fdb; }
-  .bar em { position: absolute; right: 0.4rem; top: 0; font-style: normal; font-size: 0.8rem; line-height: 1.2rem; }
+  .bar em { position: absolute; right: 0.3rem; top: 0.1rem; font-style: normal; font-size: 0.8rem; line-height: 1rem;
+            background: rgba(255, 255, 255, 0.85); padding: 0 0.25rem; border-radius: 3px; }
   #signals { color: #666; font-size: 0.85rem; margin-top: 0.6rem; }
 </style>
 </head>
