@@ -82,3 +82,8 @@ def quick() -> FakeClassifier:
 def slower() -> FakeClassifier:
     """1 s a batch: requests are surely in flight when a test stops the server."""
     return FakeClassifier(max_batch=8, delay_s=1.0)
+
+
+def steady() -> FakeClassifier:
+    """For the Ray Serve test: 50 ms a batch, so requests are in flight when a replica is killed."""
+    return FakeClassifier(max_batch=8, delay_s=0.05)
