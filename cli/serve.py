@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 
@@ -71,7 +72,12 @@ def serve_settings(args):
 def cmd_serve(args) -> int:
     from etalage.serve.model import ModelSource
 
-    source = ModelSource(fusion=args.fusion, run=args.run, ocr_cache=args.ocr_cache, factory=args.classifier)
+    # absolute: Ray Serve replicas load the model from their own working folders
+    source = ModelSource(fusion=_absolute(args.fusion), run=_absolute(args.run), ocr_cache=_absolute(args.ocr_cache),
+                         factory=args.classifier)
+    for flag, path in (("--fusion", args.fusion), ("--run", args.run)):
+        if path and not os.path.isdir(path):
+            raise ConfigError(f"{flag} {path}: no such folder")
     settings = serve_settings(args)
     if args.host not in LOOPBACK and settings.api_key is None:
         log.warning("etalage serve: listening on %s without --api-key-file: whoever reaches this address can "
@@ -79,6 +85,10 @@ def cmd_serve(args) -> int:
     if args.engine == "ray":
         return _serve_on_ray(args, source, settings)
     return _serve_here(args, source, settings)
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
 
 
 def _serve_here(args, source, settings) -> int:

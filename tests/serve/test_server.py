@@ -194,6 +194,7 @@ def test_the_command_without_fastapi_says_what_to_install(monkeypatch, capsys):
 @pytest.mark.parametrize("argv, words", [
     (["--fusion", "a", "--run", "b"], "exactly one of --fusion DIR, --run DIR or --classifier"),
     ([], "exactly one of"),
+    (["--fusion", "/nonexistent/fusion"], "--fusion /nonexistent/fusion: no such folder"),
     (["--classifier", "tests.serve.fakes:quick", "--api-key-file", "/nonexistent/key"], "--api-key-file"),
     (["--classifier", "tests.serve.fakes:quick", "--batch-size", "0"], "--batch-size must be at least 1"),
 ])
@@ -201,3 +202,9 @@ def test_the_command_refuses_bad_options_in_one_line(argv, words, capsys):
     assert main(["serve", *argv, "-q"]) == 1
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1, err
+
+
+def test_the_ray_engine_without_ray_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["serve", "--engine", "ray", "--classifier", "tests.serve.fakes:quick", "-q"]) == 1
+    assert "pip install 'etalage[ray,serve]'" in capsys.readouterr().err
