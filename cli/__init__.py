@@ -1,8 +1,8 @@
 """The ``etalage`` command: parse, call one library function, report.
 
 Each command lives in one of ``cli.data`` (synth, index, hash, info, score), ``cli.model`` (train,
-predict, submit), ``cli.second`` (ocr, specialists, fusion) and ``cli.tools`` (bench, demo,
-explain). Heavy imports (torch, easyocr) happen inside the commands that need them, so the data
+predict, submit), ``cli.second`` (ocr, specialists, fusion), ``cli.tools`` (bench, demo,
+explain) and ``cli.serve`` (serve). Heavy imports (torch, easyocr) happen inside the commands that need them, so the data
 commands start in a fraction of a second. Every command takes ``--config FILE`` (YAML/JSON; flags win)
 and ``-v``/``-q``/``--cache-dir`` before or after its name.
 
@@ -19,11 +19,11 @@ import os
 import sys
 import warnings
 
-from etalage.cli import data, model, second, tools
+from etalage.cli import data, model, second, serve, tools
 from etalage.cli.options import Parser, add_common
 from etalage.errors import EtalageError
 
-GROUPS = (data, model, second, tools)
+GROUPS = (data, model, second, tools, serve)
 
 
 def build_parser() -> tuple[Parser, dict]:

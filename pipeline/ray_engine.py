@@ -71,7 +71,7 @@ class RaySettings:
 
 
 @contextlib.contextmanager
-def _quiet_stderr(enabled: bool):
+def quiet_stderr(enabled: bool):
     """fd 2 silenced (Ray's core prints its log-level line there at start-up)."""
     if not enabled:
         yield
@@ -132,7 +132,7 @@ class RaySession:
             t0 = time.perf_counter()
             kw = dict(logging_level=logging.ERROR if quiet else logging.INFO, log_to_driver=not quiet,
                       runtime_env=settings.runtime_env)
-            with _quiet_stderr(quiet):
+            with quiet_stderr(quiet):
                 if settings.address:
                     self.ray.init(address=settings.address, **kw)
                 else:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up etalage in ./.venv (created or reused): PyTorch, the package with its offline model
-# packages, Ray (--engine ray), the test tools, and Debian's Tesseract (French, English) and Chromium when missing.
+# packages, Ray (--engine ray, Ray Serve), FastAPI and uvicorn (etalage serve), the test tools, and Debian's
+# Tesseract (French, English) and Chromium when missing.
 # Works offline except for the package registries (PyPI, Debian). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ then
   echo "setup: installing $TORCH_SPEC (large; one time)" >&2
   "${PIP[@]}" install $TORCH_SPEC
 fi
-"${PIP[@]}" install -e ".[dev,ray]"  # ray: --engine ray, and the tests of it
+"${PIP[@]}" install -e ".[dev,ray,serve]"  # ray: --engine ray, and the tests of it; serve: etalage serve
 # RapidOCR's wheel carries the PP-OCRv4 ONNX models; --no-deps keeps its opencv-python requirement from
 # clashing with EasyOCR's opencv-python-headless (its other requirements are etalage's own).
 "${PIP[@]}" install --no-deps "rapidocr-onnxruntime==1.4.4"

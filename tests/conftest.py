@@ -102,3 +102,20 @@ def with_plugin(plugin_site, monkeypatch):
     discover.cache_clear()
     yield plugin_site
     discover.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A head and a worker node of 1 CPU each, one for the session (the pipeline's Ray engine and Ray
+    Serve share it); the worker node is the one the engine's tests remove (and re-add)."""
+    import os
+
+    pytest.importorskip("ray", reason="--engine ray needs Ray: pip install 'etalage[ray]' (scripts/setup.sh)")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()

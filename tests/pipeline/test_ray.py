@@ -5,7 +5,6 @@ driver's rerun does not redo the finished chunks); a failing plugin is contained
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -26,19 +25,6 @@ def _chunks(synth_dir, size) -> int:
     from etalage.catalog import Catalog
 
     return -(-len(Catalog.open(synth_dir / "test.bson")) // int(size))
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A head and a worker node of 1 CPU each; the worker node is the one tests remove (and re-add)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
