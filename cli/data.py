@@ -65,7 +65,8 @@ def register(sub, handlers: dict) -> None:
             p.add_argument("--check-categories", action="store_true",
                            help="check category ids against category_names.csv beside the file")
 
-    p = leaf(sub, handlers, ("info",), cmd_info, "products, pictures per product and level-1 distribution of a dump",
+    p = leaf(sub, handlers, ("info",), cmd_info, "products, pictures per product, titles and level-1 distribution of "
+             "a dump",
              config=False)
     p.add_argument("file", metavar="FILE.bson", help="Cdiscount BSON dump")
     p.add_argument("--taxonomy", help="category_names.csv (default: the one beside the file)")
@@ -107,6 +108,9 @@ def synth_options(p: ArgumentParser) -> None:
     p.add_argument("--tail", type=float, default=d.tail, help="Zipf exponent of class sizes (0 = balanced)")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality of drawn pictures")
     p.add_argument("--workers", type=int, help="drawing processes (default: all cores)")
+    p.add_argument("--titles", type=float, nargs="?", const=0.8, default=d.titles, metavar="SHARE",
+                   help="give this share of products a noisy title (class words, brand and colour words), as a "
+                        "catalogue listing has (--titles alone: 0.8; default: none, as in Cdiscount's dumps)")
 
 
 def cmd_synth(args) -> int:
@@ -119,11 +123,13 @@ def cmd_synth(args) -> int:
                       text_strength=args.text_strength, id_run_length=args.id_run_length,
                       duplicate_rate=args.duplicate_rate, placeholder_rate=args.placeholder_rate, tail=args.tail,
                       classes=args.classes, jpeg_quality=args.jpeg_quality, workers=args.workers,
-                      id_drift=args.id_drift, book_covers=args.book_covers, music_covers=args.music_covers)
+                      id_drift=args.id_drift, book_covers=args.book_covers, music_covers=args.music_covers,
+                      titles=args.titles)
     tax = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     t0 = time.perf_counter()
     s = write_synthetic_catalogue(args.out, cfg, tax, progress=not args.quiet)
     real = f", {s['real_covers']} of them real covers" if s["real_covers"] else ""
+    real += f", {s['titles']} titled products" if s["titles"] else ""
     print(f"wrote {s['train']} training and {s['test']} test products ({s['pictures']} pictures{real}, "
           f"{s['classes_used']} classes) to {args.out} in {time.perf_counter() - t0:.1f}s")
     return 0
@@ -180,6 +186,7 @@ def cmd_info(args) -> int:
     print("  pictures per product:")
     for k, c in s.pictures_per_product.items():
         print(f"    {k}: {c:>10,}  {100 * c / s.products:5.1f}%")
+    print(f"  with a title {s.titled:>10,}  ({100 * s.titled / max(1, s.products):.1f}%)")
     if not s.labelled:
         print("  no category_id (a test file)")
         return 0
