@@ -28,16 +28,17 @@ def register(sub, handlers: dict) -> None:
 
     p = leaf(sub, handlers, ("pack",), cmd_pack,
              "pack any catalogue (a listing CSV and its pictures) into a Cdiscount-shaped BSON dump",
-             "Write FILE.bson in Kaggle's layout (_id, imgs: [{picture}], category_id) from a listing with a header "
-             "(_id, category_id, picture; other columns ignored), one row per picture: rows sharing an _id are one "
+             "Write FILE.bson in Kaggle's layout (_id, imgs: [{picture}], category_id; and title, from a title column, "
+             "kept in test dumps too) from a listing with a header (_id, category_id, picture, optional title; other "
+             "columns ignored), one row per picture: rows sharing an _id are one "
              "product's pictures in listing order and must be together. JPEGs are stored as given (each decoded "
              "once to check it), other formats converted to JPEG; --size S letterboxes every picture to SxS on "
              "white (Cdiscount's shape: 180). The taxonomy is written beside the dump as category_names.csv, "
              "where train, submit and score look. --no-labels writes a test dump without categories and its answer "
              "key for `etalage score`. A bad row is one line naming it and nothing is written; --skip-bad counts "
              "and skips bad rows instead.")
-    p.add_argument("--listing", required=True, metavar="L.csv", help="CSV with a header of at least _id,category_id,picture (other columns ignored): one row per "
-                        "picture, a product's rows together")
+    p.add_argument("--listing", required=True, metavar="L.csv", help="CSV with a header of at least _id,category_id,picture (title: the product's, on "
+                        "its first row; other columns ignored): one row per picture, a product's rows together")
     p.add_argument("--images", required=True, metavar="DIR", help="folder the picture column is relative to")
     p.add_argument("--out", required=True, metavar="FILE.bson", help="the dump to write")
     p.add_argument("--taxonomy", metavar="category_names.csv",
