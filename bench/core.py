@@ -303,7 +303,7 @@ def dev_split(set_dir: str | Path, out_dir: str | Path, test_fraction: float = 0
     into ``out_dir`` (kept when already there). ``max_train``: at most this many training products.
     ``test_prefix``: instead, the products whose picture names start with it are the test part (the
     GroceryStore dev part holds its official ``train-`` and ``val-`` photos: its own split)."""
-    from etalage.catalog.pack import pack_listing
+    from etalage.catalog.pack import PackOptions, pack_listing
     from etalage.catalog.split import validation_split
 
     set_dir, out_dir = Path(set_dir), Path(out_dir)
@@ -335,7 +335,7 @@ def dev_split(set_dir: str | Path, out_dir: str | Path, test_fraction: float = 0
             writer.writerow(header)
             for i in chosen:
                 writer.writerows(products[i])
-        pack_listing(listing, set_dir / "images", files[part], taxonomy=set_dir / "category_names.csv", size=size,
-                     labels=part == "train", labels_out=files["labels"] if part == "test" else None,
-                     progress=progress)
+        options = PackOptions(set_dir / "category_names.csv", size, labels=part == "train",
+                              labels_out=files["labels"] if part == "test" else None)
+        pack_listing(listing, set_dir / "images", files[part], options, progress=progress)
     return files

@@ -101,7 +101,7 @@ def _given_prob_ranking(audit_dir: Path, train: Path) -> list[int]:
 def _retrain(listing: Path, drop: set[int], work: Path, name: str, minutes: float, files: dict) -> float:
     """Top-1 on the clean test part of the core trained on ``listing`` less the products ``drop``."""
     from etalage.bench.core import read_listing_rows
-    from etalage.catalog.pack import pack_listing
+    from etalage.catalog.pack import PackOptions, pack_listing
     from etalage.catalog.submission import score_submission
     from etalage.compute import Compute
     from etalage.core.config import TrainConfig
@@ -118,7 +118,7 @@ def _retrain(listing: Path, drop: set[int], work: Path, name: str, minutes: floa
         w.writerows(r for r in rows if int(r[header.index("_id")]) not in drop)
     dump = work / name / "train.bson"
     if not dump.exists():
-        pack_listing(kept, SHARED / "images", dump, taxonomy=files["taxonomy"], size=180, progress=False)
+        pack_listing(kept, SHARED / "images", dump, PackOptions(taxonomy=files["taxonomy"], size=180), progress=False)
     run = RunDir(work / name / "run")
     if not run.finished:
         train(TrainConfig(train=str(dump), out=str(run.path), max_minutes=minutes), progress=False)
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     from bench_core_recipe import prepare
 
     from etalage.catalog import Taxonomy
-    from etalage.catalog.pack import pack_listing
+    from etalage.catalog.pack import PackOptions, pack_listing
     from etalage.files import write_json_atomic
 
     files = prepare("fashion")
@@ -154,8 +154,8 @@ def main(argv=None) -> int:
         flips = flip_listing(listing, tax, work / "flipped_listing.csv", args.seed)
         dump = work / "train.bson"
         if not dump.exists():
-            pack_listing(work / "flipped_listing.csv", SHARED / "images", dump, taxonomy=files["taxonomy"], size=180,
-                         progress=False)
+            pack_listing(work / "flipped_listing.csv", SHARED / "images", dump,
+                         PackOptions(taxonomy=files["taxonomy"], size=180), progress=False)
         report = _folds_and_audit(dump, work, args.minutes, args.folds)
         suspects = _suspect_ids(work / "audit")
         flipped = set(flips)

@@ -47,7 +47,7 @@ def baseline(listing: Path, images: Path, out: Path) -> tuple[float, int, int]:
 
 
 def main() -> int:
-    from etalage.catalog.pack import pack_listing
+    from etalage.catalog.pack import PackOptions, pack_listing
     from etalage.files import write_json_atomic
 
     results = {"machine": f"{platform.machine()}, 2 cores", "sets": {}}
@@ -60,7 +60,7 @@ def main() -> int:
             row = {"pictures": pictures, "baseline_s": base_s, "baseline_pictures_per_s": pictures / base_s,
                    "baseline_mb_per_s": base_bytes / 1e6 / base_s}
             for label, size in (("as_given", None), ("size_180", 180)):
-                rep = pack_listing(src / "listing.csv", src / "images", tmp / label / "out.bson", size=size,
+                rep = pack_listing(src / "listing.csv", src / "images", tmp / label / "out.bson", PackOptions(size=size),
                                    progress=False)
                 row[label] = {"seconds": rep.seconds, "pictures_per_s": rep.pictures_per_s, "mb_per_s": rep.mb_per_s,
                               "ratio_to_baseline": base_s / rep.seconds, "re_encoded": rep.converted}

@@ -10,7 +10,10 @@ turns malformed input into a message naming the offset, product and field.
 
 Files (beside the dump, or in a cache folder when its folder is read-only: see ``catalog.derived``):
 ``FILE.bson.idx.npz`` holds ``products`` and ``pictures`` (structured arrays, dtypes below) and
-``meta`` (JSON: format version, size and mtime of the BSON file it describes).
+``meta`` (JSON: format version, size and mtime of the BSON file it describes); for a dump whose
+documents carry a ``title`` string (``etalage pack`` of a listing with titles, written last in the
+document), also ``titles``: where each product's title lies in the file. A dump without titles
+(Cdiscount's) gets the same index as before, so its index is neither rebuilt nor bigger.
 ``FILE.bson.md5.npz`` (see :func:`hash_pictures`) holds the MD5 of every picture, aligned with
 ``pictures``, and the same stamp. A derived file that is stale (the dump changed), truncated or
 inconsistent with the dump is never trusted: it is rebuilt.
@@ -51,12 +54,17 @@ PICTURE_DTYPE = np.dtype([
     ("offset", "<i8"),  # byte offset of the JPEG bytes in the BSON file
     ("length", "<i4"),
 ])
+TITLE_DTYPE = np.dtype([
+    ("offset", "<i8"),  # byte offset of the title's UTF-8 bytes in the BSON file
+    ("length", "<i4"),  # their length (no terminating zero); 0: the product has no title
+])
 
 _INT32 = struct.Struct("<i")
 _ID_PREFIX = b"\x10_id\x00"
 _IMGS_PREFIX = b"\x04imgs\x00"
 _PICTURE_PREFIX = b"\x05picture\x00"
 _CATEGORY_ELEMENT = b"\x10category_id\x00"
+_TITLE_PREFIX = b"\x02title\x00"
 _FIXED_SIZES = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8,
                 0x13: 16, 0x7F: 0, 0xFF: 0}
 _ELEMENT_TYPES = set(_FIXED_SIZES) | {0x00, 0x02, 0x03, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F}
@@ -86,6 +94,7 @@ class BsonIndex:
     bson_path: Path
     products: np.ndarray
     pictures: np.ndarray
+    titles: np.ndarray | None = None  # TITLE_DTYPE per product; None: no document has a title
 
     def __len__(self) -> int:
         return len(self.products)
@@ -101,16 +110,17 @@ class BsonIndex:
         if not bson_path.exists():
             raise DataError(f"{bson_path}: no such file")
 
-        def check(path: Path, z) -> tuple[np.ndarray, np.ndarray] | str:
+        def check(path: Path, z) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | str:
             meta, products, pictures = json.loads(str(z["meta"])), z["products"], z["pictures"]
+            titles = z["titles"] if "titles" in z.files else None
             if meta.get("version") != INDEX_VERSION or meta.get("bson") != file_stamp(bson_path):
                 return f"{path}: index is stale (the BSON file changed)"
-            if not _consistent(bson_path, products, pictures):
+            if not _consistent(bson_path, products, pictures) or (titles is not None and len(titles) != len(products)):
                 return f"{path}: index does not match the file's documents"
-            return products, pictures
+            return products, pictures, titles
 
-        products, pictures = _load_derived(bson_path, "idx.npz", "index", check, "etalage index", cache_dir)
-        return cls(bson_path, products, pictures)
+        products, pictures, titles = _load_derived(bson_path, "idx.npz", "index", check, "etalage index", cache_dir)
+        return cls(bson_path, products, pictures, titles)
 
     @classmethod
     def open(cls, bson_path: str | Path, known_category_ids: np.ndarray | None = None, progress: bool = False,
@@ -169,15 +179,19 @@ def build_index(bson_path: str | Path, progress: bool = False, known_category_id
         # Not closed explicitly: numpy views of the map may outlive this frame in a traceback,
         # and closing a map with live views raises BufferError; it is unmapped when collected.
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        products, pictures = _scan(mm, size, bson_path, progress)
+        products, pictures, titles = _scan(mm, size, bson_path, progress)
     if len(products) == 0:
         raise DataError(f"{bson_path}: no documents")
     check_unique_ids(bson_path, products)
     if known_category_ids is not None:
         check_categories(bson_path, products, known_category_ids)
     meta = json.dumps({"version": INDEX_VERSION, "bson": file_stamp(bson_path)})
-    save_npz_atomic(index_path_for(bson_path, cache_dir), products=products, pictures=pictures, meta=np.array(meta))
-    return BsonIndex(bson_path, products, pictures)
+    if not titles["length"].any():
+        titles = None  # a dump without titles keeps the index it always had
+    extra = {} if titles is None else {"titles": titles}
+    save_npz_atomic(index_path_for(bson_path, cache_dir), products=products, pictures=pictures, meta=np.array(meta),
+                    **extra)
+    return BsonIndex(bson_path, products, pictures, titles)
 
 
 def check_unique_ids(bson_path: Path, products: np.ndarray) -> None:
@@ -205,9 +219,9 @@ def check_categories(bson_path: Path, products: np.ndarray, known_category_ids: 
                         f"category_id {row['category_id']} is not in the taxonomy")
 
 
-def _scan(mm: mmap.mmap, size: int, path: Path, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _scan(mm: mmap.mmap, size: int, path: Path, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     buf = np.frombuffer(mm, dtype=np.uint8)
-    product_parts, picture_parts = [], []
+    product_parts, picture_parts, title_parts = [], [], []
     n_pictures_so_far = 0
     pos = 0
     with progress_bar(total=size, unit="B", unit_scale=True, desc=f"index {path.name}", enabled=progress) as bar:
@@ -216,17 +230,19 @@ def _scan(mm: mmap.mmap, size: int, path: Path, progress: bool) -> tuple[np.ndar
             if (buf[starts + lengths - 1] != 0).any():
                 bad = int(starts[np.flatnonzero(buf[starts + lengths - 1] != 0)[0]])
                 raise DataError(f"{path}: offset {bad}: not a BSON document (no terminating zero byte)")
-            prods, pics = _fields_of_chunk(mm, buf, starts, lengths, path)
+            prods, pics, titles = _fields_of_chunk(mm, buf, starts, lengths, path)
             prods["first_picture"] += n_pictures_so_far
             n_pictures_so_far += len(pics)
             product_parts.append(prods)
             picture_parts.append(pics)
+            title_parts.append(titles)
             bar.update(end - pos)
             _release(mm, pos, end)
             pos = end
     products = np.concatenate(product_parts) if product_parts else np.zeros(0, PRODUCT_DTYPE)
     pictures = np.concatenate(picture_parts) if picture_parts else np.zeros(0, PICTURE_DTYPE)
-    return products, pictures
+    titles = np.concatenate(title_parts) if title_parts else np.zeros(0, TITLE_DTYPE)
+    return products, pictures, titles
 
 
 def _release(mm: mmap.mmap, start: int, end: int) -> None:
@@ -273,8 +289,32 @@ def _matches(buf: np.ndarray, at: np.ndarray, pattern: bytes) -> np.ndarray:
     return (buf[at[:, None] + np.arange(len(pat))] == pat).all(axis=1)
 
 
-def _fields_of_chunk(mm, buf, starts, lengths, path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``_id``, pictures and ``category_id`` of many documents at once (Kaggle layout)."""
+def _trailing_title(buf: np.ndarray, at: np.ndarray, ends: np.ndarray, fast: np.ndarray) -> np.ndarray:
+    """Length of the string of a ``title`` element that starts at ``at`` and fills the document up to its
+    terminator (``ends - 1``), terminating zero included; 0 where there is no such element."""
+    rest = ends - 1 - at
+    found = fast & (rest >= 12) & _matches(buf, np.where(fast, at, 0), _TITLE_PREFIX)
+    length = np.where(found, _gather_int32(buf, np.where(found, at + 7, 0)), 0)
+    found &= (length >= 1) & (11 + length == rest)
+    found &= buf[np.where(found, at + 10 + length, 0)] == 0
+    return np.where(found, length, 0)
+
+
+def _title_rows(title_at: np.ndarray, title_len: np.ndarray) -> np.ndarray:
+    """``TITLE_DTYPE`` rows of title elements at ``title_at`` with strings of ``title_len`` bytes (zero
+    included; an empty string, or none, is no title)."""
+    titles = np.zeros(len(title_at), TITLE_DTYPE)
+    titled = title_len > 1
+    if not titled.any():
+        return titles
+    titles["offset"] = np.where(titled, title_at + 11, 0)
+    titles["length"] = np.where(titled, title_len - 1, 0)
+    return titles
+
+
+def _fields_of_chunk(mm, buf, starts, lengths, path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read ``_id``, pictures, ``category_id`` and ``title`` of many documents at once (Kaggle layout, an
+    optional title last)."""
     n = len(starts)
     ends = starts + lengths
     fast = lengths >= 26
@@ -284,8 +324,13 @@ def _fields_of_chunk(mm, buf, starts, lengths, path) -> tuple[np.ndarray, np.nda
     arr_end = arr + arr_len
     fast &= (arr_len >= 5) & (arr_end <= ends - 1)
     tail = ends - 1 - arr_end  # bytes between the imgs array and the document's terminator
-    with_cat = fast & (tail == 17) & _matches(buf, np.where(fast, arr_end, 0), _CATEGORY_ELEMENT)
-    fast &= (tail == 0) | with_cat
+    with_cat = fast & (tail >= 17) & _matches(buf, np.where(fast, arr_end, 0), _CATEGORY_ELEMENT)
+    title_at = arr_end + np.where(with_cat, 17, 0)
+    plain = title_at == ends - 1   # Kaggle's layout: nothing after the category (checked first: the common case)
+    title_len = np.zeros(n, np.int64)
+    if (fast & ~plain).any():
+        title_len = _trailing_title(buf, title_at, ends, fast & ~plain)
+    fast &= plain | (title_len > 0)
     # Walk the picture slots "0", "1", ... of every fast document in lockstep.
     pic_off = np.zeros((n, 10), np.int64)
     pic_len = np.zeros((n, 10), np.int64)
@@ -322,12 +367,14 @@ def _fields_of_chunk(mm, buf, starts, lengths, path) -> tuple[np.ndarray, np.nda
     prods["category_id"] = np.where(with_cat & fast, _gather_int32(buf, np.where(with_cat, arr_end + 13, 0)),
                                     NO_CATEGORY)
     prods["n_pictures"] = count
+    titles = _title_rows(title_at, np.where(fast, title_len, 0))
     slow_pictures = {}
     for i in np.flatnonzero(~fast):
-        pid, cat, pics = _walk_document(mm, int(starts[i]), int(lengths[i]), path)
+        pid, cat, pics, title = _walk_document(mm, int(starts[i]), int(lengths[i]), path)
         prods["product_id"][i] = pid
         prods["category_id"][i] = cat
         prods["n_pictures"][i] = len(pics)
+        titles[i] = title
         slow_pictures[int(i)] = pics
     counts = prods["n_pictures"].astype(np.int64)
     prods["first_picture"] = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -343,7 +390,7 @@ def _fields_of_chunk(mm, buf, starts, lengths, path) -> tuple[np.ndarray, np.nda
         first = prods["first_picture"][i]
         for k, (off, ln) in enumerate(plist):
             pics[first + k] = (off, ln)
-    return prods, pics
+    return prods, pics, titles
 
 
 def ranks_within(counts: np.ndarray) -> np.ndarray:
@@ -353,8 +400,10 @@ def ranks_within(counts: np.ndarray) -> np.ndarray:
     return np.arange(total) - starts
 
 
-def _walk_document(mm, start: int, length: int, path: Path) -> tuple[int, int, list[tuple[int, int]]]:
-    """General walker for one document: returns (product id, category id, [(offset, length)])."""
+def _walk_document(mm, start: int, length: int, path: Path
+                   ) -> tuple[int, int, list[tuple[int, int]], tuple[int, int]]:
+    """General walker for one document: returns (product id, category id, [(offset, length)] of its
+    pictures, (offset, length) of its title's bytes, (0, 0) without one)."""
     end = start + length - 1
     where = f"{path}: offset {start}"
     fields = _elements(mm, start + 4, end, where)
@@ -395,7 +444,14 @@ def _walk_document(mm, start: int, length: int, path: Path) -> tuple[int, int, l
             cat = struct.unpack_from("<q", mm, at)[0]
         else:
             raise DataError(f"{where}: category_id is BSON type 0x{typ:02x}, expected an integer")
-    return pid, cat, pictures
+    title = (0, 0)
+    if "title" in fields:
+        typ, at = fields["title"]
+        if typ != 0x02:
+            raise DataError(f"{where}: title is BSON type 0x{typ:02x}, expected a string")
+        size = _INT32.unpack_from(mm, at)[0]
+        title = (at + 4, size - 1) if size > 1 else (0, 0)
+    return pid, cat, pictures, title
 
 
 def _elements(mm, pos: int, end: int, where: str) -> dict[str, tuple[int, int]]:

@@ -1,8 +1,9 @@
 """Random access to the products of a BSON dump through its offset index.
 
 A ``Catalog`` is what every stage holds: ``catalog[i]`` is the i-th product in file order, with
-its id, category and JPEG bytes, read with ``os.pread`` at the offsets of the index. It is safe in
-DataLoader workers: each process opens the file itself, and the descriptor is never pickled.
+its id, category, JPEG bytes and title (catalogue listings have one; Cdiscount's dumps do not), read
+with ``os.pread`` at the offsets of the index. It is safe in DataLoader workers: each process opens
+the file itself, and the descriptor is never pickled.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Product:
     product_id: int
     category_id: int | None
     pictures: list[bytes]
+    title: str | None = None
 
 
 class Catalog:
@@ -112,6 +114,13 @@ class Catalog:
     def has_labels(self) -> bool:
         return self.index.has_labels
 
+    @property
+    def titled(self) -> np.ndarray:
+        """(n_products,) bool: which products have a title (none in a dump without titles)."""
+        if self.index.titles is None:
+            return np.zeros(len(self), bool)
+        return self.index.titles["length"] > 0
+
     def require_labels(self) -> None:
         if not self.has_labels:
             missing = self.product_ids[self.category_ids == NO_CATEGORY]
@@ -147,13 +156,28 @@ class Catalog:
         pics = self.index.pictures[first:first + count]
         return [os.pread(fd, int(n), int(o)) for o, n in zip(pics["offset"], pics["length"], strict=True)]
 
+    def title(self, position: int) -> str | None:
+        """The product's title, None when it has none."""
+        if self.index.titles is None:
+            return None
+        offset, length = (int(v) for v in self.index.titles[position])
+        return os.pread(self._file(), length, offset).decode("utf-8", "replace") if length else None
+
+    def titles(self, positions=None) -> list[str | None]:
+        """The titles of the products at ``positions`` (default: all), None where a product has none."""
+        positions = range(len(self)) if positions is None else positions
+        if self.index.titles is None:
+            return [None] * len(positions)
+        return [self.title(int(p)) for p in positions]
+
     def __getitem__(self, position: int) -> Product:
         if not -len(self) <= position < len(self):
             raise IndexError(f"product position {position} out of range ({len(self)} products)")
         position %= len(self)
         row = self.index.products[position]
         cat = int(row["category_id"])
-        return Product(int(row["product_id"]), None if cat == NO_CATEGORY else cat, self.picture_bytes(position))
+        return Product(int(row["product_id"]), None if cat == NO_CATEGORY else cat, self.picture_bytes(position),
+                       self.title(position))
 
     def get(self, product_id: int) -> Product:
         return self[self.position_of(product_id)]

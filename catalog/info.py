@@ -1,5 +1,5 @@
-"""What ``etalage index`` and ``etalage info`` report about a dump: counts, pictures per product, the
-level-1 distribution. The CLI prints these records."""
+"""What ``etalage index`` and ``etalage info`` report about a dump: counts, pictures per product, titles,
+the level-1 distribution. The CLI prints these records."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class DumpSummary:
     pictures: int
     pictures_per_product: dict[int, int]          # picture count -> products
     labelled: bool
+    titled: int = 0                               # products with a title
     categories_used: int = 0
     level1: dict[str, int] = field(default_factory=dict)  # level-1 name -> products, most first
 
@@ -66,7 +67,8 @@ def describe_dump(path: str | Path, taxonomy: Taxonomy | None = None, progress: 
     n_pics = prods["n_pictures"]
     counts = dict(zip(*(v.tolist() for v in np.unique(n_pics, return_counts=True)), strict=True))
     labelled = prods["category_id"] != NO_CATEGORY
-    summary = DumpSummary(Path(path), len(prods), int(n_pics.sum()), counts, bool(labelled.any()))
+    titled = 0 if idx.titles is None else int((idx.titles["length"] > 0).sum())
+    summary = DumpSummary(Path(path), len(prods), int(n_pics.sum()), counts, bool(labelled.any()), titled)
     if not labelled.any():
         return summary
     cats = prods["category_id"][labelled]

@@ -2,10 +2,12 @@
 pictures become a BSON dump that every other command reads unchanged.
 
 The listing has a header with at least ``_id`` and ``picture`` (a path relative to the pictures folder),
-and ``category_id`` for a labelled dump; other columns (``title``, ...) are ignored. Rows sharing an
-``_id`` are one product's pictures, in listing order, and must follow each other. Documents are written
-in Kaggle's layout and field order (``_id``, ``imgs: [{picture}]``, ``category_id``), so the dump is
-indexed on the fast path whenever its ids fit 32 bits, as Cdiscount's do.
+``category_id`` for a labelled dump, and optionally ``title`` (a product's title is on its first row;
+test dumps keep it too: a catalogue team's new products come with titles); other columns are ignored.
+Rows sharing an ``_id`` are one product's pictures, in listing order, and must follow each other.
+Documents are written in Kaggle's layout and field order (``_id``, ``imgs: [{picture}]``,
+``category_id``) with ``title`` last (left out when empty), so the dump is indexed on the fast path
+whenever its ids fit 32 bits, as Cdiscount's do.
 
 Pictures are stored as given when they are JPEGs (every one is decoded once to prove it reads), other
 formats are converted to JPEG, and ``size`` letterboxes every picture to size x size on white (the
@@ -45,11 +47,12 @@ PRODUCTS_PER_TASK = 64
 
 @dataclass
 class ListingProduct:
-    """One product of a listing: its id, category (None in a test listing) and pictures by line."""
+    """One product of a listing: its id, category (None in a test listing), pictures by line and title."""
 
     product_id: int
     category_id: int | None
     pictures: list[tuple[int, str]]   # (listing line, picture path as written)
+    title: str | None = None          # None: no title column, or an empty title on the product's first row
 
 
 @dataclass
@@ -65,6 +68,7 @@ class PackReport:
     skipped_rows: int = 0
     skipped_products: int = 0
     problems: list[str] = field(default_factory=list)  # the first skipped rows' messages
+    titled: int = 0                        # products written with a title
 
     @property
     def pictures_per_s(self) -> float:
@@ -101,6 +105,7 @@ def read_product_listing(path: str | Path, labels: bool | None, taxonomy: Taxono
         raise DataError(f"{path}: line 1: no column {', '.join(missing)}; the header needs "
                         f"{', '.join(needed)} (got {','.join(header)}){hint}")
     categories = labels is not False and "category_id" in header
+    titles = "title" in header
     col = {name: header.index(name) for name in header}
     products: list[ListingProduct] = []
     first_line: dict[int, int] = {}
@@ -133,7 +138,8 @@ def read_product_listing(path: str | Path, labels: bool | None, taxonomy: Taxono
                 problems.append(f"line {exc.line}: {exc.message}")
             continue
         first_line[pid] = line
-        products.append(ListingProduct(pid, cat, [(line, picture)]))
+        title = rec[col["title"]].strip() if titles else ""
+        products.append(ListingProduct(pid, cat, [(line, picture)], title or None))
     if not products:
         raise DataError(f"{path}: no product to pack" + (f" ({problems[0]})" if problems else ""))
     return products, categories
@@ -191,6 +197,8 @@ def _encode_products(job: tuple[list[ListingProduct], Path, int | None, int, boo
         doc = {"_id": prod.product_id, "imgs": [{"picture": p} for p in pictures]}
         if labels:
             doc["category_id"] = prod.category_id
+        if prod.title:
+            doc["title"] = prod.title
         encoded = bson.encode(doc) if pictures else b""
         if len(encoded) > MAX_DOCUMENT_BYTES:
             problems.append(BadRow(prod.pictures[0][0], f"product {prod.product_id} takes {len(encoded):,} bytes, "
@@ -201,20 +209,37 @@ def _encode_products(job: tuple[list[ListingProduct], Path, int | None, int, boo
     return out
 
 
-def pack_listing(listing: str | Path, images: str | Path, out: str | Path, taxonomy: str | Path | None = None,
-                 size: int | None = None, labels: bool = True, labels_out: str | Path | None = None,
-                 skip_bad: bool = False, quality: int = JPEG_QUALITY, workers: int | None = None,
-                 progress: bool = True) -> PackReport:
-    """Write ``out`` (a Cdiscount-shaped BSON dump) from ``listing`` and the pictures under ``images``.
+@dataclass
+class PackOptions:
+    """How ``pack_listing`` packs. ``taxonomy``: the categories a labelled listing may use (default:
+    ``category_names.csv`` beside the listing); it is also written beside the dump when that folder has none,
+    where every later command looks for it. ``size``: letterbox every picture to size x size on white (None: as
+    given); ``quality``: JPEG quality of re-encoded pictures. ``labels=False``: a test dump without
+    ``category_id``, and its answer key ``labels_out`` (default ``OUT_labels.csv``) for ``etalage score``, when the
+    listing has categories. ``skip_bad``: count and skip bad rows instead of stopping at the first. ``workers``:
+    picture processes (default: every usable core)."""
 
-    ``taxonomy``: the categories a labelled listing may use (default: ``category_names.csv`` beside the
-    listing); it is also written beside ``out`` when that folder has none, where every later command looks
-    for it. ``labels=False``: a test dump without ``category_id``, and its answer key ``labels_out``
-    (default ``OUT_labels.csv``) for ``etalage score``, when the listing has categories. ``size``:
-    letterbox every picture to size x size on white. Returns counts and speed.
+    taxonomy: str | Path | None = None
+    size: int | None = None
+    quality: int = JPEG_QUALITY
+    labels: bool = True
+    labels_out: str | Path | None = None
+    skip_bad: bool = False
+    workers: int | None = None
+
+
+def pack_listing(listing: str | Path, images: str | Path, out: str | Path, options: PackOptions | None = None,
+                 progress: bool = True) -> PackReport:
+    """Write ``out`` (a Cdiscount-shaped BSON dump) from ``listing`` and the pictures under ``images``
+    (``PackOptions``); returns counts and speed.
+
+    >>> pack_listing("listing.csv", "images/", "train.bson", PackOptions(size=180))
     """
     from etalage.catalog.bsonindex import BsonIndex
 
+    o = options or PackOptions()
+    taxonomy, size, quality, labels, labels_out, skip_bad, workers = (o.taxonomy, o.size, o.quality, o.labels,
+                                                                      o.labels_out, o.skip_bad, o.workers)
     listing, images, out = Path(listing), Path(images), Path(out)
     if not images.is_dir():
         raise DataError(f"{images}: no such folder of pictures (--images)")
@@ -237,7 +262,7 @@ def pack_listing(listing: str | Path, images: str | Path, out: str | Path, taxon
     key_path = Path(labels_out) if labels_out else (out.with_name(out.stem + "_labels.csv") if key_wanted else None)
     jobs = [(products[i:i + PRODUCTS_PER_TASK], images, size, quality, labels)
             for i in range(0, len(products), PRODUCTS_PER_TASK)]
-    n_products = n_pictures = n_bytes = converted = skipped_products = 0
+    n_products = n_pictures = n_bytes = converted = skipped_products = titled = 0
     key_rows: list[tuple[int, int]] = []
     with atomic_write(out, "wb") as fh, progress_bar(total=sum(len(p.pictures) for p in products), unit="picture",
                                                      desc=f"pack {out.name}", enabled=progress) as bar:
@@ -257,6 +282,7 @@ def pack_listing(listing: str | Path, images: str | Path, out: str | Path, taxon
                 n_pictures += n_pics
                 n_bytes += len(encoded)
                 converted += recoded
+                titled += prod.title is not None
                 if key_wanted:
                     key_rows.append((prod.product_id, prod.category_id))
         if n_products == 0:
@@ -276,7 +302,7 @@ def pack_listing(listing: str | Path, images: str | Path, out: str | Path, taxon
         log.warning("%s: skipped %d bad rows (%d products), e.g. %s", listing, skipped_rows, skipped_products,
                     problems[0])
     return PackReport(out, key_path, tax_out, n_products, n_pictures, n_bytes, seconds, converted, skipped_rows,
-                      skipped_products, problems[:20])
+                      skipped_products, problems[:20], titled)
 
 
 def check_taxonomy_beside(out: Path, tax: Taxonomy | None) -> None:

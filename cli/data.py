@@ -27,16 +27,17 @@ def _add_synth(sub, handlers: dict) -> None:
 def _add_pack(sub, handlers: dict) -> None:
     p = leaf(sub, handlers, ("pack",), cmd_pack,
              "pack any catalogue (a listing CSV and its pictures) into a Cdiscount-shaped BSON dump",
-             "Write FILE.bson in Kaggle's layout (_id, imgs: [{picture}], category_id) from a listing with a header "
-             "(_id, category_id, picture; other columns ignored), one row per picture: rows sharing an _id are one "
+             "Write FILE.bson in Kaggle's layout (_id, imgs: [{picture}], category_id; and title, from a title column, "
+             "kept in test dumps too) from a listing with a header (_id, category_id, picture, optional title; other "
+             "columns ignored), one row per picture: rows sharing an _id are one "
              "product's pictures in listing order and must be together. JPEGs are stored as given (each decoded "
              "once to check it), other formats converted to JPEG; --size S letterboxes every picture to SxS on "
              "white (Cdiscount's shape: 180). The taxonomy is written beside the dump as category_names.csv, "
              "where train, submit and score look. --no-labels writes a test dump without categories and its answer "
              "key for `etalage score`. A bad row is one line naming it and nothing is written; --skip-bad counts "
              "and skips bad rows instead.")
-    p.add_argument("--listing", required=True, metavar="L.csv", help="CSV with a header of at least _id,category_id,picture (other columns ignored): one row per "
-                        "picture, a product's rows together")
+    p.add_argument("--listing", required=True, metavar="L.csv", help="CSV with a header of at least _id,category_id,picture (title: the product's, on "
+                        "its first row; other columns ignored): one row per picture, a product's rows together")
     p.add_argument("--images", required=True, metavar="DIR", help="folder the picture column is relative to")
     p.add_argument("--out", required=True, metavar="FILE.bson", help="the dump to write")
     p.add_argument("--taxonomy", metavar="category_names.csv",
@@ -70,7 +71,8 @@ def _add_index_and_hash(sub, handlers: dict) -> None:
 
 
 def _add_info_and_score(sub, handlers: dict) -> None:
-    p = leaf(sub, handlers, ("info",), cmd_info, "products, pictures per product and level-1 distribution of a dump",
+    p = leaf(sub, handlers, ("info",), cmd_info, "products, pictures per product, titles and level-1 distribution of "
+             "a dump",
              config=False)
     p.add_argument("file", metavar="FILE.bson", help="Cdiscount BSON dump")
     p.add_argument("--taxonomy", help="category_names.csv (default: the one beside the file)")
@@ -112,6 +114,9 @@ def synth_options(p: ArgumentParser) -> None:
     p.add_argument("--tail", type=float, default=d.tail, help="Zipf exponent of class sizes (0 = balanced)")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality of drawn pictures")
     p.add_argument("--workers", type=int, help="drawing processes (default: all cores)")
+    p.add_argument("--titles", type=float, nargs="?", const=0.8, default=d.titles, metavar="SHARE",
+                   help="give this share of products a noisy title (class words, brand and colour words), as a "
+                        "catalogue listing has (--titles alone: 0.8; default: none, as in Cdiscount's dumps)")
 
 
 def cmd_synth(args) -> int:
@@ -124,22 +129,24 @@ def cmd_synth(args) -> int:
                       text_strength=args.text_strength, id_run_length=args.id_run_length,
                       duplicate_rate=args.duplicate_rate, placeholder_rate=args.placeholder_rate, tail=args.tail,
                       classes=args.classes, jpeg_quality=args.jpeg_quality, workers=args.workers,
-                      id_drift=args.id_drift, book_covers=args.book_covers, music_covers=args.music_covers)
+                      id_drift=args.id_drift, book_covers=args.book_covers, music_covers=args.music_covers,
+                      titles=args.titles)
     tax = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     t0 = time.perf_counter()
     s = write_synthetic_catalogue(args.out, cfg, tax, progress=not args.quiet)
     real = f", {s['real_covers']} of them real covers" if s["real_covers"] else ""
+    real += f", {s['titles']} titled products" if s["titles"] else ""
     print(f"wrote {s['train']} training and {s['test']} test products ({s['pictures']} pictures{real}, "
           f"{s['classes_used']} classes) to {args.out} in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
 def cmd_pack(args) -> int:
-    from etalage.catalog.pack import pack_listing
+    from etalage.catalog.pack import PackOptions, pack_listing
 
-    rep = pack_listing(args.listing, args.images, args.out, taxonomy=args.taxonomy, size=args.size,
-                       labels=not args.no_labels, labels_out=args.labels_out, skip_bad=args.skip_bad,
-                       quality=args.quality, workers=args.workers, progress=not args.quiet)
+    options = PackOptions(args.taxonomy, args.size, args.quality, not args.no_labels, args.labels_out, args.skip_bad,
+                          args.workers)
+    rep = pack_listing(args.listing, args.images, args.out, options, progress=not args.quiet)
     print(f"{rep.out}: {rep.products:,} products, {rep.pictures:,} pictures ({rep.converted:,} re-encoded), "
           f"{rep.bytes_written / 1e6:.1f} MB in {rep.seconds:.1f}s ({rep.pictures_per_s:,.0f} pictures/s, "
           f"{rep.mb_per_s:.1f} MB/s)")
@@ -186,6 +193,7 @@ def cmd_info(args) -> int:
     print("  pictures per product:")
     for k, c in s.pictures_per_product.items():
         print(f"    {k}: {c:>10,}  {100 * c / s.products:5.1f}%")
+    print(f"  with a title {s.titled:>10,}  ({100 * s.titled / max(1, s.products):.1f}%)")
     if not s.labelled:
         print("  no category_id (a test file)")
         return 0

@@ -133,7 +133,9 @@ def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_produ
     top-K) and ``specialist_rank``; each specialist's own score and rank of the class (``NAME_score``,
     ``NAME_rank``), with ``level1_of`` its score for the class's level-1 group (``NAME_group_score``:
     the sum of its top-K scores in that group) and per-product features (``NAME_FEATURE``); the OCR
-    summary. All NaN where no specialist looked at the product (LightGBM's missing value).
+    summary (from the specialists that read). All NaN where no specialist looked at the product
+    (LightGBM's missing value): a specialist's own columns are NaN for every product it did not look
+    at (a title specialist's for products without a title).
 
     The group score is what lets a specialist of several groups (``media``) overrule the core's
     group: an album the core took for a book gets a book candidate whose ``media_group_score`` is low,
@@ -155,7 +157,7 @@ def specialist_features(outputs, owner: np.ndarray, classes: np.ndarray, n_produ
             out_feats[f"{out.name}_group_score"] = np.full(n_rows, np.nan, np.float32)
         if not len(out.rows):
             continue
-        ocr[out.rows] = out.ocr
+        ocr[out.rows] = np.where(np.isnan(out.ocr), ocr[out.rows], out.ocr)  # NaN: a specialist that does not read
         k = out.topk_class.shape[1]
         looked = np.zeros(n_products, bool)
         looked[out.rows] = True

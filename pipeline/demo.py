@@ -42,7 +42,7 @@ def stage_top1(work: WorkDir, taxonomy: Taxonomy, specialist_names: list[str]) -
     votes = []
     for name in specialist_names:
         spec = SpecialistRanking.load(work.specialist(name))
-        groups = [taxonomy.level1_index(g) for g in plugins[name].factory.groups] if name in plugins else []
+        groups = plugins[name].factory.level1_indices(taxonomy) if name in plugins else []
         votes.append((spec.rows, spec.topk_class[:, 0], groups))
     return {"core": core, "core+specialists": specialists_rule(core, votes, taxonomy.level1_of),
             "fusion": fused_top1(fused["topk_class"], fused["core_top1"])}

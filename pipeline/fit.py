@@ -67,7 +67,7 @@ def fit_specialists_job(cfg: SpecialistsFitConfig, compute: Compute | None = Non
     from etalage.ocr import load_engine
     from etalage.ocr.cache import OcrCache
     from etalage.specialists.plugins import create_specialist
-    from etalage.specialists.runner import fit_specialists
+    from etalage.specialists.runner import FitSettings, fit_specialists
 
     compute = compute or Compute()
     run_dir = RunDir(cfg.run) if cfg.run else None
@@ -82,8 +82,8 @@ def fit_specialists_job(cfg: SpecialistsFitConfig, compute: Compute | None = Non
     engine = load_engine(cfg.ocr_engine) if reads else None
     cache = OcrCache(cfg.ocr_cache or default_cache_path(cfg.train, compute.cache_dir)) if reads else None
     try:
-        return fit_specialists(catalog, tax, cfg.names, cfg.out, engine, cache, exclude=exclude,
-                               max_train=cfg.max_train, seed=cfg.seed, options=cfg.options, progress=compute.progress)
+        return fit_specialists(catalog, tax, cfg.names, cfg.out, engine, cache,
+                               FitSettings(exclude, cfg.max_train, cfg.seed, cfg.options), compute.progress)
     finally:
         if cache is not None:
             cache.close()

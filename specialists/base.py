@@ -1,9 +1,9 @@
 """The specialist plugin API: what a specialist sees, what it returns, and what the base class does
 for it.
 
-A specialist scores the classes of some level-1 groups for the products the core routes to it. A
-minimal plugin sets ``groups`` (and ``feature_names`` if it gives fusion features) and writes two
-methods, as scikit-learn estimators do:
+A specialist scores the classes of some level-1 groups (or, with ``groups = (EVERY_GROUP,)``, of the
+whole taxonomy) for the products the core routes to it. A minimal plugin sets ``groups`` (and
+``feature_names`` if it gives fusion features) and writes two methods, as scikit-learn estimators do:
 
 - ``fit(readings, labels, taxonomy) -> self``: learned attributes end in ``_``;
 - ``predict(readings) -> SpecialistOutput``.
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from etalage.catalog.taxonomy import Taxonomy
     from etalage.ocr.boxes import TextBox
 
-NEEDS = ("text", "pictures")
+NEEDS = ("text", "pictures", "title")
+EVERY_GROUP = "*"   # ``groups = (EVERY_GROUP,)``: a specialist over every class of the taxonomy
 
 
 @dataclass
@@ -39,14 +40,17 @@ class ProductReading:
     """What a specialist gets for one product.
 
     ``boxes``: per readable picture, the OCR boxes found on it (empty lists when the specialist does
-    not read); ``picture_features``: per picture, the ``etalage.ocr.features.PICTURE_FEATURE_NAMES``
-    vector; ``pictures``: the decoded (H, W, 3) uint8 RGB pictures, for specialists that need them.
+    not read; no list at all when it neither reads nor looks); ``picture_features``: per picture, the
+    ``etalage.ocr.features.PICTURE_FEATURE_NAMES`` vector; ``pictures``: the decoded (H, W, 3) uint8
+    RGB pictures, for specialists that need them; ``title``: the product's title, for specialists that
+    need it (None when the product has none, or the specialist does not need it).
     """
 
     product_id: int
     boxes: list[list[TextBox]]
     picture_features: np.ndarray
     pictures: list[np.ndarray] | None = field(default=None, repr=False)
+    title: str | None = None
 
     @property
     def text(self) -> str:
@@ -77,12 +81,14 @@ class SpecialistOutput:
 class Specialist(ABC):
     """Base class of specialists (see the module docstring; docs/plugins.md has a full example).
 
-    Class attributes a plugin may set: ``groups`` (level-1 names whose classes it scores),
-    ``feature_names`` (of ``SpecialistOutput.features``, the same for every product: fusion needs fixed
-    columns even for chunks it scored nothing in), ``needs`` (``"text"``, ``"pictures"``),
-    ``gate_threshold``, ``trusted_types`` (extra types its learned attributes hold, for the data-only
-    loader). ``name`` is set from the entry point. Constructor arguments are its options
-    (``etalage specialists fit --option NAME.KEY=VALUE``); keep each as an attribute of the same name.
+    Class attributes a plugin may set: ``groups`` (level-1 names whose classes it scores;
+    ``(EVERY_GROUP,)``: all of them), ``feature_names`` (of ``SpecialistOutput.features``, the same for
+    every product: fusion needs fixed columns even for chunks it scored nothing in), ``needs``
+    (``"text"``: OCR boxes; ``"pictures"``: decoded pictures; ``"title"``: the product's title, and then
+    only products with a title are fitted on and scored, whatever the gate says), ``gate_threshold``,
+    ``trusted_types`` (extra types its learned attributes hold, for the data-only loader). ``name`` is
+    set from the entry point. Constructor arguments are its options (``etalage specialists fit --option
+    NAME.KEY=VALUE``); keep each as an attribute of the same name.
     """
 
     name: str = ""
@@ -94,13 +100,21 @@ class Specialist(ABC):
 
     def classes(self, taxonomy: Taxonomy) -> np.ndarray:
         """Taxonomy class indices (int32) the specialist scores: all classes under its groups."""
+        if EVERY_GROUP in self.groups:
+            return np.arange(taxonomy.n_classes, dtype=np.int32)
         return np.concatenate([taxonomy.classes_under(g) for g in self.groups]).astype(np.int32)
+
+    @classmethod
+    def level1_indices(cls, taxonomy: Taxonomy) -> list[int]:
+        """The taxonomy's level-1 indices of the specialist's groups."""
+        if EVERY_GROUP in cls.groups:
+            return list(range(taxonomy.n_level1))
+        return [taxonomy.level1_index(g) for g in cls.groups]
 
     def gate(self, ranking: CoreRanking, taxonomy: Taxonomy) -> np.ndarray:
         """Boolean mask over ``ranking``'s products: which ones this specialist looks at. Default: the
         core's routing rule (``CoreRanking.routed_to``) for the specialist's groups."""
-        return ranking.routed_to([taxonomy.level1_index(g) for g in self.groups], taxonomy.level1_of,
-                                 self.gate_threshold)
+        return ranking.routed_to(self.level1_indices(taxonomy), taxonomy.level1_of, self.gate_threshold)
 
     @abstractmethod
     def fit(self, readings: list[ProductReading], labels: np.ndarray, taxonomy: Taxonomy) -> Specialist:

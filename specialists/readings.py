@@ -1,6 +1,8 @@
 """From catalogue products to ``ProductReading``s: their readable pictures (``etalage.ocr.pictures``),
 the text on them through the OCR cache (each picture read once, ever, per engine), the per-picture
-box features and, for specialists that look, the decoded pictures."""
+box features, for specialists that look the decoded pictures, and for those that need it the
+product's title (read from the dump at the index's offset: no picture is decoded for a specialist
+that needs nothing else)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,14 @@ from etalage.specialists.base import ProductReading
 def read_products(catalog: Catalog, positions: np.ndarray, engine: OcrEngine | None, cache: OcrCache | None,
                   needs: tuple[str, ...] = ("text",), batch: int = 32, progress: bool = False) -> list[ProductReading]:
     """Readings of the products at ``positions``: with ``"text"`` in ``needs`` their pictures are read
-    by ``engine`` through ``cache``; with ``"pictures"`` the decoded pictures come along."""
+    by ``engine`` through ``cache``; with ``"pictures"`` the decoded pictures come along; with
+    ``"title"`` the product's title."""
     reads = "text" in needs
+    titles = catalog.titles(positions) if "title" in needs else [None] * len(positions)
+    if not reads and "pictures" not in needs:
+        no_picture = np.zeros((1, len(PICTURE_FEATURE_NAMES)), np.float32)
+        return [ProductReading(int(catalog.product_ids[pos]), [], no_picture, None, title)
+                for pos, title in zip(positions, titles, strict=True)]
     out = []
     desc = f"read {engine.name}" if reads and engine is not None else "pictures"
     for start in progress_bar(range(0, len(positions), batch), desc=desc, unit="batch", enabled=progress):
@@ -32,17 +40,19 @@ def read_products(catalog: Catalog, positions: np.ndarray, engine: OcrEngine | N
             feats = np.stack([picture_features(boxes[i], *pp.pictures[i].shape[:2]) for i in mine]) if mine else \
                 np.zeros((1, len(PICTURE_FEATURE_NAMES)), np.float32)
             out.append(ProductReading(int(catalog.product_ids[pos]), [boxes[i] for i in mine], feats,
-                                      [pp.pictures[i] for i in mine] if "pictures" in needs else None))
+                                      [pp.pictures[i] for i in mine] if "pictures" in needs else None,
+                                      titles[start + j]))
     return out
 
 
 def make_reading(text: str = "", product_id: int = 0, pictures: list[np.ndarray] | None = None,
-                 confidence: float = 0.9) -> ProductReading:
+                 confidence: float = 0.9, title: str | None = None) -> ProductReading:
     """A ``ProductReading`` whose one picture shows ``text`` (one box per word, top to bottom), and the
-    given decoded ``pictures`` (default: one plain 180x180 picture) for specialists that look."""
+    given decoded ``pictures`` (default: one plain 180x180 picture) for specialists that look, and
+    ``title``."""
     boxes = [TextBox(w, confidence, box_quad(10, 10 + 20 * i, 10 + 9 * len(w), 28 + 20 * i), None)
              for i, w in enumerate(text.split())]
     pictures = pictures if pictures is not None else [np.full((180, 180, 3), 200, np.uint8)]
     feats = np.stack([picture_features(boxes if j == 0 else [], *p.shape[:2]) for j, p in enumerate(pictures)]) \
         if pictures else np.zeros((1, len(PICTURE_FEATURE_NAMES)), np.float32)
-    return ProductReading(product_id, [boxes] + [[] for _ in pictures[1:]], feats, pictures)
+    return ProductReading(product_id, [boxes] + [[] for _ in pictures[1:]], feats, pictures, title)

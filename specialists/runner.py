@@ -8,6 +8,11 @@ seen them would look better there than on the test set. Scoring follows the core
 through ``etalage.specialists.guard``: a chunk where a plugin failed gets no part but a
 ``NAME/failed-START-END.json`` note, so fusion goes on without it there, the stage's summary counts
 it, and the next run tries it again.
+
+A specialist that needs ``"title"`` is fitted on, and scores, only products that have a title
+(``with_title``): the others get no candidates from it and its features are missing for them in
+fusion. ``max_train`` bounds the cost of reading and looking; a specialist that needs only titles
+(no OCR, no pictures) is fitted on all of its training products.
 """
 
 from __future__ import annotations
@@ -39,22 +44,43 @@ FIT_STAMP = "fit.json"
 TRAIN_POSITIONS = "train_positions.npy"  # the training products a specialist was fitted on
 
 
-def needs_of(specialists) -> tuple[str, ...]:
-    """What readings must carry for all of ``specialists`` together."""
-    return tuple(sorted({n for s in specialists for n in s.needs}))
+def with_title(spec: Specialist, catalog: Catalog, positions: np.ndarray) -> np.ndarray:
+    """Boolean mask over ``positions``: the products ``spec`` may look at as far as titles go (all of
+    them, unless it needs a title: then those that have one)."""
+    positions = np.asarray(positions, np.int64)
+    return catalog.titled[positions] if "title" in spec.needs else np.ones(len(positions), bool)
+
+
+def train_cap(spec: Specialist, max_train: int | None) -> int | None:
+    """The training products ``spec`` is fitted on at most: ``max_train`` bounds the cost of OCR and of
+    decoding pictures, so a specialist that needs neither (titles only) takes them all (None)."""
+    return max_train if {"text", "pictures"} & set(spec.needs) else None
 
 
 # ---------------------------------------------------------------------------------------------
 # fitting
 
 
+@dataclass
+class FitSettings:
+    """Which training products specialists are fitted on: never those at ``exclude`` (the core's validation
+    products: fusion learns from them), up to ``max_train`` per specialist that reads or looks (``train_cap``;
+    None: all), drawn with ``seed``; ``options``: constructor arguments per specialist name."""
+
+    exclude: np.ndarray | None = None
+    max_train: int | None = 2000
+    seed: int = 0
+    options: dict[str, dict] = field(default_factory=dict)
+
+
 def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path, engine, cache,
-                    exclude: np.ndarray | None = None, max_train: int | None = 2000, seed: int = 0,
-                    options: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
-    """Fit each named specialist on (up to ``max_train``; None: all) training products of its groups, leaving out
-    the positions in ``exclude``; saved under ``out/NAME``. ``options``: constructor arguments per
-    name. A specialist already fitted with the same settings is kept (a rerun only fits what is
-    missing). A plugin that fails on its own training products is refused here (``ConfigError``)."""
+                    settings: FitSettings | None = None, progress: bool = True) -> list[dict]:
+    """Fit each named specialist on the training products of its groups (``FitSettings``), reading covers with
+    the OCR ``engine`` through ``cache``; saved under ``out/NAME``. A specialist already fitted with the same
+    settings is kept (a rerun only fits what is missing). A plugin that fails on its own training products is
+    refused here (``ConfigError``)."""
+    st = settings or FitSettings()
+    exclude, max_train, seed, options = st.exclude, st.max_train, st.seed, st.options
     out = Path(out)
     labels = taxonomy.indices_of(train.category_ids)
     allowed = np.ones(len(train), bool)
@@ -64,7 +90,8 @@ def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path,
     rows = []
     for name in names:
         spec = create_specialist(name, **options.get(name, {}))
-        settings = {"train": str(train.path), "max_train": max_train, "seed": seed, "excluded": int((~allowed).sum()),
+        cap = train_cap(spec, max_train)
+        settings = {"train": str(train.path), "max_train": cap, "seed": seed, "excluded": int((~allowed).sum()),
                     "options": options.get(name, {}), "needs": list(spec.needs)}
         if "text" in spec.needs:
             settings.update(engine=engine.name, engine_key=engine.cache_key, engine_options=engine.options)
@@ -74,12 +101,14 @@ def fit_specialists(train: Catalog, taxonomy, names: list[str], out: str | Path,
             rows.append(json.loads(stamp.read_text()))
             log.info("specialist %s: reusing %s", name, folder)
             continue
-        pos = np.flatnonzero(np.isin(labels, spec.classes(taxonomy)) & allowed)
+        eligible = np.isin(labels, spec.classes(taxonomy)) & allowed & with_title(spec, train, np.arange(len(train)))
+        pos = np.flatnonzero(eligible)
         if len(pos) < 2:
-            raise ConfigError(f"specialist {name!r}: {len(pos)} training products in {', '.join(spec.groups)} "
-                              f"of {train.path}; it needs at least 2")
+            titled = " with a title (pack the listing with its title column)" if "title" in spec.needs else ""
+            raise ConfigError(f"specialist {name!r}: {len(pos)} training products{titled} in "
+                              f"{', '.join(spec.groups)} of {train.path}; it needs at least 2")
         rng = np.random.default_rng(seed)
-        pos = np.sort(rng.choice(pos, len(pos) if max_train is None else min(max_train, len(pos)), replace=False))
+        pos = np.sort(rng.choice(pos, len(pos) if cap is None else min(cap, len(pos)), replace=False))
         readings = read_products(train, pos, engine, cache, spec.needs, progress=progress)
         if spec.fit(readings, labels[pos], taxonomy) is None:
             warnings.warn(f"specialist {name!r}: fit returned None; it should return self (the pre-0.2 contract, "
@@ -201,7 +230,6 @@ class SpecialistScorer:
     def __init__(self, specialists: list[Specialist], taxonomy, out_dir: str | Path, engine=None, cache=None):
         self.specialists, self.taxonomy, self.out_dir = specialists, taxonomy, Path(out_dir)
         self.engine, self.cache = engine, cache
-        self.needs = needs_of(specialists)
 
     def claim(self, n_products: int, chunk: int, producer: str | None) -> None:
         """Each specialist's folder and its ``meta.json`` (what fusion and explain read back)."""
@@ -214,10 +242,11 @@ class SpecialistScorer:
 
     def score(self, part: CoreRanking, catalog: Catalog, positions: np.ndarray, rows: tuple[int, int]) -> ChunkScore:
         """Chunk ``rows`` = (a, b): ``part`` is the core ranking of rows a..b, ranking row r the product at
-        ``positions[r]`` of ``catalog``. One reading per product for all the specialists."""
+        ``positions[r]`` of ``catalog``. One reading per product and kind of needs (a title-only specialist costs
+        no OCR); a specialist that reads titles looks only at products that have one."""
         a, b = rows
         done = ChunkScore()
-        read: dict[int, ProductReading] = {}
+        read: dict[tuple[str, ...], dict[int, ProductReading]] = {}
         for spec in self.specialists:
             folder = self.out_dir / spec.name
             if part_done(folder, rows):
@@ -225,12 +254,13 @@ class SpecialistScorer:
             mask = guarded_gate(spec, part, self.taxonomy)
             result = None
             if mask is not None:
-                gated = np.flatnonzero(mask)
+                gated = np.flatnonzero(mask & with_title(spec, catalog, positions[a:b]))
                 wanted = positions[a + gated]
-                new = np.array([p for p in wanted if int(p) not in read], np.int64)
-                read.update(zip(new.tolist(), read_products(catalog, new, self.engine, self.cache, self.needs),
-                                strict=True))
-                result = _score_chunk(spec, [read[int(p)] for p in wanted], a + gated, folder, a, b, self.taxonomy)
+                cached = read.setdefault(tuple(spec.needs), {})
+                new = np.array([p for p in wanted if int(p) not in cached], np.int64)
+                cached.update(zip(new.tolist(), read_products(catalog, new, self.engine, self.cache, spec.needs),
+                                  strict=True))
+                result = _score_chunk(spec, [cached[int(p)] for p in wanted], a + gated, folder, a, b, self.taxonomy)
             if result is None:
                 write_json_atomic(failed_path(folder, a, b), {"specialist": spec.name, "chunk": [a, b]})
                 done.failed.append(spec.name)
@@ -245,7 +275,8 @@ class SpecialistScorer:
 def _score_chunk(spec: Specialist, readings: list[ProductReading], rows: np.ndarray, folder: Path, a: int, b: int,
                  taxonomy) -> int | None:
     """One part file: the specialist's top classes, features and OCR summary for the gated ``rows``
-    of products a..b. Returns the products scored, or None when the plugin failed (already warned)."""
+    of products a..b (NaN, missing, where it does not read: it saw no OCR, so it cannot say that
+    nothing was read). Returns the products scored, or None when the plugin failed (already warned)."""
     names = list(spec.feature_names)
     if len(rows):
         result = guarded_predict(spec, readings, taxonomy)
@@ -253,7 +284,8 @@ def _score_chunk(spec: Specialist, readings: list[ProductReading], rows: np.ndar
             return None
         top_c, top_s = result.topk(SPECIALIST_TOPK)
         feats = result.features
-        ocr = np.stack([text_summary(r.boxes) for r in readings])
+        ocr = np.stack([text_summary(r.boxes) for r in readings]) if "text" in spec.needs else \
+            np.full((len(readings), len(OCR_SUMMARY_NAMES)), np.nan, np.float32)
     else:
         top_c, top_s = np.zeros((0, SPECIALIST_TOPK), np.int32), np.zeros((0, SPECIALIST_TOPK), np.float32)
         feats = np.zeros((0, len(names)), np.float32)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from etalage.specialists.base import Specialist
+from etalage.specialists.base import EVERY_GROUP, Specialist
 from etalage.specialists.guard import PluginFault, validate_output
 from etalage.specialists.readings import (
     make_reading,  # also for plugin authors: etalage.specialists.testing.make_reading
@@ -27,7 +27,8 @@ WORDS = ("amour maison jardin histoire cuisine voyage guerre soleil nuit hiver m
 
 
 def _training_set(spec: Specialist, taxonomy, n_per_class: int, seed: int):
-    """Readings whose words and picture colours depend on the class, so any sensible specialist can learn."""
+    """Readings whose words (on the picture and in the title) and picture colours depend on the class, so
+    any sensible specialist can learn."""
     rng = np.random.default_rng(seed)
     classes = spec.classes(taxonomy)
     vocab = WORDS.split()
@@ -38,7 +39,7 @@ def _training_set(spec: Specialist, taxonomy, n_per_class: int, seed: int):
         for _ in range(n_per_class):
             text = " ".join(rng.choice(own, 3)) + f" {rng.choice(vocab)}"
             pic = np.clip(colour + rng.integers(-10, 10, (180, 180, 3)), 0, 255).astype(np.uint8)
-            readings.append(make_reading(text, len(readings), [pic]))
+            readings.append(make_reading(text, len(readings), [pic], title=text))
             labels.append(int(c))
     return readings, np.array(labels, np.int32)
 
@@ -46,8 +47,8 @@ def _training_set(spec: Specialist, taxonomy, n_per_class: int, seed: int):
 def check_specialist(cls: type[Specialist], taxonomy=None, name: str | None = None, **options) -> Specialist:
     """Fit ``cls`` on a small learnable set and check what etalage relies on: ``fit`` returns self;
     ``predict`` passes the pipeline's guard (shapes, classes of its groups, finite values, declared
-    feature names) on several products, one product and none; a product without text or pictures does
-    not break it; it saves and loads as data only, giving the same scores; it learned something (top-1
+    feature names) on several products, one product and none; a product without text, pictures or title
+    does not break it; it saves and loads as data only, giving the same scores; it learned something (top-1
     above chance on its training set). ``taxonomy`` defaults to the synthetic one (which has LIBRAIRIE,
     MUSIQUE and a dozen other real level-1 names). Returns the fitted specialist; raises
     ``AssertionError`` naming the failed check."""
@@ -55,9 +56,10 @@ def check_specialist(cls: type[Specialist], taxonomy=None, name: str | None = No
 
     taxonomy = taxonomy or default_taxonomy()
     assert isinstance(cls, type) and issubclass(cls, Specialist), f"{cls!r} is not a Specialist subclass"
-    assert cls.groups, "groups is empty: name the level-1 categories the specialist scores"
+    assert cls.groups, "groups is empty: name the level-1 categories the specialist scores (or EVERY_GROUP)"
     for group in cls.groups:
-        assert group in taxonomy.level1_names, f"group {group!r} is not a level-1 name of the taxonomy"
+        assert group == EVERY_GROUP or group in taxonomy.level1_names, \
+            f"group {group!r} is not a level-1 name of the taxonomy"
     spec = cls(**options)
     if not cls.__dict__.get("name") and not spec.name:
         spec.name = name or cls.__name__.lower()

@@ -9,6 +9,9 @@ drift of the class mix over the id range; runs of one class are a knob); exact d
 within a class (also across train and test); placeholder pictures shared by every class;
 long-tailed class sizes and 1-4 pictures per product, skewed towards one. Real book and album covers
 can stand in for the drawn ones (``book_covers``, ``music_covers``; ``etalage.synth.real_covers``).
+With ``titles``, products carry a noisy title as a catalogue listing's would (the class's words mixed
+with brand and colour words, some missing), drawn from a random stream of its own: the pictures, and
+the whole dump when ``titles`` is 0, are the same bytes as without.
 
 Every picture is drawn from a random generator seeded by (seed, product number), so a seed
 gives the same bytes with any number of worker processes.
@@ -34,7 +37,7 @@ from etalage.progress import bar as progress_bar
 from etalage.resources import usable_cpus
 from etalage.synth.covers import SIZE, draw_cover, hsv_rgb
 from etalage.synth.fonts import load_font
-from etalage.synth.words import ENGLISH, FILLER, FIRST_NAMES, FRENCH, LAST_NAMES
+from etalage.synth.words import BRANDS, COLOURS, ENGLISH, FILLER, FIRST_NAMES, FRENCH, LAST_NAMES
 
 BOOKS, MUSIC = "LIBRAIRIE", "MUSIQUE"
 PICTURES_PER_PRODUCT_P = (0.62, 0.15, 0.09, 0.14)  # 1.75 pictures per product, as in train.bson
@@ -96,11 +99,13 @@ class SynthConfig:
     workers: int | None = None    # processes drawing pictures (default: all cores)
     book_covers: str | None = None   # folder of real book covers (listing.csv + images/) for LIBRAIRIE
     music_covers: str | None = None  # folder of real album covers for MUSIQUE
+    titles: float = 0.0           # share of products with a title (0: none, as in Cdiscount's dumps)
 
     def check(self) -> None:
         if self.products < 1:
             raise ConfigError("products must be >= 1")
-        for name in ("test_fraction", "noise", "text_strength", "duplicate_rate", "placeholder_rate", "id_drift"):
+        for name in ("test_fraction", "noise", "text_strength", "duplicate_rate", "placeholder_rate", "id_drift",
+                     "titles"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v}")
@@ -262,6 +267,34 @@ def _cover_words(style: _ClassStyle, rng: np.random.Generator, strength: float) 
     return " ".join(words), person
 
 
+def _class_words(tax: Taxonomy, style: _ClassStyle, cls: int) -> list[str]:
+    """The words a class's titles draw from: its level-3 name's words and its own vocabulary."""
+    name = [w for w in "".join(ch if ch.isalnum() else " " for ch in tax.level3_names[cls].lower()).split()
+            if len(w) > 1]
+    return name + list(style.vocab)
+
+
+def _titles(cfg: SynthConfig, tax: Taxonomy, plan: dict, styles: dict[int, _ClassStyle]) -> list[str | None]:
+    """One title per product, None for the ``1 - titles`` share without one: 1-3 words of its class
+    (each replaced by any word with probability ``1 - text_strength``), a brand (70%) and a colour (50%)."""
+    if cfg.titles <= 0:
+        return [None] * cfg.products
+    rng = np.random.default_rng([cfg.seed, 5])  # a stream of its own: pictures stay the same bytes
+    pool = sorted(set(FRENCH) | set(ENGLISH))
+    words = {c: _class_words(tax, styles[c], c) for c in styles}
+    out: list[str | None] = []
+    for label in plan["labels"].tolist():
+        if rng.random() >= cfg.titles:
+            out.append(None)
+            continue
+        own = [str(rng.choice(words[label])) if rng.random() < cfg.text_strength else str(rng.choice(pool))
+               for _ in range(int(rng.integers(1, 4)))]
+        colour = [str(rng.choice(COLOURS))] if rng.random() < 0.5 else []
+        brand = [str(rng.choice(BRANDS))] if rng.random() < 0.7 else []
+        out.append(" ".join(brand + colour + own).capitalize())
+    return out
+
+
 def _placeholders(quality: int) -> list[bytes]:
     """'Picture not available' stand-ins shared by every class, as in the real dumps."""
     blank = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
@@ -352,6 +385,12 @@ def _real_cover_plan(sources: dict, tax: Taxonomy, plan: dict, seed: int) -> dic
     return out
 
 
+def _add_title(doc: dict, title: str | None) -> None:
+    """The title goes last, as ``etalage pack`` writes it (the index reads it on its fast path)."""
+    if title:
+        doc["title"] = title
+
+
 def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: Taxonomy | None = None,
                               progress: bool = False) -> dict:
     """Write ``train.bson``, ``test.bson``, ``category_names.csv``, ``sample_submission.csv`` and
@@ -366,11 +405,12 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
     plan = _plan(cfg, tax.n_classes)
     styles = _class_styles(tax, plan["classes"], cfg.seed)
     real = _real_cover_plan(sources, tax, plan, cfg.seed)
+    titles = _titles(cfg, tax, plan, styles)
     jobs = [(i, int(plan["labels"][i]), 1 if i in real else int(plan["n_pics"][i]), plan["kind"][i],
              plan["stock"][i], real.get(i)) for i in range(cfg.products)]
     workers = max(1, cfg.workers or usable_cpus())
     bar = progress_bar(total=cfg.products, unit="product", desc="synth", enabled=progress)
-    counts = {"train": 0, "test": 0, "pictures": 0}
+    counts = {"train": 0, "test": 0, "pictures": 0, "titles": 0}
     cat_ids = tax.category_ids
     with atomic_write(out_dir / "train.bson") as train_fh, atomic_write(out_dir / "test.bson") as test_fh:
         if workers == 1:
@@ -387,13 +427,16 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
             for i, pictures in enumerate(results):
                 doc = {"_id": int(plan["ids"][i]), "imgs": [{"picture": p} for p in pictures]}
                 if plan["is_test"][i]:
+                    _add_title(doc, titles[i])
                     test_fh.write(bson.encode(doc))
                     counts["test"] += 1
                 else:
                     doc["category_id"] = int(cat_ids[plan["labels"][i]])
+                    _add_title(doc, titles[i])
                     train_fh.write(bson.encode(doc))
                     counts["train"] += 1
                 counts["pictures"] += len(pictures)
+                counts["titles"] += titles[i] is not None
                 bar.update(1)
         finally:
             if pool is not None:

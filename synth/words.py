@@ -50,3 +50,15 @@ Michel Garcia David Bertrand Roux Vincent Fournier Morel Girard André Mercier D
 Bonnet François Smith Johnson Williams Brown Jones Miller Davis Wilson Anderson Taylor Moore
 Jackson White Harris Clark Lewis Walker Hall Young King Wright
 """.split()
+
+# Product titles (``SynthConfig.titles``): a brand and a colour mixed with the class's own words, as in
+# a catalogue team's listing ("Puma Men Grey Solid Round Neck T-Shirt"). Brands are invented.
+BRANDS = """
+Arvento Belmar Calypso Dorvik Elsinor Fabrique Galant Helios Isola Jadis Kestrel Lumen Maravel
+Nordika Orphee Pampa Quartzo Rivola Solenne Tamaris Ulyss Valdor Wendel Xantia Yorval Zephir
+""".split()
+
+COLOURS = """
+black white grey red blue green yellow pink purple brown beige navy orange silver gold
+noir blanc gris rouge bleu vert jaune rose violet marron
+""".split()

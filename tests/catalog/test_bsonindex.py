@@ -136,3 +136,26 @@ def test_md5_matches_hashlib_with_any_worker_count(synth_dir, tmp_path):
     cat = Catalog.open(path)
     expect = [hashlib.md5(p).digest() for i in range(len(cat)) for p in cat.picture_bytes(i)]
     assert [bytes(r) for r in one] == expect
+
+
+def test_a_dump_without_titles_keeps_its_index_as_it_was(synth_dir):
+    with np.load(index_path_for(synth_dir / "train.bson")) as z:
+        assert sorted(z.files) == ["meta", "pictures", "products"], "no titles entry: same file as before"
+    cat = Catalog.open(synth_dir / "train.bson")
+    assert cat.index.titles is None and cat[0].title is None and not cat.titled.any()
+
+
+def test_titles_in_other_layouts_and_bad_titles(tmp_path):
+    docs = [
+        {"_id": 2**40, "imgs": [{"picture": b"abc"}], "category_id": 7, "title": "Lamp"},   # int64 id: walker
+        {"_id": 5, "title": "Vase, blue", "imgs": [{"picture": b"x"}]},                   # title first: walker
+        {"_id": 6, "imgs": [{"picture": b"q"}], "title": ""},                            # empty: no title
+        {"_id": 8, "imgs": [{"picture": b"kk"}], "category_id": 3, "title": "Ваза 花瓶"},  # fast path, UTF-8
+    ]
+    cat = Catalog(build_index(_write(tmp_path / "t.bson", docs)))
+    assert cat.titles() == ["Lamp", "Vase, blue", None, "Ваза 花瓶"]
+    assert [cat[i].category_id for i in range(4)] == [7, None, None, 3]
+    assert [cat[i].pictures for i in range(4)] == [[b"abc"], [b"x"], [b"q"], [b"kk"]]
+    _write(tmp_path / "bad.bson", [{"_id": 1, "imgs": [{"picture": b"a"}], "title": 12}])
+    with pytest.raises(DataError, match="product 1 .*title is BSON type 0x10, expected a string"):
+        build_index(tmp_path / "bad.bson")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from etalage.catalog import Catalog, Taxonomy
-from etalage.catalog.pack import pack_listing
+from etalage.catalog.pack import PackOptions, pack_listing
 from etalage.catalog.pictures import decode_picture
 from etalage.catalog.submission import read_id_category_csv
 from etalage.cli import main
@@ -63,7 +63,7 @@ def test_pack_round_trip_as_given(catalogue, tmp_path):
 
 def test_pack_size_letterboxes_on_white(catalogue, tmp_path):
     _, listing, images = catalogue
-    pack_listing(listing, images, tmp_path / "t.bson", size=180, progress=False)
+    pack_listing(listing, images, tmp_path / "t.bson", PackOptions(size=180), progress=False)
     pics = [decode_picture(b) for p in Catalog.open(tmp_path / "t.bson") for b in p.pictures]
     assert all(p.shape == (180, 180, 3) for p in pics)
     tee = pics[0].astype(int)
@@ -73,7 +73,7 @@ def test_pack_size_letterboxes_on_white(catalogue, tmp_path):
 
 def test_pack_test_dump_and_answer_key(catalogue, tmp_path):
     _, listing, images = catalogue
-    rep = pack_listing(listing, images, tmp_path / "test.bson", labels=False, progress=False)
+    rep = pack_listing(listing, images, tmp_path / "test.bson", PackOptions(labels=False), progress=False)
     assert rep.labels_out == tmp_path / "test_labels.csv"
     cat = Catalog.open(tmp_path / "test.bson")
     assert not cat.has_labels
@@ -123,7 +123,7 @@ def test_pack_listing_without_needed_columns(catalogue, tmp_path):
 def test_pack_skip_bad_counts_and_goes_on(catalogue, tmp_path):
     _, listing, images = catalogue
     _write(listing, "7,100,a1.jpg,x\n7,100,gone.jpg,x\n8,555,c.jpg,y\n3,102,b.png,z\n")
-    rep = pack_listing(listing, images, tmp_path / "s.bson", skip_bad=True, progress=False)
+    rep = pack_listing(listing, images, tmp_path / "s.bson", PackOptions(skip_bad=True), progress=False)
     assert (rep.products, rep.pictures, rep.skipped_rows) == (2, 2, 2)
     assert any("gone.jpg" in p for p in rep.problems) and any("555" in p for p in rep.problems)
     assert Catalog.open(tmp_path / "s.bson").product_ids.tolist() == [7, 3]
@@ -146,3 +146,49 @@ def test_packed_jpeg_bytes_decode_like_the_source(catalogue, tmp_path):
     got = decode_picture(Catalog.open(tmp_path / "p.bson")[2].pictures[0])
     want = np.asarray(Image.open(io.BytesIO((images / "c.jpg").read_bytes())).convert("RGB"))
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_pack_keeps_titles_and_the_index_reads_them_on_its_fast_path(catalogue, tmp_path, labels, monkeypatch):
+    import etalage.catalog.bsonindex as bsonindex
+    from etalage.catalog.info import describe_dump
+
+    _, listing, images = catalogue
+    _write(listing, "7,100,a1.jpg,Red tée\n7,100,a2.jpg,not the first row\n3,102,b.png,\"Sandals, blue\"\n"
+                    "12,101,c.jpg,  \n")
+    rep = pack_listing(listing, images, tmp_path / "t.bson", PackOptions(labels=labels), progress=False)
+    assert rep.titled == 2, "an empty title is no title"
+    docs = bson_docs(tmp_path / "t.bson")
+    assert [d.get("title") for d in docs] == ["Red tée", "Sandals, blue", None]
+    assert list(docs[0]) == (["_id", "imgs", "category_id", "title"] if labels else ["_id", "imgs", "title"])
+
+    def no_walker(*args):
+        raise AssertionError("a packed dump with titles left the fast path")
+
+    monkeypatch.setattr(bsonindex, "_walk_document", no_walker)
+    cat = Catalog(bsonindex.build_index(tmp_path / "t.bson"))
+    assert cat.titles() == ["Red tée", "Sandals, blue", None]
+    assert cat.titled.tolist() == [True, True, False]
+    assert cat.title(1) == "Sandals, blue" and cat[0].title == "Red tée" and cat[2].title is None
+    assert cat.titles([2, 0]) == [None, "Red tée"]
+    assert Catalog.open(tmp_path / "t.bson").titles() == cat.titles(), "the loaded index has them too"
+    assert describe_dump(tmp_path / "t.bson").titled == 2
+
+
+def bson_docs(path):
+    import bson
+
+    with open(path, "rb") as fh:
+        return list(bson.decode_file_iter(fh))
+
+
+def test_a_listing_without_titles_packs_a_dump_that_reads_as_before(catalogue, tmp_path, capsys):
+    _, listing, images = catalogue
+    listing.write_text("_id,category_id,picture\n7,100,a1.jpg\n3,102,b.png\n")
+    rep = pack_listing(listing, images, tmp_path / "n.bson", progress=False)
+    assert rep.titled == 0
+    assert all(list(d) == ["_id", "imgs", "category_id"] for d in bson_docs(tmp_path / "n.bson"))
+    cat = Catalog.open(tmp_path / "n.bson")
+    assert cat.index.titles is None and cat.titles() == [None, None] and not cat.titled.any()
+    assert main(["info", str(tmp_path / "n.bson"), "-q"]) == 0
+    assert "with a title          0" in capsys.readouterr().out

@@ -108,3 +108,18 @@ def test_group_score_sums_a_specialists_votes_in_the_candidates_group():
     assert np.isnan(group[1]).all(), "not looked at: missing"
     assert group[2].tolist() == pytest.approx([0.9, 0.9, 0.9, 0.05, 0.05, 0.0])
     assert "media_group_score" not in specialist_features([media], owner, cls, 3), "only with the taxonomy"
+
+
+def test_the_ocr_summary_comes_from_the_specialists_that_read():
+    from etalage.fusion.table import specialist_features
+    from etalage.specialists.runner import SpecialistRanking
+
+    reader = SpecialistRanking("media", np.array([0, 1]), np.array([[0, 1], [1, 0]], np.int32),
+                               np.full((2, 2), 0.5, np.float32), np.zeros((2, 0), np.float32), (),
+                               np.array([[12, 3, 0.9], [0, 0, 0]], np.float32))
+    titles = SpecialistRanking("title", np.array([1, 2]), np.array([[1, 0], [0, 1]], np.int32),
+                               np.full((2, 2), 0.5, np.float32), np.zeros((2, 0), np.float32), (),
+                               np.full((2, 3), np.nan, np.float32))
+    f = specialist_features([reader, titles], np.arange(3), np.zeros(3, np.int32), 3)
+    assert f["ocr_text_length"][:2].tolist() == [12, 0], "a product read with no text keeps its zeros"
+    assert np.isnan(f["ocr_text_length"][2]), "looked at only by a specialist that does not read: missing"

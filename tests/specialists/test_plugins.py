@@ -101,7 +101,7 @@ def test_a_failing_gate_is_contained(with_plugin):
 def test_autoload_switch_keeps_only_builtins(with_plugin, monkeypatch):
     monkeypatch.setenv(plugins.AUTOLOAD_SWITCH, "1")
     discover.cache_clear()
-    assert set(discover()) == {"books", "music", "media"}
+    assert set(discover()) == {"books", "music", "media", "title"}
 
 
 def test_specialists_list_command(plugin_site):

@@ -134,3 +134,37 @@ def test_real_covers_stand_for_books_and_albums(tmp_path, shared_data):
     assert all(len(p) == 1 for p in pictures), "one cover per product"
     assert len({hashlib.md5(p[0]).hexdigest() for p in pictures}) == len(pictures), "no cover used twice"
     assert decode_picture(pictures[0][0]).shape == (180, 180, 3)
+
+
+def test_titles_are_noisy_class_words_from_a_stream_of_their_own(tmp_path):
+    plain, titled = tmp_path / "plain", tmp_path / "titled"
+    write_synthetic_catalogue(plain, SynthConfig(products=200, seed=5, workers=1))
+    summary = write_synthetic_catalogue(titled, SynthConfig(products=200, seed=5, workers=1, titles=0.8))
+    for name in ("train.bson", "test.bson"):
+        a, b = Catalog.open(plain / name), Catalog.open(titled / name)
+        assert a.index.titles is None, "no titles unless asked"
+        assert [p.pictures for p in a] == [p.pictures for p in b], "the pictures are the same bytes"
+        assert (a.product_ids == b.product_ids).all() and (a.category_ids == b.category_ids).all()
+    train = Catalog.open(titled / "train.bson")
+    share = train.titled.mean()
+    assert 0.65 < share < 0.95, f"about 80% of products titled, got {share:.2f}"
+    assert summary["titles"] == train.titled.sum() + Catalog.open(titled / "test.bson").titled.sum()
+    # the class's words make the title: products of one class share words far more than of two classes
+    words = {}
+    for title, cat in zip(train.titles(), train.category_ids.tolist(), strict=True):
+        if title:
+            words.setdefault(cat, []).append(set(title.lower().split()))
+    big = sorted(words, key=lambda c: -len(words[c]))[:2]
+    same = np.mean([len(x & y) > 0 for x in words[big[0]] for y in words[big[0]] if x is not y])
+    other = np.mean([len(x & y) > 0 for x in words[big[0]] for y in words[big[1]]])
+    assert same > other + 0.2, (same, other)
+
+
+def test_synth_titles_option(tmp_path):
+    from etalage.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "a"), "--products", "60", "--workers", "1", "--titles", "-q"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "b"), "--products", "60", "--workers", "1", "--titles", "1",
+                 "-q"]) == 0
+    assert 0.5 < Catalog.open(tmp_path / "a" / "train.bson").titled.mean() < 1
+    assert Catalog.open(tmp_path / "b" / "train.bson").titled.all()
