@@ -26,7 +26,6 @@ import json
 import mmap
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 from etalage.catalog.derived import derived_candidates, derived_path
 from etalage.errors import DataError
 from etalage.files import save_npz_atomic
+from etalage.forking import map_forked
 from etalage.progress import bar as progress_bar
 from etalage.resources import usable_cpus
 
@@ -499,6 +499,8 @@ def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: b
     index = index or BsonIndex.open(bson_path, cache_dir=cache_dir)
     pics = index.pictures
     workers = max(1, min(workers or usable_cpus(), 64))
+    if int(pics["length"].sum(dtype=np.int64)) < HASH_RANGE_BYTES // 4:
+        workers = 1  # a small dump (a server's batch of listings) is hashed faster than processes start
     out = np.zeros((len(pics), 16), np.uint8)
     # Ranges of at most ~256 MB: each is mapped, hashed and unmapped, so a worker's resident memory
     # stays bounded whatever the dump's size (58 GB for the real training file).
@@ -510,14 +512,11 @@ def hash_pictures(bson_path: str | Path, workers: int | None = None, progress: b
             out[a:b] = np.frombuffer(digests, np.uint8).reshape(-1, 16)
             bar.update(b - a)
 
-        if workers == 1:
-            _hash_range_into(jobs, pics, done)
-        else:
-            from concurrent.futures import ProcessPoolExecutor
+        def hasher():
+            return lambda job: (job[1], job[2], _hash_range(job[0], pics, job[1], job[2]))
 
-            with ProcessPoolExecutor(workers, initializer=_init_hash_worker, initargs=(pics,)) as pool:
-                for (a, b, digests) in pool.map(_hash_range_job, jobs):
-                    done(a, b, digests)
+        for a, b, digests in map_forked(hasher, jobs, workers):
+            done(a, b, digests)
     meta = json.dumps({"version": MD5_VERSION, "bson": file_stamp(bson_path), "pictures": len(pics)})
     save_npz_atomic(md5_path_for(bson_path, cache_dir), md5=out, meta=np.array(meta))
     return out
@@ -568,24 +567,6 @@ def picture_md5(bson_path: str | Path, index: BsonIndex | None = None, progress:
     if index is not None and len(md5) != len(index.pictures):
         return hash_pictures(bson_path, index=index, progress=progress, cache_dir=cache_dir)
     return md5
-
-
-_WORKER_PICS: np.ndarray | None = None
-
-
-def _init_hash_worker(pics: np.ndarray) -> None:
-    global _WORKER_PICS
-    _WORKER_PICS = pics
-
-
-def _hash_range_job(job: tuple[str, int, int]) -> tuple[int, int, bytes]:
-    path, a, b = job
-    return a, b, _hash_range(path, _WORKER_PICS, a, b)
-
-
-def _hash_range_into(jobs, pics, done: Callable) -> None:
-    for path, a, b in jobs:
-        done(a, b, _hash_range(path, pics, a, b))
 
 
 def _hash_range(path: str, pics: np.ndarray, a: int, b: int) -> bytes:

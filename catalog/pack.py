@@ -266,7 +266,7 @@ def pack_listing(listing: str | Path, images: str | Path, out: str | Path, optio
     key_rows: list[tuple[int, int]] = []
     with atomic_write(out, "wb") as fh, progress_bar(total=sum(len(p.pictures) for p in products), unit="picture",
                                                      desc=f"pack {out.name}", enabled=progress) as bar:
-        for results in map_forked(_encode_products, jobs, workers or usable_cpus()):
+        for results in map_forked(lambda: _encode_products, jobs, workers or usable_cpus()):
             for prod, encoded, n_pics, recoded, bad_rows in results:
                 bar.update(len(prod.pictures))
                 for row in bad_rows:

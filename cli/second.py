@@ -131,6 +131,9 @@ def _add_fusion_fit(fusion, handlers: dict) -> None:
                     "naming num_leaves, learning_rate, max_depth or min_child_samples fixes the capacity instead of "
                     "choosing it")
     p.add_argument("--topk", type=int, default=20, help="core candidates per product")
+    p.add_argument("--blank-titles", type=float, default=0.25, metavar="SHARE",
+                   help="share of the products whose titles the title-reading specialists are made not to see, so "
+                        "that the reranker learns listings without a title (0: none)")
     p.add_argument("--tta", default="none", choices=TTA_MODES,
                    help="core test-time augmentation; submit then uses the same")
     p.add_argument("--ocr-cache", help="SQLite OCR cache (default: ocr-cache.sqlite beside --train)")
@@ -200,7 +203,8 @@ def cmd_fusion_fit(args) -> int:
     cfg = FusionFitConfig(list(args.run), Path(args.train), Path(args.out), args.specialists,
                           names_of(args.names) or None, args.kind, args.topk, args.tta, args.neighbours,
                           args.ocr_cache, args.seed, parse_key_values(args.settings, "--set"),
-                          tuple(names_of(args.without)), with_id=args.with_signals == "id")
+                          tuple(names_of(args.without)), with_id=args.with_signals == "id",
+                          blank_titles=args.blank_titles)
     t0 = time.perf_counter()
     with engine_of(args) as engine:
         fit = fit_fusion(cfg, compute_of(args), engine)

@@ -76,6 +76,8 @@ class _Loaded:
     specialists: SpecialistsStage | None = None
     fusion: FusionStage | None = None
     signals: object = None
+    fusion_without_id: FusionStage | None = None  # where the training ids looked numbered category by category
+    train_ids: np.ndarray | None = None
 
 
 class Classifier:
@@ -116,6 +118,10 @@ class Classifier:
             job = SpecialistsJob(plan.specialists, plan.specialist_names, cache, Path(), Path())
             loaded.specialists = _opened(SpecialistsStage(None, job, plan.taxonomy()))
         loaded.fusion = _opened(FusionStage(FusionInputs(plan, None, None, plan.taxonomy(), loaded.signals)))
+        loaded.train_ids = train.product_ids
+        if plan.model.without_id.exists:
+            inputs = FusionInputs(plan, None, None, plan.taxonomy(), loaded.signals, plan.model.without_id.path)
+            loaded.fusion_without_id = _opened(FusionStage(inputs))
         return cls(plan, plan.models, loaded, cache, compute)
 
     def classify(self, listings: list[Listing]) -> list[Proposal]:
@@ -136,11 +142,22 @@ class Classifier:
                 job = SpecialistsJob(self.plan.specialists, names, self.ocr_cache, work.core, work.specialists,
                                      chunk=len(catalog), producer="etalage serve")
                 _run_adopted(SpecialistsStage(catalog, job, self.taxonomy), self.loaded.specialists, rows)
+            fusion = self._fusion(catalog)
             inputs = FusionInputs(self.plan, work, catalog, self.taxonomy, self.loaded.signals)
-            _run_adopted(FusionStage(inputs), self.loaded.fusion, rows)
+            _run_adopted(FusionStage(inputs), fusion, rows)
             fused = load_parts(work.fused, [rows])
-            spoke = self._signals(catalog, work, names)
-        return self._fused_proposals(fused, spoke)
+            spoke = self._signals(catalog, work, names, fusion is self.loaded.fusion)
+        return self._fused_proposals(fused, spoke, fusion)
+
+    def _fusion(self, catalog: Catalog) -> FusionStage:
+        """The reranker for this batch: with the id prior where its ids interleave with the training ids as
+        ``submit`` decides for a dump (``predict.id_prior_choice``), else the one fitted without id features."""
+        from etalage.pipeline.predict import id_prior_choice
+
+        if self.loaded.fusion_without_id is None:
+            return self.loaded.fusion
+        chosen = id_prior_choice(self.plan, catalog.product_ids, self.loaded.train_ids)
+        return self.loaded.fusion if chosen == self.plan.model.path else self.loaded.fusion_without_id
 
     def _core(self, catalog: Catalog, work: WorkDir) -> CoreStage:
         plan = self.plan
@@ -149,9 +166,9 @@ class Classifier:
                          len(catalog), "etalage serve")
         return _run_adopted(CoreStage(catalog, job, self.compute), self.loaded.core, (0, len(catalog)))
 
-    def _signals(self, catalog: Catalog, work: WorkDir, names: list[str]) -> list[list[str]]:
+    def _signals(self, catalog: Catalog, work: WorkDir, names: list[str], with_id: bool) -> list[list[str]]:
         """Which signals had something to say of each product: the core always; a specialist that looked at it;
-        a picture seen in training; its id (the id prior), when given."""
+        a picture seen in training; its id, when given and the reranker reads ids."""
         n = len(catalog)
         spoke = [["core"] for _ in range(n)]
         for sr in specialist_rankings(work.specialists, names):
@@ -160,7 +177,7 @@ class Classifier:
         rows, owner = catalog.picture_rows(np.arange(n))
         for r in np.unique(owner[self.loaded.signals.hash_index.known(catalog.md5[rows])]):
             spoke[int(r)].append("picture hash")
-        for r in np.flatnonzero(catalog.product_ids >= 0):
+        for r in np.flatnonzero(catalog.product_ids >= 0) if with_id else ():
             spoke[int(r)].append("id")
         return spoke
 
@@ -173,8 +190,8 @@ class Classifier:
                                                                ranking.topk_prob[i, :FUSED_TOPK], strict=True)
                           if c >= 0], ["core"]) for i in range(len(ranking))]
 
-    def _fused_proposals(self, fused: dict, spoke: list[list[str]]) -> list[Proposal]:
-        probs = self.loaded.fusion.loaded.model.probabilities(fused["topk_score"])
+    def _fused_proposals(self, fused: dict, spoke: list[list[str]], fusion: FusionStage) -> list[Proposal]:
+        probs = fusion.loaded.model.probabilities(fused["topk_score"])
         out = []
         for i in range(len(fused["product_ids"])):
             classes, p = fused["topk_class"][i], probs[i]
@@ -184,7 +201,7 @@ class Classifier:
         return out
 
     def close(self) -> None:
-        for stage in (self.loaded.core, self.loaded.specialists, self.loaded.fusion):
+        for stage in (self.loaded.core, self.loaded.specialists, self.loaded.fusion, self.loaded.fusion_without_id):
             if stage is not None:
                 stage.close()
 

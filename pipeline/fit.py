@@ -116,6 +116,7 @@ class FusionFitConfig:
     lgb_params: dict = field(default_factory=dict)
     without: tuple[str, ...] = ()
     with_id: bool = False  # --with id: the test ids will interleave with these; no model without id features
+    blank_titles: float = 0.25  # share of the products whose title the title-reading specialists do not see
 
 
 @dataclass
@@ -147,6 +148,7 @@ class FusionFit:
     candidates: list = field(default_factory=list)  # every (kind, capacity) scored, with its best trees
     without_id: dict = field(default_factory=dict)  # the model fitted without id features too (ids looked ordered)
     id_interleave: float | None = None              # how fusion's products' ids interleave with the training ids
+    titles_blanked: dict = field(default_factory=dict)  # title readers made blind to a share of the products
 
     @property
     def share_of_training_products(self) -> float:
@@ -203,8 +205,9 @@ def fit_fusion(cfg: FusionFitConfig, compute: Compute | None = None, engine: Eng
     log.info("[3/4] table: candidates and features (hash, id and neighbour signals exclude each product itself)")
     signals = training_signals(catalog, taxonomy)
     named = list(zip([m.name for m in models], held.per_model, strict=True)) if len(models) > 1 else []
+    blanked = _blanked_titles(cfg, spec_names, len(held.positions))
     table = fusion_table(held.ranking, catalog, held.positions, taxonomy, signals,
-                         TableSources(folder.specialists_val, spec_names, None, named, held.hits), held.truth)
+                         TableSources(folder.specialists_val, spec_names, None, named, held.hits, blanked), held.truth)
     left_out = {n for g in without for n in feature_groups(tuple(table.features), spec_names).get(g, [])}
     feature_names = tuple(n for n in table.features if n not in left_out)
     save_table(folder.table_file, table, held.truth, held.ranking.top1())
@@ -230,7 +233,8 @@ def fit_fusion(cfg: FusionFitConfig, compute: Compute | None = None, engine: Eng
                     {m.name: float((r.top1() == held.truth).mean()) for m, r in zip(models, held.per_model, strict=True)},
                     ensemble_baselines(table, held.truth, seed=cfg.seed), coverage(table, held.truth),
                     time.perf_counter() - t0, model.importance(), chosen.get("params", {}),
-                    chosen.get("candidates", []), alternative, model.plan.id_interleave)
+                    chosen.get("candidates", []), alternative, model.plan.id_interleave,
+                    {n: {"share": cfg.blank_titles, "products": len(r)} for n, r in blanked.items()})
     write_json_atomic(folder.fit_report_file, fit.as_dict())
     return fit
 
@@ -250,6 +254,24 @@ def _fit_without_id(table, truth: np.ndarray, feature_names: tuple[str, ...], sp
     alt.save(folder.without_id)
     return {"folder": str(folder.without_id), "kind": alt.kind, "features": len(names), "trees": int(chosen["trees"]),
             "valid_top1_by_kind": chosen["valid_top1_by_kind"]}
+
+
+def _blanked_titles(cfg: FusionFitConfig, spec_names: list[str], n: int) -> dict[str, np.ndarray]:
+    """For each specialist that reads titles, the rows of a random ``blank_titles`` share of the fit's products
+    it is made not to have seen: LightGBM cannot learn what to do with a missing title it never met, and every
+    catalogue has listings without one."""
+    from etalage.specialists.runner import fit_settings, fitted_names
+
+    if not spec_names or cfg.blank_titles <= 0:
+        return {}
+    needs = dict(zip(fitted_names(cfg.specialists), fit_settings(cfg.specialists), strict=True))
+    readers = [name for name in spec_names if "title" in (needs.get(name) or {}).get("needs", [])]
+    rng = np.random.default_rng([cfg.seed, 7])
+    rows = np.sort(rng.choice(n, int(round(cfg.blank_titles * n)), replace=False)).astype(np.int64)
+    for name in readers:
+        log.info("      %s: the titles of %d of the %d products left out (%.0f%%), so fusion learns listings "
+                 "without one", name, len(rows), n, 100 * cfg.blank_titles)
+    return {name: rows for name in readers}
 
 
 def _specialist_names(cfg: FusionFitConfig) -> list[str]:

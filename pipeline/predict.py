@@ -156,8 +156,9 @@ def id_prior_choice(plan: PredictPlan, test_ids: np.ndarray, train_ids: np.ndarr
     use_id = asked == "with" or (asked == "auto" and share >= 0.5 * fit_share)
     why = "as asked" if asked != "auto" else (f"{100 * share:.0f}% of the test ids interleave with the training ids, "
                                               f"{100 * fit_share:.0f}% of fusion's own products' did")
-    log.info("      fusion %s the product-id prior (%s)%s", "uses" if use_id else "does not use", why,
-             "" if use_id else f": the model fitted without id features, {alternative}")
+    log.log(logging.INFO if work is not None else logging.DEBUG, "      fusion %s the product-id prior (%s)%s",
+            "uses" if use_id else "does not use", why,
+            "" if use_id else f": the model fitted without id features, {alternative}")
     if work is not None:
         write_json_atomic(work.path / "id_prior.json", {"uses_id": use_id, "asked": asked, "test_interleave": share,
                                                         "fit_interleave": fit_share, "model": str(

@@ -324,6 +324,7 @@ class TableSources:
     rows: Rows | None = None
     models: list = field(default_factory=list)
     neighbours: list = field(default_factory=list)
+    blanked: dict = field(default_factory=dict)  # specialist name -> product rows it is made not to have looked at
 
 
 def fusion_table(ranking: CoreRanking, catalog: Catalog, positions: np.ndarray, taxonomy: Taxonomy,
@@ -334,9 +335,9 @@ def fusion_table(ranking: CoreRanking, catalog: Catalog, positions: np.ndarray, 
     their pictures' MD5s; the ``sources``' signals. ``own_classes``: the products' labels when they are the
     fit's training queries (each product's own hash and id contribution removed)."""
     pic_rows, pic_owner = catalog.picture_rows(positions)
-    evidence = Evidence(catalog.md5[pic_rows], pic_owner,
-                        specialist_rankings(sources.specialists_dir, list(sources.names), sources.rows),
-                        list(sources.models), list(sources.neighbours))
+    specialists = [sr.without(sources.blanked[sr.name]) if sr.name in sources.blanked else sr
+                   for sr in specialist_rankings(sources.specialists_dir, list(sources.names), sources.rows)]
+    evidence = Evidence(catalog.md5[pic_rows], pic_owner, specialists, list(sources.models), list(sources.neighbours))
     return assemble(ranking, taxonomy, signals, evidence, own_classes)
 
 

@@ -204,6 +204,13 @@ class SpecialistRanking:
         return cls(meta["name"], row, cat["topk_class"], cat["topk_score"], cat["features"],
                    tuple(meta["feature_names"]), cat["ocr"])
 
+    def without(self, rows: np.ndarray) -> SpecialistRanking:
+        """The same view, as if the specialist had not looked at the products ``rows`` (fit blanks some
+        products' titles so that fusion learns the case of a listing without one)."""
+        keep = ~np.isin(self.rows, np.asarray(rows, np.int64))
+        return SpecialistRanking(self.name, self.rows[keep], self.topk_class[keep], self.topk_score[keep],
+                                 self.features[keep], self.feature_names, self.ocr[keep])
+
     @classmethod
     def empty(cls, name: str, feature_names: tuple[str, ...]) -> SpecialistRanking:
         return cls(name, np.zeros(0, np.int64), np.zeros((0, SPECIALIST_TOPK), np.int32),

@@ -20,10 +20,8 @@ gives the same bytes with any number of worker processes.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from PIL import Image, ImageDraw
 from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import ConfigError
 from etalage.files import atomic_write
+from etalage.forking import map_forked
 from etalage.progress import bar as progress_bar
 from etalage.resources import usable_cpus
 from etalage.synth.covers import SIZE, draw_cover, hsv_rgb
@@ -312,13 +311,46 @@ def _placeholders(quality: int) -> list[bytes]:
 # worker side: one product -> its JPEG pictures
 
 
-_W: dict = {}
+class _Painter:
+    """Draws products (the forked workers each hold one, inherited: nothing pickled): the settings, the class
+    styles, the placeholder pictures, and the stock pictures drawn so far (the exact duplicates several
+    products share, drawn once per process)."""
 
+    def __init__(self, cfg: SynthConfig, styles: dict[int, _ClassStyle]):
+        self.cfg, self.styles = cfg, styles
+        self.placeholders = _placeholders(cfg.jpeg_quality)
+        self.stock: dict[tuple[int, int], bytes] = {}
 
-def _init_worker(cfg: SynthConfig, styles: dict[int, _ClassStyle]) -> None:
-    _W.clear()
-    _stock_picture.cache_clear()
-    _W.update(cfg=cfg, styles=styles, placeholders=_placeholders(cfg.jpeg_quality))
+    def stock_picture(self, cls: int, k: int) -> bytes:
+        """Picture ``k`` of a class's stock."""
+        if (cls, k) not in self.stock:
+            cfg, style = self.cfg, self.styles[cls]
+            rng = np.random.default_rng([cfg.seed, 2, cls, k])
+            words = _cover_words(style, rng, cfg.text_strength) if style.group != "generic" else None
+            self.stock[(cls, k)] = _jpeg(_draw_product_view(style, rng, cfg, words), cfg.jpeg_quality)
+        return self.stock[(cls, k)]
+
+    def product(self, job: tuple[int, int, int, np.ndarray, np.ndarray, Path | None]) -> list[bytes]:
+        number, cls, n_pics, kind, stock, cover = job
+        cfg, style = self.cfg, self.styles[cls]
+        if cover is not None:  # a real cover stands for the drawn one
+            from etalage.synth.real_covers import cover_jpeg
+
+            return [cover_jpeg(cover, cfg.jpeg_quality)]
+        rng = np.random.default_rng([cfg.seed, 3, number])
+        words = _cover_words(style, rng, cfg.text_strength) if style.group != "generic" else None
+        pictures = []
+        for j in range(n_pics):
+            if kind[j] < cfg.placeholder_rate:
+                pictures.append(self.placeholders[int(stock[j]) % len(self.placeholders)])
+            elif kind[j] < cfg.placeholder_rate + cfg.duplicate_rate:
+                pictures.append(self.stock_picture(cls, int(stock[j])))
+            else:
+                pictures.append(_jpeg(_draw_product_view(style, rng, cfg, words), cfg.jpeg_quality))
+        return pictures
+
+    def products(self, jobs: list) -> list[list[bytes]]:
+        return [self.product(job) for job in jobs]
 
 
 def _draw_product_view(style: _ClassStyle, rng: np.random.Generator, cfg: SynthConfig,
@@ -326,35 +358,6 @@ def _draw_product_view(style: _ClassStyle, rng: np.random.Generator, cfg: SynthC
     if style.group == "generic":
         return _draw_generic(style, rng, cfg.noise)
     return draw_cover(words[0], words[1], rng, style.group)
-
-
-@functools.lru_cache(maxsize=4096)
-def _stock_picture(cls: int, k: int) -> bytes:
-    """Picture ``k`` of a class's stock: the exact duplicates shared by several products."""
-    cfg, style = _W["cfg"], _W["styles"][cls]
-    rng = np.random.default_rng([cfg.seed, 2, cls, k])
-    words = _cover_words(style, rng, cfg.text_strength) if style.group != "generic" else None
-    return _jpeg(_draw_product_view(style, rng, cfg, words), cfg.jpeg_quality)
-
-
-def _make_product(job: tuple[int, int, int, np.ndarray, np.ndarray, Path | None]) -> list[bytes]:
-    number, cls, n_pics, kind, stock, cover = job
-    cfg, style = _W["cfg"], _W["styles"][cls]
-    if cover is not None:  # a real cover stands for the drawn one
-        from etalage.synth.real_covers import cover_jpeg
-
-        return [cover_jpeg(cover, cfg.jpeg_quality)]
-    rng = np.random.default_rng([cfg.seed, 3, number])
-    words = _cover_words(style, rng, cfg.text_strength) if style.group != "generic" else None
-    pictures = []
-    for j in range(n_pics):
-        if kind[j] < cfg.placeholder_rate:
-            pictures.append(_W["placeholders"][int(stock[j]) % len(_W["placeholders"])])
-        elif kind[j] < cfg.placeholder_rate + cfg.duplicate_rate:
-            pictures.append(_stock_picture(cls, int(stock[j])))
-        else:
-            pictures.append(_jpeg(_draw_product_view(style, rng, cfg, words), cfg.jpeg_quality))
-    return pictures
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,17 +415,10 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
     bar = progress_bar(total=cfg.products, unit="product", desc="synth", enabled=progress)
     counts = {"train": 0, "test": 0, "pictures": 0, "titles": 0}
     cat_ids = tax.category_ids
+    painter = _Painter(cfg, styles)
+    batches = [jobs[i:i + 16] for i in range(0, len(jobs), 16)]
+    results = (p for batch in map_forked(lambda: painter.products, batches, workers) for p in batch)
     with atomic_write(out_dir / "train.bson") as train_fh, atomic_write(out_dir / "test.bson") as test_fh:
-        if workers == 1:
-            _init_worker(cfg, styles)
-            results = map(_make_product, jobs)
-            pool = None
-        else:
-            import multiprocessing as mp
-
-            pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
-                workers, initializer=_init_worker, initargs=(cfg, styles))
-            results = pool.imap(_make_product, jobs, chunksize=16)
         try:
             for i, pictures in enumerate(results):
                 doc = {"_id": int(plan["ids"][i]), "imgs": [{"picture": p} for p in pictures]}
@@ -439,9 +435,7 @@ def write_synthetic_catalogue(out_dir: str | Path, cfg: SynthConfig, taxonomy: T
                 counts["titles"] += titles[i] is not None
                 bar.update(1)
         finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+            results.close()
             bar.close()
     tax.save(out_dir / "category_names.csv")
     test_rows = np.flatnonzero(plan["is_test"])
