@@ -104,17 +104,17 @@ def test_square_on_device_letterbox_and_stretch():
 
 def test_pre_read_chunk_decodes_as_the_catalogue(synth_dir):
     """The Ray engine's read tasks read a chunk's bytes in one stretch; decoding from them is the
-    catalogue's own decoding."""
+    catalogue's own decoding, and the chunk travels (pickled) as the bytes it holds."""
+    import pickle
+
     from etalage.catalog import Catalog
-    from etalage.core.predict import PreReadCatalog, chunk_extent
 
     cat = Catalog.open(synth_dir / "test.bson")
     a, b = 10, 50
-    lo, hi = chunk_extent(cat, (a, b))
-    with open(cat.path, "rb") as fh:
-        fh.seek(lo)
-        blob = fh.read(hi - lo)
-    pre = PreReadCatalog(cat.index, a, b, lo, blob)
+    chunk = pickle.loads(pickle.dumps(cat.read_chunk((a, b))))
+    lo, hi = cat.chunk_extent((a, b))
+    assert len(chunk.blob) == hi - lo and chunk.base == lo
+    pre = cat.with_chunk(chunk)
     for pos in range(a, b):
         assert pre.picture_bytes(pos) == cat.picture_bytes(pos)
         assert all(np.array_equal(x, y) for x, y in zip(pre.decode(pos), cat.decode(pos), strict=True))

@@ -142,3 +142,42 @@ def test_fusion_predict_writes_ranked_top5(fitted, synth_dir, tmp_path):
     both = filled[:, 1:] & filled[:, :-1]
     assert np.all(score[:, 1:][both] <= score[:, :-1][both]), "best first"
     assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in top), "no class twice"
+
+
+def test_the_id_prior_is_used_only_where_test_ids_interleave(fitted_pipeline, tmp_path, caplog):
+    """A fusion model fitted where the training ids looked category-ordered carries a model without id features;
+    prediction picks it for products numbered apart from the training ones (a catalogue's next listings), the id
+    model for products numbered among them (Cdiscount's test set), and says which."""
+    import json
+    import logging
+    import shutil
+
+    from etalage.catalog import Catalog
+    from etalage.errors import ConfigError
+    from etalage.fusion.signals import id_interleave_share
+    from etalage.pipeline.plan import PredictPlan
+    from etalage.pipeline.predict import id_prior_choice
+    from etalage.pipeline.workdir import WorkDir
+
+    fitted, synth_dir, _ = fitted_pipeline
+    train = Catalog.open(synth_dir / "train.bson").product_ids
+    test = Catalog.open(synth_dir / "test.bson").product_ids
+    assert id_interleave_share(test, train) > 0.9 and id_interleave_share(train[::3], train, True) > 0.9
+    assert id_interleave_share(train.max() + 1 + np.arange(50), train) == 0.0
+    with pytest.raises(ConfigError, match="no model without id features"):
+        id_prior_choice(PredictPlan.from_model(fitted / "fusion"), test, train, "without")
+    model = tmp_path / "fusion"
+    shutil.copytree(fitted / "fusion", model)
+    shutil.copytree(fitted / "fusion", model / "without_id", ignore=shutil.ignore_patterns("without_id"))
+    plan = PredictPlan.from_model(model)
+    work = WorkDir(tmp_path / "work")
+    work.path.mkdir()
+    with caplog.at_level(logging.INFO, logger="etalage"):
+        assert id_prior_choice(plan, test, train, "auto", work) == plan.model.path
+        assert "fusion uses the product-id prior" in caplog.text
+        after = train.max() + 1 + np.arange(len(test))
+        assert id_prior_choice(plan, after, train, "auto", work) == plan.model.without_id.path
+        assert "does not use the product-id prior" in caplog.text
+    assert json.loads((work.path / "id_prior.json").read_text())["uses_id"] is False
+    assert id_prior_choice(plan, after, train, "with") == plan.model.path
+    assert id_prior_choice(plan, test, train, "without") == plan.model.without_id.path
