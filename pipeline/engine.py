@@ -94,11 +94,13 @@ class StageStats:
     products: int = 0         # products of those chunks
     pictures: int = 0
     busy_s: float = 0.0       # summed over workers
+    open_s: float = 0.0       # loading the stage's models, summed over workers (each actor loads them once)
     peak_rss_mb: float = 0.0  # largest worker
     nodes: set = field(default_factory=set)
 
     def add(self, report: dict, products: int) -> None:
         self.chunks += 1
+        self.open_s += float(report.get("open_s", 0.0))
         if report.get("worked", True):
             self.worked += 1
             self.products += products
@@ -111,7 +113,7 @@ class StageStats:
     def row(self) -> dict:
         rate = self.products / self.busy_s if self.busy_s else None
         return {"chunks": self.chunks, "chunks_worked": self.worked, "products": self.products,
-                "pictures": self.pictures, "busy_s": self.busy_s, "products_per_busy_s": rate,
+                "pictures": self.pictures, "busy_s": self.busy_s, "open_s": self.open_s, "products_per_busy_s": rate,
                 "pictures_per_busy_s": self.pictures / self.busy_s if self.busy_s and self.pictures else None,
                 "peak_worker_rss_mb": self.peak_rss_mb, "nodes": max(1, len(self.nodes))}
 
@@ -135,7 +137,7 @@ class RunStats:
         """Another run of the same job (a job made of several engine runs) added to this one."""
         for name, s in other.stages.items():
             mine = self.stages.setdefault(name, StageStats())
-            for k in ("chunks", "worked", "products", "pictures", "busy_s"):
+            for k in ("chunks", "worked", "products", "pictures", "busy_s", "open_s"):
                 setattr(mine, k, getattr(mine, k) + getattr(s, k))
             mine.peak_rss_mb = max(mine.peak_rss_mb, s.peak_rss_mb)
             mine.nodes |= s.nodes
@@ -158,7 +160,8 @@ class RunStats:
             if r["pictures_per_busy_s"]:
                 rate += f" ({r['pictures_per_busy_s']:,.0f} pictures/s)"
             out.append(f"{self.engine} {name}: {s.worked}/{s.chunks} chunks worked, {s.products:,} products, "
-                       f"{s.busy_s:.1f} s busy; {rate}; peak worker memory {s.peak_rss_mb:,.0f} MB")
+                       f"{s.busy_s:.1f} s busy, {s.open_s:.1f} s loading models; {rate}; peak worker memory "
+                       f"{s.peak_rss_mb:,.0f} MB")
         t = self.timings
         out.append(f"{self.engine}: start {t.get('start_s', 0):.1f} s, stages {t.get('pipeline_s', 0):.1f} s, stop "
                    f"{t.get('stop_s', 0):.1f} s; peak driver memory {peak_rss_mb():,.0f} MB")
@@ -241,11 +244,10 @@ class LocalEngine(Engine):
                 continue
             for c, report in self._run_stage(stage, todo):
                 report.setdefault("worked", True)
-                reports[c][stage.name] = report
+                reports[c][stage.name] = {k: v for k, v in report.items() if k != "payload"}  # what later stages see
                 warn_back(report)
                 if on_result is not None:
                     on_result(stage, c, report)
-                report.pop("payload", None)
                 stats.add(stage.name, report, c[1] - c[0])
         stats.timings["pipeline_s"] = time.perf_counter() - t0
         return stats
@@ -255,7 +257,9 @@ class LocalEngine(Engine):
         inherit what it loaded (the training signals, a model: copy-on-write, nothing pickled); each child then
         opens it again with its own thread count (``Stage.open`` is idempotent)."""
         workers = min(self.workers, len(todo)) if stage.forked else 1
+        t0 = time.perf_counter()
         stage.open(None)
+        opened = {"open_s": time.perf_counter() - t0}  # counted with the stage's first chunk
         try:
             with progress_bar(total=sum(stage.units(c) for c in todo), unit=stage.unit, desc=stage.name,
                               enabled=self.progress) as bar:
@@ -266,12 +270,14 @@ class LocalEngine(Engine):
                     with ForkedWorkers(lambda: _timed(stage.opened(threads)), workers, threads) as pool:
                         for c, report in zip(todo, pool.map([(c, None) for c in todo]), strict=True):
                             bar.update(stage.units(c))
-                            yield c, report
+                            yield c, {**report, **opened}
+                            opened = {}
                     return
                 for c in todo:
                     report = timed_report(lambda c=c: stage.run(c, None))
                     bar.update(stage.units(c))
-                    yield c, report
+                    yield c, {**report, **opened}
+                    opened = {}
         finally:
             stage.close()
 

@@ -301,16 +301,18 @@ class StageActor:
             reports = json.loads(batch["reports"][i])
             report = {"worked": False}
             if self.stage.todo(rows, reports):
+                open_s = 0.0
                 if not self.opened:
                     from etalage.forking import limit_child_threads
 
+                    t0 = time.perf_counter()
                     limit_child_threads(self.threads)  # an actor is a process of the engine's own
                     self.stage.open(self.threads)
-                    self.opened = True
+                    self.opened, open_s = True, time.perf_counter() - t0
                 raw = batch["chunk"][i]
                 chunk = pickle.loads(raw) if self.stage.reads_pictures and raw is not None and len(raw) else None
                 report = timed_report(lambda rows=rows, chunk=chunk: self.stage.run(rows, chunk), _node())
-                report["worked"] = True
+                report.update(worked=True, open_s=open_s)
                 payload = report.pop("payload", None)
                 if payload is not None:
                     out["payload"][i] = pickle.dumps(payload)
