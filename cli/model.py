@@ -178,6 +178,11 @@ def _train(p) -> None:
     p.add_argument("--fold", help="with --folds: the fold to hold out (0..K-1), or 'all' (the default): the K runs "
                                   "one after the other into RUN/fold0 ..., --max-minutes each")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (split, order, augmentation)")
+    _train_compute(p, d)
+
+
+def _train_compute(p, d) -> None:
+    """Where and how ``train`` computes, and how it checkpoints and resumes."""
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: none on CPU, most cores on "
                                                "CUDA)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
@@ -185,6 +190,12 @@ def _train(p) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout (default: on the CPU, 1.6x faster there; off on CUDA, slower there with "
                         "varying pictures per batch)")
+    p.add_argument("--map-cache-gb", type=float, default=d.map_cache_gb,
+                   help="keep the frozen layer groups' output of every training picture (two views, memory-mapped "
+                        "in the run folder) so that later epochs skip decoding and those layers, training on "
+                        "crops of the kept maps; the most GiB it may take (default %(default)s; 0: off). A run "
+                        "that would need more, or with --augment resized-crop/trivial/randaugment, trains on "
+                        "pictures")
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
                    help="checkpoint at least this often")
     p.add_argument("--stop-after-steps", type=int,
