@@ -67,9 +67,10 @@ class TrainConfig:
     channels_last: bool | None = None
     # The frozen layer groups' output of every training picture kept (memory-mapped in the run folder, both
     # views: 96 KiB a picture for EfficientNet-Lite0 at 128 px with 3 groups frozen), so that epochs after a
-    # picture's first skip decoding it and running those layers; the most GiB it may take (0: off). Over
-    # it, or with an augmentation done on pixels, the run trains on pictures (etalage.core.mapcache).
-    map_cache_gb: float = 4.0
+    # picture's first skip decoding it and running those layers; the most GiB it may take (0: off, the
+    # default until its accuracy per epoch is measured against the pixel path on real photos). Over it, or
+    # with an augmentation done on pixels, the run trains on pictures (etalage.core.mapcache).
+    map_cache_gb: float = 0.0
     checkpoint_minutes: float = 10.0
     stop_after_steps: int | None = None  # pause after this many steps of this call (continue with resume=True)
 

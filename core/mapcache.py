@@ -19,8 +19,8 @@ saved with each checkpoint, after the maps themselves are flushed.
 
 Its size: channels x (side / stride)^2 x 2 bytes per picture and view; EfficientNet-Lite0 with the stem
 and two stages frozen at 128 px keeps 24 x 32 x 32 x 2 = 48 KiB, 96 KiB per picture with both views, 2.2 GiB
-for fashion-dev's 23,951 training photos. ``map_cache_gb`` bounds it: a run whose cache would take more
-trains on the pixel path. Mixup and cutmix act on the maps (cutmix boxes on the map's grid, mixup between
+for fashion-dev's 23,951 training photos. ``map_cache_gb`` bounds it (0, the default, turns it off): a
+run whose cache would take more trains on the pixel path. Mixup and cutmix act on the maps (cutmix boxes on the map's grid, mixup between
 feature maps rather than pixels); the pooling over pictures comes after the backbone, unchanged.
 Validation and prediction always read pictures.
 """

@@ -46,7 +46,6 @@ from etalage.catalog.split import fold_split
 from etalage.catalog.taxonomy import taxonomy_beside
 from etalage.core.config import RESUME_INVARIANTS, TrainConfig
 from etalage.core.curves import write_curves
-from etalage.core.mapcache import plan_map_cache
 from etalage.core.data import (
     Batch,
     EpochSampler,
@@ -57,6 +56,7 @@ from etalage.core.data import (
     default_workers,
     to_device,
 )
+from etalage.core.mapcache import plan_map_cache
 from etalage.core.model import build_model, safe_torch_load
 from etalage.core.rundir import RunDir
 from etalage.core.runtime import DistInfo, all_sum, broadcast_int, init_distributed, resolve_device

@@ -23,7 +23,7 @@ from etalage.core.rundir import RunDir
 from etalage.core.train import train
 from tests.conftest import TINY
 
-CACHED = {**TINY, "freeze": 3}  # test_efficientnet cut after the stem and 2 stages: 24 x 16 x 16 maps at 64 px
+CACHED = {**TINY, "freeze": 3, "map_cache_gb": 1.0}  # test_efficientnet cut after 3 groups: 24x16x16 maps
 
 
 def _metrics(run) -> list[dict]:
