@@ -142,6 +142,6 @@ class TrainConfig:
 DEFAULT_FROZEN_GROUPS = 3
 
 RESUME_INVARIANTS = ("backbone", "picture_pooling", "picture_size", "crop", "batch_size", "seed", "val_fraction",
-                     "schedule", "resize", "augment", "head_epochs", "freeze", "ema", "folds", "fold")
+                     "schedule", "resize", "augment", "head_epochs", "freeze", "ema", "folds", "fold", "map_cache_gb")
 
 

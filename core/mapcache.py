@@ -252,7 +252,8 @@ class FrozenMapCache:
         self.misses += len(fresh)
         full = torch.cat([batch.maps, fresh])[batch.order]
         c = self.layout.crop
-        x = torch.stack([full[p, :, y:y + c, x:x + c] for p, (y, x) in enumerate(batch.corners.tolist())])
+        x = torch.stack([full[p, :, top:top + c, left:left + c]
+                         for p, (top, left) in enumerate(batch.corners.tolist())])
         x = x.to(self.device, non_blocking=True).float()
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

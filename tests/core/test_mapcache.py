@@ -21,6 +21,7 @@ from etalage.core.mapcache import FILLED, plan_map_cache
 from etalage.core.model import build_model
 from etalage.core.rundir import RunDir
 from etalage.core.train import train
+from etalage.errors import ConfigError
 from tests.conftest import TINY
 
 CACHED = {**TINY, "freeze": 3, "map_cache_gb": 1.0}  # test_efficientnet cut after 3 groups: 24x16x16 maps
@@ -87,6 +88,18 @@ def test_maps_read_back_are_the_frozen_layers_output_cropped(synth_dir, tmp_path
     assert set(first.raw_views.tolist()) == {0, 1} and set(np.unique(first.corners.numpy())) > {0}, "views and corners drawn"
 
 
+def test_loader_workers_see_the_maps_the_step_keeps(synth_dir, tmp_path):
+    cache, ds, *_ = _cache_for(synth_dir, tmp_path)
+    keys = [(i, 0) for i in range(6)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=6, sampler=keys, collate_fn=ds.collate, num_workers=1,
+                                         persistent_workers=True)
+    first = next(iter(loader))
+    assert len(first.maps) == 0
+    x = cache.inputs(first)  # kept by this process, after the worker started
+    again = next(iter(loader))
+    assert len(again.raw) == 0 and torch.equal(cache.inputs(again), x)
+
+
 def test_no_views_are_drawn_without_augmentation(synth_dir, tmp_path):
     cache, ds, *_ = _cache_for(synth_dir, tmp_path, augment="none")
     batch = ds.collate([ds[(i, e)] for e in (0, 1) for i in range(3)])
@@ -124,6 +137,8 @@ def test_resume_on_maps_is_exact(cached_run, tmp_path):
     run = RunDir(out)
     with np.load(run.map_cache_state_file) as saved:
         assert (saved["filled"] == FILLED).any(), "which maps are filled is saved with the checkpoint"
+    with pytest.raises(ConfigError, match=r"map_cache_gb was 1.0 .*\(pass --map-cache-gb 1.0"):
+        train(TrainConfig(**{**cfg.__dict__, "out": str(out), "map_cache_gb": 0.0}), resume=True, progress=False)
     assert train(TrainConfig(**{**cfg.__dict__, "out": str(out)}), resume=True, progress=False).status == "finished"
     a, b = _weights(cfg.out), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
