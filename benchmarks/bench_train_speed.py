@@ -18,10 +18,15 @@ held-out parts are never read), packed letterboxed to 180 px as in the README; `
 stratified subset of N training products (the same test part). Or any labelled dump with ``--data``,
 e.g. the synthetic catalogue (1-4 pictures per product): ``etalage synth --out /tmp/synth --products 3000``.
 
-    # on a quiet machine (the lead's full measurement)
-    python benchmarks/bench_train_speed.py speed --products 8192 --full-pictures 22753 --epochs 4 pixel maps
-    python benchmarks/bench_train_speed.py speed --data /tmp/synth/train.bson --epochs 4 pixel maps
-    python benchmarks/bench_train_speed.py accuracy --epochs 2 pixel maps
+    # on a quiet machine, nothing else running (22,753: fashion-dev's training photos less validation)
+    python benchmarks/bench_train_speed.py speed --products 4096 --full-pictures 22753 --epochs 5 \
+        pixel maps pixel-freeze4 maps-freeze4
+    etalage synth --out /tmp/synth --products 3000
+    python benchmarks/bench_train_speed.py speed --data /tmp/synth/train.bson --epochs 5 pixel maps
+    python benchmarks/bench_train_speed.py accuracy --epochs 2 pixel maps maps-freeze4
+
+With ``OMP_NUM_THREADS=1`` on a shared machine, read the CPU-time ratios. The budget's epochs take the last
+measured epoch's speed for the epochs after it, which undercounts the maps' (more of them read each epoch).
 
 Variants: ``pixel`` (the defaults: pictures), ``maps`` (the kept maps, ``map_cache_gb`` 8), ``*-bf16``
 (bf16 autocast on the CPU, which ``etalage train`` does on CUDA only), ``maps-compile`` (``torch.compile``;
@@ -198,7 +203,7 @@ def accuracy(args) -> dict:
     from etalage.bench.core import run_core_bench
 
     files = prepare(args)
-    work = ROOT.parent / "exp" / f"train-speed-accuracy-{args.dev_set}{'-' + str(args.products) if args.products else ''}"
+    work = Path(args.work) / f"train-speed-accuracy-{args.dev_set}{'-' + str(args.products) if args.products else ''}"
     report = {"data": str(files["train"]), "test": str(files["test"]), "epochs": args.epochs, "variants": {}}
     for spec in args.variants or ["pixel", "maps"]:
         name, overrides = variant(spec, args.common)
@@ -232,6 +237,8 @@ def main(argv=None) -> int:
                                                       "(default: the dump's, less 5%% validation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--work", default=str(ROOT.parent / "exp"), help="where the accuracy runs and their "
+                                                                      "predictions go (kept: a rerun resumes)")
     ap.add_argument("--out", help="result file (default: benchmarks/results/train_speed_MODE_DATA.json)")
     args = ap.parse_intermixed_args(argv)
     from etalage.options import parse_key_values
