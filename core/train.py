@@ -13,7 +13,8 @@ included) into the budget, so a time-boxed run still ends with a decayed rate an
 Recipe options (each measured on real photos, README "Core on real photos"): a head-only phase first
 (``head_epochs``: the backbone frozen, only the heads learn, so the full fine-tune starts from a sensible
 classifier rather than pushing random-head gradients into pretrained features), frozen early layer groups
-(``freeze``: no backward through the high-resolution stem, the costliest part on a CPU), layer-wise
+(``freeze``: no backward through the high-resolution stem, the costliest part on a CPU; with
+``map_cache_gb`` their output is kept per picture and later epochs train on crops of it, ``mapcache``), layer-wise
 learning rates (``layer_decay``), mixup / cutmix between products, an exponential moving average of the
 weights (``ema``, evaluated and kept in place of the raw weights), and keeping the best validation
 weights (``keep="best"``). Validation runs every ``eval_every`` epochs, each a line of ``metrics.jsonl``
