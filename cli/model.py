@@ -155,6 +155,12 @@ def _train_machine(p) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout (default: on the CPU, where it is faster; off on CUDA, where it is slower "
                         "with varying pictures per batch)")
+    p.add_argument("--map-cache-gb", type=float, default=d.map_cache_gb,
+                   help="keep the frozen layer groups' output of every training picture (two views, memory-mapped "
+                        "in the run folder) so that later epochs skip decoding and those layers, training on "
+                        "crops of the kept maps; the most GiB it may take (0: off; 96 KiB a picture with the default "
+                        "backbone at 128 px and --freeze 3). A run that would need more, or with --augment "
+                        "resized-crop/trivial/randaugment, trains on pictures")
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
                    help="checkpoint at least this often")
     p.add_argument("--stop-after-steps", type=int,

@@ -108,11 +108,35 @@ class MultiImageNet(nn.Module):
         ones = torch.ones_like(feats[:, 0])
         return ones / _segment_sum(ones, picture_product, n)[picture_product]
 
-    def forward(self, pictures: torch.Tensor, picture_product: torch.Tensor, n_products: int
+    def frozen_prefix(self, groups: int) -> nn.Module | None:
+        """The backbone's first ``groups`` layer groups as one module, whose output ``forward(...,
+        from_group=groups)`` takes in place of pictures; None where the backbone cannot be cut there. Only
+        timm's EfficientNet family (the Lite backbones among them) is cut: a stem, then stages in sequence,
+        the last stage grouped with the head convolution. The modules are shared, not copied."""
+        from timm.models.efficientnet import EfficientNet
+
+        bb = self.backbone
+        if not isinstance(bb, EfficientNet) or not 1 <= groups <= len(bb.blocks):
+            return None
+        prefix = nn.Sequential(bb.conv_stem, bb.bn1, *bb.blocks[:groups - 1])
+        expected = {id(p) for group in self.backbone_groups()[:groups] for p in group}
+        return prefix if {id(p) for p in prefix.parameters()} == expected else None
+
+    def _backbone_from(self, maps: torch.Tensor, groups: int) -> torch.Tensor:
+        """The backbone's pooled features from the output of its first ``groups`` layer groups
+        (``frozen_prefix``): timm's ``forward_features`` and ``forward_head`` from there on."""
+        bb = self.backbone
+        x = maps
+        for stage in bb.blocks[groups - 1:]:
+            x = stage(x)
+        return bb.forward_head(bb.bn2(bb.conv_head(x)))
+
+    def forward(self, pictures: torch.Tensor, picture_product: torch.Tensor, n_products: int, from_group: int = 0
                 ) -> dict[str, torch.Tensor]:
         """Returns ``logits`` (B, C) as log-probabilities-compatible scores, ``picture_logits`` (P, C),
-        ``level1`` (B, L1), ``level2`` (B, L2) and the fused ``embedding`` (B, F)."""
-        feats = self.backbone(pictures)
+        ``level1`` (B, L1), ``level2`` (B, L2) and the fused ``embedding`` (B, F). ``from_group`` > 0:
+        ``pictures`` are the output of the backbone's first ``from_group`` layer groups (``frozen_prefix``)."""
+        feats = self.backbone(pictures) if not from_group else self._backbone_from(pictures, from_group)
         if self.pooling == "max":
             emb = feats.new_full((n_products, feats.shape[1]), float("-inf"))
             emb = emb.scatter_reduce(0, picture_product[:, None].expand_as(feats), feats, reduce="amax",

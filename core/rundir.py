@@ -4,7 +4,8 @@
 ``config.json`` (the training settings), ``category_names.csv`` (the taxonomy the class indices refer
 to), ``val_positions.npy`` (the held-out products: fusion trains on them), ``metrics.jsonl`` (one line
 per validation), ``curves.png`` (its chart), ``checkpoint.pt`` (resume state), ``best.pt`` (with ``--keep
-best``) and, once finished, ``model.pt``. Torch-free.
+best``) and, once finished, ``model.pt``. While a run with frozen layer groups trains, ``frozen_maps.npy`` and
+``frozen_maps.npz`` hold their outputs (``etalage.core.mapcache``), deleted when it finishes. Torch-free.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class RunDir(Folder):
     def curves_file(self) -> Path:
         """Training loss and validation top-1 per level over the run, redrawn at every validation."""
         return self.path / "curves.png"
+
+    @property
+    def map_cache_file(self) -> Path:
+        """The frozen layer groups' output per training picture and view (float16, memory-mapped)."""
+        return self.path / "frozen_maps.npy"
+
+    @property
+    def map_cache_state_file(self) -> Path:
+        """What ``map_cache_file`` was made from and which of its maps are filled (saved at checkpoints)."""
+        return self.path / "frozen_maps.npz"
 
     # -- reading ---------------------------------------------------------------------------------
     @property

@@ -13,7 +13,8 @@ included) into the budget, so a time-boxed run still ends with a decayed rate an
 Recipe options (each measured on real photos, README "Core on real photos"): a head-only phase first
 (``head_epochs``: the backbone frozen, only the heads learn, so the full fine-tune starts from a sensible
 classifier rather than pushing random-head gradients into pretrained features), frozen early layer groups
-(``freeze``: no backward through the high-resolution stem, the costliest part on a CPU), layer-wise
+(``freeze``: no backward through the high-resolution stem, the costliest part on a CPU; with
+``map_cache_gb`` their output is kept per picture and later epochs train on crops of it, ``mapcache``), layer-wise
 learning rates (``layer_decay``), mixup / cutmix between products, an exponential moving average of the
 weights (``ema``, evaluated and kept in place of the raw weights), and keeping the best validation
 weights (``keep="best"``). Validation runs every ``eval_every`` epochs, each a line of ``metrics.jsonl``
@@ -56,6 +57,7 @@ from etalage.core.data import (
     default_workers,
     to_device,
 )
+from etalage.core.mapcache import plan_map_cache
 from etalage.core.model import build_model, safe_torch_load
 from etalage.core.rundir import RunDir
 from etalage.core.runtime import DistInfo, all_sum, broadcast_int, init_distributed, resolve_device
@@ -248,7 +250,8 @@ class TrainResult:
 def _new_state(total_steps: int, head_steps: int) -> dict:
     return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "head_steps": head_steps,
             "elapsed_s": 0.0, "eval_s": 0.0, "fine_tune_start": None, "progress": 0.0, "loss_sum": 0.0,
-            "loss_n": 0, "next_eval": None, "best_top1": None, "finished": False}
+            "loss_n": 0, "next_eval": None, "best_top1": None, "finished": False,
+            "map_cache": None}  # whether the run trains on kept frozen-layer maps (decided once, at its start)
 
 
 def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -297,7 +300,7 @@ class _Trainer:
     """One call of ``train``: what the steps share (devices, data, model, optimizer, progress state)."""
 
     def __init__(self, cfg: TrainConfig, resume: bool, progress: bool, trust_pickle: bool = False):
-        self.cfg, self.progress, self.trust_pickle = cfg, progress, trust_pickle
+        self.cfg, self.progress, self.trust_pickle, self.resumed = cfg, progress, trust_pickle, resume
         device_kind = "cuda" if (cfg.device in ("auto", "cuda") and torch.cuda.is_available()) else "cpu"
         self.info = init_distributed(device_kind)
         self.device = resolve_device(cfg.device, self.info.local_rank)
@@ -393,10 +396,17 @@ class _Trainer:
         size, crop = self.spec["picture_size"], self.spec["crop"]
         train_tf = PictureTransform(size, crop, self.spec.get("resize", "stretch"), cfg.augment,
                                     cfg.picture_pooling == "mosaic")
-        train_ds = ProductDataset(self.catalog, self.train_pos, self.labels[self.train_pos], train_tf, train=True,
-                                  seed=cfg.seed)
+        self.map_cache = self._plan_map_cache()
+        self.from_group = self.map_cache.groups if self.map_cache is not None else 0
+        if self.map_cache is not None:
+            train_ds = self.map_cache.dataset(self.catalog, self.train_pos, self.labels[self.train_pos], train_tf,
+                                              cfg.seed)
+        else:
+            train_ds = ProductDataset(self.catalog, self.train_pos, self.labels[self.train_pos], train_tf, train=True,
+                                      seed=cfg.seed)
         self.loader = torch.utils.data.DataLoader(
-            train_ds, batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate, num_workers=workers,
+            train_ds, batch_size=self.batch_size, sampler=self.sampler, num_workers=workers,
+            collate_fn=train_ds.collate if self.map_cache is not None else collate,
             pin_memory=self.device.type == "cuda", drop_last=True,
             persistent_workers=workers > 0,  # no worker start-up every epoch
             # its own generator: a new iterator after --resume must not consume the global RNG that
@@ -408,6 +418,25 @@ class _Trainer:
                                                       num_workers=workers, persistent_workers=workers > 0)
         self.level1_of = torch.as_tensor(self.tax.level1_of, dtype=torch.int64, device=self.device)
         self.level2_of = torch.as_tensor(self.tax.level2_of, dtype=torch.int64, device=self.device)
+
+    def _plan_map_cache(self):
+        """The kept frozen-layer maps the run trains on (``etalage.core.mapcache``), or None: decided when the
+        run starts and kept by a resumed one (which trains on pictures again only where the maps cannot be
+        kept any more, e.g. a full disk, and says so)."""
+        if self.resumed and not self.state["map_cache"]:
+            return None
+        cache = plan_map_cache(self.cfg, self.run, self.model, self.catalog, self.train_pos, self.spec, self.device,
+                               self.channels_last, self.info.world)
+        if self.resumed and cache is None:
+            log.warning("%s began on kept frozen-layer maps and continues on pictures", self.run)
+        self.state["map_cache"] = cache is not None
+        return cache
+
+    def _inputs(self, batch) -> torch.Tensor:
+        """The batch as the network's input: normalised pictures, or the frozen layers' cropped maps."""
+        if self.map_cache is not None:
+            return self.map_cache.inputs(batch)
+        return to_device(batch, self.device, self.spec["mean"], self.spec["std"], self.channels_last)
 
     # -- the loop --------------------------------------------------------------------------------
     def run_all(self) -> TrainResult:
@@ -490,7 +519,7 @@ class _Trainer:
             accum, rate = accumulation_at(step, total, cfg), lr_at(step, total, cfg, state["head_steps"])
         for group in self.optimizer.param_groups:
             group["lr"] = rate * group.get("lr_scale", 1.0)
-        x = to_device(batch, self.device, self.spec["mean"], self.spec["std"], self.channels_last)
+        x = self._inputs(batch)
         y = batch.labels.to(self.device, non_blocking=True)
         owner = batch.picture_product.to(self.device, non_blocking=True)
         x, mixed = mix_products(x, owner, y, cfg, np.random.default_rng([cfg.seed, step, 1]))
@@ -498,7 +527,7 @@ class _Trainer:
         ctx = self.ddp_model.no_sync() if (self.info.world > 1 and not sync) else contextlib.nullcontext()
         with ctx:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.forward(x, owner, batch.n_products)
+                out = self.forward(x, owner, batch.n_products, self.from_group)
             loss = _loss(out, y, self.level1_of, self.level2_of, cfg, mixed)
             (loss / accum).backward()
         if sync:
@@ -510,7 +539,7 @@ class _Trainer:
         state["batch_in_epoch"] += 1
         state["loss_sum"] += float(loss.detach())
         state["loss_n"] += 1
-        self.pictures_seen += len(batch.pictures)
+        self.pictures_seen += len(batch.picture_product)
         return sync
 
     def _follow_budget(self) -> None:
@@ -566,6 +595,10 @@ class _Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_pictures_per_s": self.pictures_seen * self.info.world / max(1e-9, elapsed),
                 "elapsed_s": time.perf_counter() - self.t_start, **metrics}
+        if self.map_cache is not None:  # share of this interval's pictures read from the kept maps
+            cache = self.map_cache
+            line["maps_read"] = cache.hits / max(1, cache.hits + cache.misses)
+            cache.hits = cache.misses = 0
         self.eval_cost = time.perf_counter() - t_eval
         state["eval_s"] += self.eval_cost
         state.update(epoch=state["epoch"] + int(epoch_done), batch_in_epoch=0 if epoch_done else
@@ -588,6 +621,8 @@ class _Trainer:
         return (self.ema.module if self.ema is not None else self.model).state_dict()
 
     def _checkpoint(self) -> None:
+        if self.map_cache is not None:
+            self.map_cache.save()
         _save_checkpoint(self.run, self.model, self.optimizer, self.state, self.spec, self.ema)
 
     def _finish(self, status: str) -> None:
@@ -600,6 +635,8 @@ class _Trainer:
                     os.replace(self.run.best_file, self.run.model_file)
                 else:
                     _save_model(self.run.model_file, self._kept_weights(), self.spec)
+                if self.map_cache is not None:
+                    self.map_cache.remove()
         if self.info.world > 1:
             dist.barrier()
 
