@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +51,16 @@ def _box_of(row) -> TextBox:
 
 
 class OcrCache:
+    """The cache of what OCR read, by picture MD5 and engine: one SQLite file (plain tables). Usable from the
+    thread that opened it and others (a server loads its models in one thread and classifies in another): its
+    calls are serialised by a lock."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=120)
+            self._db = sqlite3.connect(self.path, timeout=120, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._upgrade()
@@ -87,6 +93,10 @@ class OcrCache:
         self.close()
 
     def get_many(self, md5s: list[bytes], engine_key: str) -> dict[bytes, list[TextBox]]:
+        with self._lock:
+            return self._get_many(md5s, engine_key)
+
+    def _get_many(self, md5s: list[bytes], engine_key: str) -> dict[bytes, list[TextBox]]:
         out: dict[bytes, list[TextBox]] = {}
         for start in range(0, len(md5s), 500):
             part = [bytes(m) for m in md5s[start:start + 500]]
@@ -109,7 +119,7 @@ class OcrCache:
                              _box_rows(md5, engine_key, boxes))
 
     def put_many(self, items: list[tuple[bytes, list[TextBox]]], engine_key: str) -> None:
-        with self._db:  # one transaction: all of a batch or nothing
+        with self._lock, self._db:  # one transaction: all of a batch or nothing
             for m, boxes in items:
                 self._put(bytes(m), engine_key, boxes)
 
