@@ -105,7 +105,7 @@ def setup(args, log: list) -> dict:
 
 
 def ray_stats(work: Path) -> dict:
-    return json.loads((work / "ray_stats.json").read_text())
+    return json.loads((work / "engine_stats.json").read_text())
 
 
 def compare(args, paths: dict, log: list, fusion: Path, data: Path, chunk: int, name: str,
@@ -246,7 +246,7 @@ def main() -> None:
     scored = max(spec_cmp["ray_stages"]["specialists"]["products"], 1)
     from etalage.catalog import Catalog
 
-    routed = json.loads((Path(args.work) / "cmp_spec" / "ray_work" / "ray_stats.json").read_text())
+    routed = json.loads((Path(args.work) / "cmp_spec" / "ray_work" / "engine_stats.json").read_text())
     spec_cmp["spec_scored_products"] = routed.get("specialists", {})
     spec_cmp["spec_routed_share"] = max(routed.get("specialists", {}).values() or [0]) / \
         len(Catalog.open(paths["spec_test"]))

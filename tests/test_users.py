@@ -110,7 +110,7 @@ def test_time_boxed_training_ends_on_a_decayed_rate(synth_dir, tmp_path):
 def test_ocr_with_everything_cached_loads_no_network(synth_dir, tmp_path, monkeypatch, capsys):
     from etalage.ocr import easyocr_engine
 
-    argv = ["ocr", "--data", str(synth_dir / "train.bson"), "--engine", "easyocr", "--groups", "MUSIQUE",
+    argv = ["ocr", "--data", str(synth_dir / "train.bson"), "--ocr-engine", "easyocr", "--groups", "MUSIQUE",
             "--ocr-cache", str(tmp_path / "c.sqlite"), "--scale", "1.5", "-q"]
     assert main(argv) == 0
     capsys.readouterr()

@@ -215,6 +215,40 @@ def test_predict_and_ocr_on_ray(tiny_run, synth_dir, ray_cluster, tmp_path):
     assert n > 0
 
 
+def test_fusion_fit_fusion_predict_and_audit_on_ray_equal_the_local_engines(fitted_pipeline, tiny_run, synth_dir,
+                                                                             local_chunked, ray_cluster, tmp_path):
+    """The jobs that could not run on Ray before: fusion fit (its held-out core predictions and specialist
+    scores), fusion predict and audit give the local engine's outputs."""
+    import csv
+
+    fitted, _, _ = fitted_pipeline
+    train = str(synth_dir / "train.bson")
+    assert main(["fusion", "fit", "--run", str(tiny_run), "--train", train, "--specialists", str(fitted / "specs"),
+                 "--out", str(tmp_path / "fusion"), "--ocr-cache", str(fitted / "ocr.sqlite"), "--workers", "0",
+                 "-q", *_ray(ray_cluster)]) == 0
+    for part in ("core_val", "specialists_val"):
+        _same_parts(tmp_path / "fusion" / part, fitted / "fusion" / part)
+    with np.load(tmp_path / "fusion" / "table.npz") as ray_table, np.load(fitted / "fusion" / "table.npz") as local:
+        assert sorted(ray_table.files) == sorted(local.files)
+        for k in local.files:
+            assert np.allclose(ray_table[k], local[k], rtol=1e-4, atol=1e-5, equal_nan=True), k
+    work = tmp_path / "fp_work"
+    assert main(["fusion", "predict", "--fusion", str(fitted / "fusion"), "--data", str(synth_dir / "test.bson"),
+                 "--work", str(work), "--chunk", CHUNK, "--ocr-cache", str(fitted / "ocr.sqlite"), "--workers", "0",
+                 "-q", *_ray(ray_cluster)]) == 0
+    _same_parts(work, local_chunked / "s_work")
+    audits = {}
+    for name, extra in (("local", []), ("ray", _ray(ray_cluster))):
+        out = tmp_path / f"audit_{name}"
+        assert main(["audit", "--run", str(tiny_run), "--data", train, "--out", str(out), "--workers", "0", "-q",
+                     *extra]) == 0
+        with (out / "suspects.csv").open() as fh:
+            audits[name] = [(r["product_id"], r["suggested_category_id"], float(r["suspicion"]))
+                            for r in csv.DictReader(fh)]
+    assert [r[:2] for r in audits["ray"]] == [r[:2] for r in audits["local"]] and audits["local"]
+    assert np.allclose([r[2] for r in audits["ray"]], [r[2] for r in audits["local"]], atol=1e-4)
+
+
 def test_the_layout_leaves_cpu_for_the_read_tasks():
     """A GPU node with few cores: the actors' reservations shrink so the read tasks can start (else it hangs)."""
     from etalage.errors import ConfigError

@@ -144,7 +144,7 @@ def test_fusion_predict_writes_ranked_top5(fitted, synth_dir, tmp_path):
     assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in top), "no class twice"
 
 
-def test_the_id_prior_is_used_only_where_test_ids_interleave(fitted_pipeline, tmp_path, caplog):
+def test_the_id_prior_is_used_only_where_test_ids_interleave(fitted_pipeline, tiny_run, tmp_path, caplog):
     """A fusion model fitted where the training ids looked category-ordered carries a model without id features;
     prediction picks it for products numbered apart from the training ones (a catalogue's next listings), the id
     model for products numbered among them (Cdiscount's test set), and says which."""
@@ -169,7 +169,7 @@ def test_the_id_prior_is_used_only_where_test_ids_interleave(fitted_pipeline, tm
     model = tmp_path / "fusion"
     shutil.copytree(fitted / "fusion", model)
     shutil.copytree(fitted / "fusion", model / "without_id", ignore=shutil.ignore_patterns("without_id"))
-    plan = PredictPlan.from_model(model)
+    plan = PredictPlan.from_model(model, tiny_run, synth_dir / "train.bson", fitted / "specs")  # copied: paths given
     work = WorkDir(tmp_path / "work")
     work.path.mkdir()
     with caplog.at_level(logging.INFO, logger="etalage"):
