@@ -2,6 +2,7 @@
 resumed) -> report, on the session catalogue with the tiny core run and Tesseract (fast on CPU)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -142,3 +143,22 @@ def test_fusion_predict_writes_ranked_top5(fitted, synth_dir, tmp_path):
     both = filled[:, 1:] & filled[:, :-1]
     assert np.all(score[:, 1:][both] <= score[:, :-1][both]), "best first"
     assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in top), "no class twice"
+
+
+def test_specialists_read_by_another_model_are_flagged():
+    """Specialists fitted on another library's or model's readings (a rapidocr upgrade keeps the engine's
+    name and options) are scored on what this installation reads: say so, once, at load."""
+    import warnings
+
+    from etalage.ocr import load_engine
+    from etalage.pipeline.stages import ocr_engine_of
+
+    key = load_engine("tesseract").cache_key
+    settings = [{"engine": "tesseract", "engine_options": {}, "engine_key": key}, {"needs": ["pictures"]}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ocr_engine_of(settings).cache_key == key
+    old = [{**settings[0], "engine_key": "tesseract/tesseract-4.1.1/9de9e10e8057"}]
+    with pytest.warns(UserWarning, match=r"fitted on covers read by tesseract/tesseract-4\.1\.1/.*this installation "
+                                         r"reads with " + re.escape(key)):
+        ocr_engine_of(old)
