@@ -61,10 +61,11 @@ class RapidOcrEngine(OcrEngine):
     """Options: ``det_side`` (the detector sees the picture scaled so that its shorter side is this
     long; PP-OCR's default 736 upscales a 180px picture 4x), ``text_score`` (lines read below this
     confidence are dropped), ``box_thresh`` and ``unclip_ratio`` (the detector's), ``split_words``
-    (split lines at wide gaps between characters), ``gap_ratio`` (a gap this many times the line's
-    median gap splits), ``scale`` (the picture is upscaled this much first: the recogniser reads crops of it),
-    ``upside_down`` (run PP-OCR's 180-degree classifier on each line: covers are upright, and it costs a
-    fifth of the time), ``rec_batch`` (lines per recogniser batch).
+    (a box per word, lines cut at the spaces read and at wide gaps between characters; off: a box per
+    line), ``gap_ratio`` (a gap this many times the line's median gap within words splits), ``scale``
+    (the picture is upscaled this much first: the recogniser reads crops of it), ``upside_down`` (run
+    PP-OCR's 180-degree classifier on each line: covers are upright, and it costs a fifth of the time),
+    ``rec_batch`` (lines per recogniser batch).
 
     >>> engine = load_engine("rapidocr")
     >>> [b.text for b in engine.read([cover])[0]]
