@@ -17,6 +17,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/etalage-wheel.XXXXXX")
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 START=$SECONDS
 say() { echo "check_wheel [$((SECONDS - START)) s]: $*" >&2; }
+trap 'echo "check_wheel: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 # The sources pip would see, without this checkout's venv and build leftovers (a build writes build/ and
 # *.egg-info/ beside them).
@@ -44,8 +45,9 @@ PIP=("$WORK/venv/bin/python" -m pip --disable-pip-version-check -q)
 # shellcheck disable=SC2086
 "${PIP[@]}" install $TORCH_SPEC
 "${PIP[@]}" install "$WHEEL"
-"${PIP[@]}" check
-"${PIP[@]}" list 2>/dev/null | grep -iE '^(etalage|rapidocr|onnxruntime|opencv|easyocr|torch) ' >&2
+"$WORK/venv/bin/python" -m pip --disable-pip-version-check check  # not quiet: -q would hide what conflicts
+"$WORK/venv/bin/python" -m pip --disable-pip-version-check list 2>/dev/null |
+  grep -iE '^(etalage|rapidocr|onnxruntime|opencv[-a-z]*|easyocr|torch) ' >&2
 
 cd "$WORK"  # not the checkout: its etalage/ folder would shadow the installed package
 say "the default reading"
