@@ -9,6 +9,7 @@ baseline is plain EasyOCR ``readtext``. Recall = title words of 3 or more letter
 found among the words read.
 
     python benchmarks/bench_reading.py --covers 300 --out benchmarks/results/reading.json
+    python benchmarks/bench_reading.py --candidates versions --out benchmarks/results/reading_rapidocr3.json
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import platform
 import sys
 import time
 import warnings
@@ -43,6 +46,63 @@ CANDIDATES = {  # name -> (engine, options, lexicon); engine None: load_engine()
     "rapidocr + easyocr + tesseract + lexicon": ("ensemble", {"members": [
         ["rapidocr", RAPID], ["easyocr", {}], ["tesseract", {}]]}, True),
 }
+OLD_RAPID = "rapidocr-1.4.4"  # RapidOCR 1.4.4 with PP-OCRv4, etalage's model up to 0.1 (RapidOcr144)
+VERSIONS = {  # RapidOCR 3.10 (PP-OCRv6 small, the engine now) against 1.4.4 (PP-OCRv4), the same settings
+    "default reading with rapidocr 1.4.4 (PP-OCRv4)": ("ensemble", {"members": [
+        [OLD_RAPID, RAPID], ["easyocr", EASY_ONE_PASS]]}, True),
+    "rapidocr 1.4.4 (PP-OCRv4) 1.5x, det 400, words split": (OLD_RAPID, RAPID, False),
+}
+CANDIDATES.update(VERSIONS)
+VERSIONS_RUN = ";".join(["default reading: rapidocr + easyocr one pass + lexicon", *VERSIONS,
+                         "rapidocr 1.5x, det 400, words split"])
+
+
+class RapidOcr144:
+    """The ``rapidocr`` engine as etalage ran it up to 0.1 (RapidOCR 1.4.4, PP-OCRv4 inside the
+    ``rapidocr-onnxruntime`` wheel, installed with ``--no-deps``; pictures passed as RGB), kept to
+    compare the models: its lines go through the same word splitting as PP-OCRv6's."""
+
+    @staticmethod
+    def register() -> bool:
+        """Make ``load_engine("rapidocr-1.4.4")`` (and ensemble members of that name) available, where
+        ``rapidocr_onnxruntime`` is installed."""
+        import importlib.util
+
+        if importlib.util.find_spec("rapidocr_onnxruntime") is None:
+            return False
+        from etalage.ocr.base import register_engine
+        from etalage.ocr.rapidocr_engine import Line, RapidOcrEngine
+
+        class Engine(RapidOcrEngine):
+            name = "rapidocr-1.4.4"
+
+            def _load(self, det_side, rec_batch):
+                from rapidocr_onnxruntime import RapidOCR
+
+                return RapidOCR(det_limit_side_len=det_side, det_limit_type="min", det_box_thresh=self.box_thresh,
+                                det_unclip_ratio=self.unclip_ratio, text_score=self.text_score,
+                                print_verbose=False, rec_batch_num=rec_batch), "1.4.4"
+
+            @property
+            def version(self):
+                return f"rapidocr-{self._lib_version}+ppocrv4"
+
+            def _lines(self, pic):
+                result, _ = self._ocr(pic, use_cls=self.upside_down, return_word_box=self.split_words,
+                                      text_score=self.text_score, box_thresh=self.box_thresh,
+                                      unclip_ratio=self.unclip_ratio)
+                lines = []
+                for line in result or []:
+                    out = Line(np.asarray(line[0], np.float32), str(line[1]), float(line[2]))
+                    if self.split_words and len(line) >= 6 and line[3]:
+                        chars = [(q, s) for q, c, s in zip(line[3], line[4], line[5], strict=True) if c != " "]
+                        out.text = "".join(line[4])
+                        out.char_quads, out.char_scores = [q for q, _ in chars], [s for _, s in chars]
+                    lines.append(out)
+                return lines
+
+        register_engine(Engine.name)(Engine)
+        return True
 
 
 class ReadText:
@@ -101,7 +161,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--covers", type=int, default=300, help="real book covers to read")
     p.add_argument("--rendered", type=int, default=100, help="rendered covers to read")
-    p.add_argument("--candidates", default=";".join(CANDIDATES), help="semicolon-separated names (see CANDIDATES)")
+    p.add_argument("--candidates", default=";".join(c for c in CANDIDATES if c not in VERSIONS),
+                   help=f"semicolon-separated names (see CANDIDATES); 'versions': {VERSIONS_RUN}")
     p.add_argument("--batch", type=int, default=8, help="pictures per interleaved step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reading.json"))
@@ -110,9 +171,13 @@ def main(argv=None) -> int:
     from etalage.bench.covers import title_word_recall
     from etalage.ocr import load_engine
 
+    names = [c for c in (VERSIONS_RUN if args.candidates == "versions" else args.candidates).split(";") if c]
+    if any(OLD_RAPID in json.dumps(CANDIDATES[n]) for n in names) and not RapidOcr144.register():
+        p.error("the rapidocr 1.4.4 candidates need rapidocr_onnxruntime 1.4.4 (pip install --no-deps "
+                "rapidocr-onnxruntime==1.4.4)")
     data = sources(args.covers, args.rendered, args.seed)
     engines = {"readtext (baseline)": ReadText()}
-    for name in [c for c in args.candidates.split(";") if c]:
+    for name in names:
         engine, options, lexicon = CANDIDATES[name]
         engines[name] = load_engine(engine, lexicon=lexicon, **options)
     warm = next(iter(data.values()))[0][:2]
@@ -145,7 +210,11 @@ def main(argv=None) -> int:
     report = {"sources": {s: len(v[0]) for s, v in data.items()}, "seed": args.seed,
               "engines": {n: getattr(e, "cache_key", n) for n, e in engines.items()}, "results": results,
               "note": "recall = title words of >= 3 letters (accents folded) found among the words read; "
-                      "speeds measured interleaved in one process on this machine"}
+                      "speeds measured interleaved in one process on this machine",
+              "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs), "
+                         f"Python {platform.python_version()}",
+              "command": "python benchmarks/bench_reading.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

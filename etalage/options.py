@@ -11,9 +11,10 @@ OCR_ENGINES = ("easyocr", "ensemble", "rapidocr", "tesseract")      # etalage.oc
 RUN_ENGINES = ("local", "ray")                                       # where submit, predict and ocr run
 # The default reading (load_engine() without a name): engine and settings chosen by measurement on
 # real book covers (benchmarks/bench_reading.py, README "Reading real covers").
-# PP-OCRv4 (RapidOCR) on the picture upscaled 1.5x, then EasyOCR in one pass (CRAFT at 1x, crops of the
-# 2x picture) adding the words PP-OCR missed, then the English lexicon's corrections: on 300 real book
-# covers at 180x180, 16 points more title words than plain EasyOCR readtext, a little faster.
+# PP-OCRv6 small (RapidOCR 3.10) on the picture upscaled 1.5x, then EasyOCR in one pass (CRAFT at 1x, crops of
+# the 2x picture) adding the words PP-OCR missed, then the English lexicon's corrections: on 300 real book
+# covers at 180x180, 0.545 of the title words against 0.321 for plain EasyOCR readtext and 0.490 with
+# PP-OCRv4 (RapidOCR 1.4.4) in its place, which was 1.09x faster (benchmarks/results/reading_rapidocr3.json).
 DEFAULT_OCR_ENGINE = "ensemble"
 DEFAULT_READING: dict = {"members": [["rapidocr", {"scale": 1.5, "det_side": 400}],
                                      ["easyocr", {"scale": 2.0, "detect_scale": 1.0}]], "lexicon": True}

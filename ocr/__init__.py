@@ -1,4 +1,4 @@
-"""OCR: EasyOCR (CRAFT + CRNN), RapidOCR (PP-OCRv4) and Tesseract behind ``load_engine``, per-picture
+"""OCR: EasyOCR (CRAFT + CRNN), RapidOCR (PP-OCRv6) and Tesseract behind ``load_engine``, per-picture
 box features, and a cache keyed by picture MD5 so that specialists and re-runs never read a picture
 twice."""
 

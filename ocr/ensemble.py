@@ -1,5 +1,5 @@
 """Several OCR engines on the same pictures, their boxes merged: engines fail on different words
-(EasyOCR's CRNN misreads letters PP-OCRv4 gets right, PP-OCRv4 runs words together that EasyOCR
+(EasyOCR's CRNN misreads letters PP-OCR gets right, PP-OCR runs words together that EasyOCR
 separates), so what one misses the other often reads."""
 
 from __future__ import annotations

@@ -1,37 +1,71 @@
-"""RapidOCR: PaddleOCR's PP-OCRv4 detector and recogniser as ONNX models, run by onnxruntime.
+"""RapidOCR: PaddleOCR's PP-OCRv6 (small) detector and recogniser as ONNX models, run by onnxruntime.
 
-The models ship inside the ``rapidocr-onnxruntime`` wheel (Apache-2.0), so nothing is downloaded.
-PP-OCRv4's recogniser reads a whole text line and often drops the spaces between words
-("POPULARINVESTMENTSTRATEGIES"); it also says where each character lies, so lines are split into
-words where the gap between two characters is much wider than the line's usual gap. Its character
-set is Chinese and ASCII: it reads no accents (as EasyOCR's english_g2; Tesseract's ``fra`` does).
-
-``rapidocr-onnxruntime`` asks for ``opencv-python``, which would clash with the
-``opencv-python-headless`` EasyOCR uses (both install ``cv2``): install it with ``--no-deps``
-(``scripts/setup.sh`` does); its other requirements are etalage's own.
+The models ship inside the ``rapidocr`` wheel (Apache-2.0) and are given to RapidOCR by path: its
+download code (it fetches any model it does not find by name) never runs. ``rapidocr`` 3.10 is the
+first release that asks for ``opencv-python-headless``, as EasyOCR does (earlier ones, and
+``rapidocr-onnxruntime``, ask for ``opencv-python``: two packages installing ``cv2``), so plain
+``pip install etalage`` gives this engine. PP-OCR's recogniser reads a whole text line and can drop
+the spaces between words ("POPULARINVESTMENTSTRATEGIES"); it also says where each character lies, so
+lines are split into words where the gap between two characters is much wider than the line's usual
+gap. PP-OCRv6's recogniser is multilingual (Latin scripts with their accents, Chinese, Japanese).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
+from importlib import metadata
 
 import numpy as np
 
 from etalage.errors import ConfigError
 from etalage.ocr.base import OcrEngine
 from etalage.ocr.boxes import TextBox
+from etalage.resources import package_file
 
-PACKAGE = "rapidocr-onnxruntime"
+PACKAGE = "rapidocr"
+MODEL = "ppocrv6-small"  # in the cache key: results change with the model
+MODEL_FILES = {"Det": "PP-OCRv6_det_small.onnx", "Rec": "PP-OCRv6_rec_small.onnx",
+               "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx"}  # the files inside the wheel's models/
+LIBRARY_LOGGER = "RapidOCR"
+
+
+@contextlib.contextmanager
+def quiet_library_log(name: str = LIBRARY_LOGGER):
+    """RapidOCR logs every model it loads and warns on every picture without text, and ``RapidOCR()``
+    sets its logger's level from its config: keep it at ERROR while we use it, then give the caller
+    back the level it had."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@dataclass
+class Line:
+    """One recognised line: its quad, text (with the spaces the recogniser read), confidence, and
+    the quads and confidences of its non-space characters (None when RapidOCR gave none)."""
+
+    quad: np.ndarray
+    text: str
+    score: float
+    char_quads: list | None = None
+    char_scores: list | None = None
 
 
 class RapidOcrEngine(OcrEngine):
     """Options: ``det_side`` (the detector sees the picture scaled so that its shorter side is this
     long; PP-OCR's default 736 upscales a 180px picture 4x), ``text_score`` (lines read below this
     confidence are dropped), ``box_thresh`` and ``unclip_ratio`` (the detector's), ``split_words``
-    (split lines at wide gaps between characters), ``gap_ratio`` (a gap this many times the line's
-    median gap splits), ``scale`` (the picture is upscaled this much first: the recogniser reads crops of it),
-    ``upside_down`` (run PP-OCR's 180-degree classifier on each line: covers are upright, and it costs a
-    fifth of the time), ``rec_batch`` (lines per recogniser batch).
+    (a box per word, lines cut at the spaces read and at wide gaps between characters; off: a box per
+    line), ``gap_ratio`` (a gap this many times the line's median gap within words splits), ``scale``
+    (the picture is upscaled this much first: the recogniser reads crops of it), ``upside_down`` (run
+    PP-OCR's 180-degree classifier on each line: covers are upright, and it costs a fifth of the time),
+    ``rec_batch`` (lines per recogniser batch).
 
     >>> engine = load_engine("rapidocr")
     >>> [b.text for b in engine.read([cover])[0]]
@@ -46,75 +80,118 @@ class RapidOcrEngine(OcrEngine):
                          split_words=split_words, gap_ratio=gap_ratio, scale=scale, upside_down=upside_down,
                          rec_batch=rec_batch)
         self.scale, self.upside_down = scale, upside_down
-        try:
-            import rapidocr_onnxruntime
-            from rapidocr_onnxruntime import RapidOCR
-        except ImportError as exc:
-            raise ConfigError(f"the rapidocr engine needs the PyPI package {PACKAGE} (pip install --no-deps {PACKAGE}"
-                              f"; scripts/setup.sh does): {exc}") from None
-        logging.getLogger("RapidOCR").setLevel(logging.WARNING)
-        self._ocr = RapidOCR(det_limit_side_len=det_side, det_limit_type="min", det_box_thresh=box_thresh,
-                             det_unclip_ratio=unclip_ratio, text_score=text_score, print_verbose=False,
-                             rec_batch_num=rec_batch)
-        self._lib_version = getattr(rapidocr_onnxruntime, "__version__", "1.4")
         self.text_score, self.box_thresh, self.unclip_ratio = text_score, box_thresh, unclip_ratio
         self.split_words, self.gap_ratio = split_words, gap_ratio
+        with quiet_library_log():
+            self._ocr, self._lib_version = self._load(det_side, rec_batch)
+
+    def _load(self, det_side: int, rec_batch: int):
+        """The RapidOCR pipeline on the wheel's own model files, and the library's version."""
+        try:
+            from rapidocr import RapidOCR
+        except ImportError as exc:
+            raise ConfigError(f"the rapidocr engine needs the PyPI package {PACKAGE} (pip install '{PACKAGE}>=3.10,<4'"
+                              f"): {exc}") from None
+        models = package_file("rapidocr", "models", PACKAGE)
+        missing = [f for f in MODEL_FILES.values() if not (models / f).is_file()]
+        if missing:
+            raise ConfigError(f"{models} lacks {', '.join(missing)}: reinstall the PyPI package "
+                              f"{PACKAGE}>=3.10,<4 (its wheel carries them)")
+        params = {f"{stage}.model_path": str(models / file) for stage, file in MODEL_FILES.items()}
+        params.update({"Global.log_level": "error", "Global.text_score": self.text_score,
+                       "Det.limit_side_len": det_side, "Det.limit_type": "min", "Det.box_thresh": self.box_thresh,
+                       "Det.unclip_ratio": self.unclip_ratio, "Rec.rec_batch_num": rec_batch})
+        return RapidOCR(params=params), metadata.version(PACKAGE)
 
     @property
     def version(self) -> str:
-        return f"rapidocr-{self._lib_version}+ppocrv4"
+        return f"rapidocr-{self._lib_version}+{MODEL}"
 
     def _read(self, pictures: list[np.ndarray]) -> list[list[TextBox]]:
         import cv2
 
         out = []
-        for pic in pictures:
-            if self.scale != 1:  # the recogniser reads crops of this picture: more pixels per letter
-                pic = cv2.resize(pic, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_CUBIC)
-            result, _ = self._ocr(pic, use_cls=self.upside_down, return_word_box=self.split_words,
-                                  text_score=self.text_score,
-                                  box_thresh=self.box_thresh, unclip_ratio=self.unclip_ratio)
-            boxes = []
-            for line in result or []:
-                quad, text, score = line[0], str(line[1]), float(line[2])
-                if self.split_words and len(line) >= 6 and line[3]:
-                    boxes.extend(split_line(line[3], line[4], line[5], self.gap_ratio))
-                elif text.strip():
-                    boxes.append(TextBox(text.strip(), float(np.clip(score, 0, 1)), np.asarray(quad, np.float32),
-                                         None))
-            if self.scale != 1:
-                for b in boxes:
-                    b.quad = b.quad / self.scale
-            out.append(boxes)
+        with quiet_library_log():
+            for pic in pictures:
+                if self.scale != 1:  # the recogniser reads crops of this picture: more pixels per letter
+                    pic = cv2.resize(pic, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_CUBIC)
+                boxes = [box for line in self._lines(pic) for box in self._boxes(line)]
+                if self.scale != 1:
+                    for b in boxes:
+                        b.quad = b.quad / self.scale
+                out.append(boxes)
         return out
 
+    def _lines(self, pic: np.ndarray) -> list[Line]:
+        """PP-OCR's lines on one RGB picture (RapidOCR takes arrays as BGR, as OpenCV does)."""
+        res = self._ocr(np.ascontiguousarray(pic[:, :, ::-1]), use_cls=self.upside_down,
+                        return_word_box=self.split_words, return_single_char_box=self.split_words,
+                        text_score=self.text_score, box_thresh=self.box_thresh, unclip_ratio=self.unclip_ratio)
+        if getattr(res, "txts", None) is None or getattr(res, "boxes", None) is None:
+            return []
+        lines = [Line(np.asarray(q, np.float32), str(t), float(s))
+                 for q, t, s in zip(res.boxes, res.txts, res.scores, strict=True)]
+        if self.split_words:
+            attach_characters(lines, res.word_results or ())
+        return lines
 
-def split_line(char_quads, chars, scores, gap_ratio: float) -> list[TextBox]:
-    """Words of one recognised line from its characters' boxes: a new word starts after a space or
-    where the gap to the previous character exceeds ``gap_ratio`` times the line's median gap (and
-    half a median character width, so tight typefaces are not cut between letters)."""
+    def _boxes(self, line: Line) -> list[TextBox]:
+        if self.split_words and line.char_quads:
+            return split_line(line.text, line.char_quads, line.char_scores, self.gap_ratio)
+        text = line.text.strip()
+        return [TextBox(text, float(np.clip(line.score, 0, 1)), line.quad, None)] if text else []
+
+
+def attach_characters(lines: list[Line], word_results) -> None:
+    """Give each line its characters' quads from RapidOCR's ``word_results`` (one tuple of
+    (character, score, quad) per line, spaces left out). RapidOCR drops the entry of a line it could
+    not place characters on, so entries are matched to lines by their characters, in order; a line
+    without a match keeps no characters (it is not split)."""
+    entries = [e for e in word_results if e]
+    j = 0
+    for line in lines:
+        if j >= len(entries):
+            return
+        chars = [c for c, _score, _quad in entries[j]]
+        if "".join(chars) == "".join(line.text.split()) and all(len(c) == 1 for c in chars):
+            line.char_quads = [q for _c, _score, q in entries[j]]
+            line.char_scores = [float(s) for _c, s, _quad in entries[j]]
+            j += 1
+
+
+def split_line(text: str, char_quads, char_scores, gap_ratio: float, min_gap: float = 0.5) -> list[TextBox]:
+    """Words of one recognised line from its non-space characters' boxes: a new word starts after a
+    space or where the gap to the previous character exceeds ``gap_ratio`` times the line's median
+    gap within words and ``min_gap`` times the median character width (so tight typefaces are not cut
+    between letters)."""
+    chars, after_space, space = [], [], False
+    for ch in text:
+        if ch.isspace():
+            space = True
+            continue
+        chars.append(ch)
+        after_space.append(space)
+        space = False
     quads = np.asarray(char_quads, np.float32).reshape(-1, 4, 2)
+    if len(quads) != len(chars):
+        raise ValueError(f"{len(chars)} characters in {text!r} but {len(quads)} character boxes")
     x0, x1 = quads[:, :, 0].min(1), quads[:, :, 0].max(1)
     gaps = x0[1:] - x1[:-1]
+    inside = np.clip(gaps[~np.asarray(after_space[1:], bool)], 0, None)
     width = float(np.median(x1 - x0)) if len(x0) else 0.0
-    typical = float(np.median(np.clip(gaps, 0, None))) if len(gaps) else 0.0
-    cut = max(gap_ratio * typical, 0.5 * width, 1.0)
-    words: list[list[int]] = [[]]
-    for i, ch in enumerate(chars):
-        if ch == " ":
-            words.append([])
-            continue
-        if i and words[-1] and gaps[i - 1] > cut:
+    typical = float(np.median(inside)) if len(inside) else 0.0
+    cut = max(gap_ratio * typical, min_gap * width, 1.0)
+    words: list[list[int]] = []
+    for i in range(len(chars)):
+        if not words or after_space[i] or gaps[i - 1] > cut:
             words.append([])
         words[-1].append(i)
     out = []
     for w in words:
-        if not w:
-            continue
         q = quads[w]
         xs, ys = q[:, :, 0], q[:, :, 1]
         quad = np.array([[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]],
                         np.float32)
-        out.append(TextBox("".join(chars[i] for i in w), float(np.clip(np.mean([scores[i] for i in w]), 0, 1)),
+        out.append(TextBox("".join(chars[i] for i in w), float(np.clip(np.mean([char_scores[i] for i in w]), 0, 1)),
                            quad, None))
     return out

@@ -210,7 +210,13 @@ def ocr_engine_of(specialist_settings: list[dict]):
     if not engines:
         return None
     name, options = engines.pop()
-    return load_engine(name, **json.loads(options))
+    engine = load_engine(name, **json.loads(options))
+    fitted = {s["engine_key"] for s in specialist_settings if s.get("engine_key")}
+    if fitted and engine.cache_key not in fitted:  # same name and options, another library or model
+        warnings.warn(f"the specialists were fitted on covers read by {', '.join(sorted(fitted))}; this installation "
+                      f"reads with {engine.cache_key}: refit them (`etalage specialists fit`) to score what it reads",
+                      UserWarning, stacklevel=2)
+    return engine
 
 
 @dataclass

@@ -38,7 +38,4 @@ then
   "${PIP[@]}" install $TORCH_SPEC
 fi
 "${PIP[@]}" install -e ".[dev,ray,serve]"  # ray: --engine ray, and the tests of it; serve: etalage serve
-# RapidOCR's wheel carries the PP-OCRv4 ONNX models; --no-deps keeps its opencv-python requirement from
-# clashing with EasyOCR's opencv-python-headless (its other requirements are etalage's own).
-"${PIP[@]}" install --no-deps "rapidocr-onnxruntime==1.4.4"
 echo "setup: ready (.venv/bin/etalage)" >&2

@@ -1,4 +1,5 @@
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,7 +84,52 @@ def test_rapidocr_splits_joined_words():
     # "VALUEINVESTOR" read as one line: 5 + 8 characters, a wide gap between them
     xs = [0, 6, 12, 18, 24] + [40, 46, 52, 58, 64, 70, 76, 82]
     quads = [[[x, 0], [x + 5, 0], [x + 5, 10], [x, 10]] for x in xs]
-    words = split_line(quads, list("VALUEINVESTOR"), [0.9] * 13, gap_ratio=2.5)
+    words = split_line("VALUEINVESTOR", quads, [0.9] * 13, gap_ratio=2.5)
     assert [w.text for w in words] == ["VALUE", "INVESTOR"]
     assert words[1].quad[0, 0] == 40 and words[1].quad[1, 0] == 87
-    assert [w.text for w in split_line(quads[:5], list("VALUE"), [0.9] * 5, 2.5)] == ["VALUE"], "even gaps: one word"
+    assert [w.text for w in split_line("VALUE", quads[:5], [0.9] * 5, 2.5)] == ["VALUE"], "even gaps: one word"
+    # a space the recogniser read splits even without a gap; the gap across it is not a within-word gap
+    words = split_line("VALUE INVESTOR", quads, [0.9] * 13, gap_ratio=2.5)
+    assert [w.text for w in words] == ["VALUE", "INVESTOR"]
+    assert [w.text for w in split_line("VAL UE", quads[:5], [0.9] * 5, 2.5)] == ["VAL", "UE"]
+    with pytest.raises(ValueError, match="5 characters in 'VALUE' but 13 character boxes"):
+        split_line("VALUE", quads, [0.9] * 13, 2.5)
+
+
+def test_rapidocr_characters_matched_to_lines():
+    from etalage.ocr.rapidocr_engine import Line, attach_characters
+
+    def chars(text, x=0):
+        return tuple((c, 0.9, [[x + 6 * i, 0], [x + 6 * i + 5, 0], [x + 6 * i + 5, 9], [x + 6 * i, 9]])
+                     for i, c in enumerate(text))
+
+    lines = [Line(np.zeros((4, 2), np.float32), t, 0.9) for t in ("Des Lyver", "???", "Video")]
+    # RapidOCR left out the second line's entry: the third line's characters must not go to it
+    attach_characters(lines, (chars("DesLyver"), chars("Video", 50)))
+    assert len(lines[0].char_quads) == 8 and lines[1].char_quads is None
+    assert lines[2].char_quads[0][0][0] == 50
+
+
+def test_rapidocr_loads_the_wheel_models_and_leaves_logging_alone(covers, capfd):
+    import logging
+
+    from etalage.ocr.rapidocr_engine import MODEL_FILES
+
+    logger = logging.getLogger("RapidOCR")
+    before = logger.level
+    logger.setLevel(logging.DEBUG)  # the caller's choice: RapidOCR must not change it, nor print through it
+    try:
+        engine = load_engine("rapidocr")
+        blank = np.full((60, 60, 3), 255, np.uint8)  # RapidOCR warns on every picture without text
+        assert engine.read([blank]) == [[]]
+        assert logger.level == logging.DEBUG
+    finally:
+        logger.setLevel(before)
+    assert "RapidOCR" not in capfd.readouterr().err
+    assert engine.version.startswith("rapidocr-3.") and engine.version.endswith("+ppocrv6-small")
+    # the model files given by path, all inside the installed wheel: nothing for RapidOCR to fetch
+    import rapidocr
+
+    wheel = Path(rapidocr.__file__).parent / "models"
+    given = {Path(engine._ocr.cfg[stage].model_path) for stage in ("Det", "Rec", "Cls")}
+    assert given == {wheel / f for f in MODEL_FILES.values()} and all(p.is_file() for p in given)

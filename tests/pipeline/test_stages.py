@@ -2,6 +2,7 @@
 resumed) -> report, on the session catalogue with the tiny core run and Tesseract (fast on CPU)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -181,3 +182,22 @@ def test_the_id_prior_is_used_only_where_test_ids_interleave(fitted_pipeline, ti
     assert json.loads((work.path / "id_prior.json").read_text())["uses_id"] is False
     assert id_prior_choice(plan, after, train, "with") == plan.model.path
     assert id_prior_choice(plan, test, train, "without") == plan.model.without_id.path
+
+
+def test_specialists_read_by_another_model_are_flagged():
+    """Specialists fitted on another library's or model's readings (a rapidocr upgrade keeps the engine's
+    name and options) are scored on what this installation reads: say so, once, at load."""
+    import warnings
+
+    from etalage.ocr import load_engine
+    from etalage.pipeline.stages import ocr_engine_of
+
+    key = load_engine("tesseract").cache_key
+    settings = [{"engine": "tesseract", "engine_options": {}, "engine_key": key}, {"needs": ["pictures"]}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ocr_engine_of(settings).cache_key == key
+    old = [{**settings[0], "engine_key": "tesseract/tesseract-4.1.1/9de9e10e8057"}]
+    with pytest.warns(UserWarning, match=r"fitted on covers read by tesseract/tesseract-4\.1\.1/.*this installation "
+                                         r"reads with " + re.escape(key)):
+        ocr_engine_of(old)
