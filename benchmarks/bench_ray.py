@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# the real job (README: the Kaggle dumps) and the measured rates the projection takes from elsewhere
+# the real job (docs/kaggle.md: the Kaggle dumps) and the measured rates the projection takes from elsewhere
 REAL_PRODUCTS, REAL_PICTURES, REAL_BYTES = 1_768_182, 3_095_080, 14.5e9
 ROUTED_SHARE = 0.10          # products the core routes to the cover specialists on the real set (~10%)
 H100_CORE_PIPELINE = 5124    # pictures/s, benchmarks/results/core_cuda_h100.json (CPU decoding, 4 workers)

@@ -109,9 +109,11 @@ def _add_explain(sub, handlers: dict) -> None:
              "For a finished submit or fusion predict work folder of a labelled file (or one with an answer key): "
              "per product its pictures with the OCR boxes and the text read, the core's top-5, each specialist's "
              "vote, fusion's top-5 with the features that moved its choice, and the truth; filters by level-1 group "
-             "and by what fusion did (fixed, broken, ...), and a summary per group. Open it in any browser.")
-    p.add_argument("--work", required=True, metavar="WORK", help="the work folder of `etalage submit` or "
-                                                                "`etalage fusion predict`")
+             "and by what fusion did (fixed, broken, ...), and a summary per group. A core-only submit's work folder "
+             "(submit --run ... --work WORK) gives the pictures, the core's top-5 and the truth, filtered by whether "
+             "the core was right. Open it in any browser.")
+    p.add_argument("--work", required=True, metavar="WORK", help="the work folder of `etalage submit` (with "
+                                                                "--fusion, or core only) or `etalage fusion predict`")
     p.add_argument("--labels", metavar="ANSWER_KEY.csv", help="_id,category_id answer key (default: the categories "
                                                               "in the data file)")
     p.add_argument("--out", required=True, metavar="PAGE.html", help="the page to write")
@@ -240,8 +242,8 @@ def cmd_explain(args) -> int:
                   compute=compute_of(args))
     print(f"{res['page']}: {res['shown']} of {res['products']} products")
     for g in res["groups"]:
-        print(f"  {g['group']:<30}{g['products']:>6}  core {g['core']:.3f}  fusion {g['fused']:.3f}  "
-              f"fixed {g['fixed']}  broken {g['broken']}")
+        fusion = f"  fusion {g['fused']:.3f}  fixed {g['fixed']}  broken {g['broken']}" if "fused" in g else ""
+        print(f"  {g['group']:<30}{g['products']:>6}  core {g['core']:.3f}{fusion}")
     return 0
 
 

@@ -35,7 +35,7 @@ class TrainConfig:
     mixup: float = 0.0                   # Beta(a, a) of mixup between products (0: off)
     cutmix: float = 0.0                  # Beta(a, a) of cutmix between products (0: off)
     batch_size: int = 32                 # products per batch (per process); 32 beat 64 on real photos within
-                                         # CPU budgets (twice the steps; README, "Core on real photos")
+                                         # CPU budgets (twice the steps; docs/benchmarks.md, "Core on real photos")
     epochs: float | None = None          # None: 3, or with max_minutes as many as the budget allows
     max_minutes: float | None = None
     lr: float = 1e-3
@@ -114,7 +114,7 @@ class TrainConfig:
     def frozen_groups(self) -> int:
         """The backbone layer groups the fine-tune leaves alone: as set, else 3 (the stem and 2 stages,
         their generic edges and textures) for pretrained weights, which trained faster and better on real
-        photos within CPU budgets (README, "Core on real photos"), and 0 for a backbone trained from
+        photos within CPU budgets (docs/benchmarks.md, "Core on real photos"), and 0 for a backbone trained from
         scratch (random layers frozen would stay random)."""
         if self.freeze is not None:
             return self.freeze

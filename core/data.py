@@ -158,7 +158,7 @@ class ProductDataset(torch.utils.data.Dataset):
 
 
 # The picture side a run takes when none is given: the dump's own, within these bounds. On the CPU the cap
-# is what the dev runs measured best within a 20-minute budget on 2 cores (README, "Core on real photos":
+# is what the dev runs measured best within a 20-minute budget on 2 cores (docs/benchmarks.md, "Core on real photos":
 # 160 px trains 1.6x slower per picture than 128 for less in the same time); on a GPU the 2017 teams'
 # 160-180 px is affordable. The floor: small catalogue photos (Myntra's 60x80) are upscaled to it, which
 # ImageNet features, learnt at 224, read better than 80 px.

@@ -10,7 +10,7 @@ keep the rate and grow the batch instead, here by accumulating 1, 2 then 4 batch
 ``max_minutes`` the run measures its own speed after three steps and fits the schedule (warm-up
 included) into the budget, so a time-boxed run still ends with a decayed rate and a validation score.
 
-Recipe options (each measured on real photos, README "Core on real photos"): a head-only phase first
+Recipe options (each measured on real photos, docs/benchmarks.md "Core on real photos"): a head-only phase first
 (``head_epochs``: the backbone frozen, only the heads learn, so the full fine-tune starts from a sensible
 classifier rather than pushing random-head gradients into pretrained features), frozen early layer groups
 (``freeze``: no backward through the high-resolution stem, the costliest part on a CPU; with

@@ -10,7 +10,7 @@ KEEP_CHOICES = ("last", "best")                                     # the weight
 OCR_ENGINES = ("easyocr", "ensemble", "rapidocr", "tesseract")      # etalage.ocr.load_engine names
 RUN_ENGINES = ("local", "ray")                                       # where submit, predict and ocr run
 # The default reading (load_engine() without a name): engine and settings chosen by measurement on
-# real book covers (benchmarks/bench_reading.py, README "Reading real covers").
+# real book covers (benchmarks/bench_reading.py, docs/benchmarks.md "Reading real covers").
 # PP-OCRv6 small (RapidOCR 3.10) on the picture upscaled 1.5x, then EasyOCR in one pass (CRAFT at 1x, crops of
 # the 2x picture) adding the words PP-OCR missed, then the English lexicon's corrections: on 300 real book
 # covers at 180x180, 0.545 of the title words against 0.321 for plain EasyOCR readtext and 0.490 with

@@ -7,7 +7,7 @@ cosine) go into a faiss index: exact (``IndexFlatIP``) up to ``EXACT_MAX`` produ
 4,096-product query chunk costs about 3.4 s on 2 cores, 2.4x the rest of its fusion stage, and grows with
 the index (7.0 s at 100,000: ``benchmarks/bench_neighbours.py``); above it an inverted-file
 index with product quantisation (``IndexIVFPQ``: 64 bytes a product instead of 2,560 in float16), which
-is what Cdiscount's 7.07M training products need (README, "Embedding neighbours", for the memory).
+is what Cdiscount's 7.07M training products need (docs/benchmarks.md, "Second level over several cores", for the memory).
 Each index remembers the class and the training position of every product it holds: a query that is
 itself a training product (fusion's own rows) drops itself from its neighbours, so nothing leaks its
 label.

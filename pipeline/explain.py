@@ -1,6 +1,10 @@
 """``etalage explain``: one static HTML page (pictures embedded) showing where the pipeline goes wrong
 on a labelled set that went through ``submit`` or ``fusion predict``.
 
+A core-only ``submit --run`` work folder gets the same page with what it holds: the pictures, the core's top-5
+and the truth, filtered by level-1 group and by whether the core was right (a catalogue team looks at its
+first model's mistakes before it fits any second level).
+
 Per product: its pictures with the OCR boxes drawn on them and the text read, the core's top-5, each
 specialist's vote, fusion's top-5 with the features that moved its choice (LightGBM's TreeSHAP
 contributions), and the truth. Filters by level-1 group and by what fusion did (wrong at core / fixed by
@@ -11,6 +15,7 @@ server and no network: open it in a browser.
 from __future__ import annotations
 
 import html
+import json
 import logging
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from etalage.catalog import Catalog, Taxonomy
 from etalage.catalog.submission import answer_key_classes
 from etalage.compute import Compute
 from etalage.core.ranking import CoreRanking
+from etalage.core.rundir import RunDir
 from etalage.errors import DataError
 from etalage.fusion.model import FusionModel, fused_top1
 from etalage.fusion.neighbours import load_indexes
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 
 STATUSES = {"fixed": "fixed by fusion", "broken": "broken by fusion", "wrong": "wrong at both",
             "right": "right at both"}
+CORE_STATUSES = {"wrong": "wrong at core", "right": "right at core"}
 
 
 def _truth(catalog: Catalog, taxonomy: Taxonomy, labels: str | Path | None) -> np.ndarray:
@@ -89,13 +96,16 @@ def _contributions(inputs: FusionInputs, rows: np.ndarray, fused_top: np.ndarray
 
 def explain(work: str | Path, out: str | Path, labels: str | Path | None = None, limit: int = 400,
             ocr_cache: str | Path | None = None, compute: Compute | None = None) -> dict:
-    """Write the page for the products of ``work`` (a finished ``submit`` or ``fusion predict`` folder);
-    returns a summary (products shown, per-group figures).
+    """Write the page for the products of ``work`` (a finished ``submit`` or ``fusion predict`` folder, or a
+    core-only ``submit --run`` one); returns a summary (products shown, per-group figures).
 
     >>> explain("submission_work", "explain.html", labels="test_labels.csv")["groups"][0]
     """
     compute = compute or Compute()
     work = WorkDir(work)
+    core_only = None if work.stamp_file.exists() else core_only_predictions(work)
+    if core_only is not None:
+        return _explain_core(core_only, out, labels, limit, compute)
     job = work.job("etalage submit --fusion FUSION --data FILE.bson --out submission.csv")
     plan = PredictPlan.from_model(job["model"])
     taxonomy = plan.taxonomy()
@@ -124,6 +134,39 @@ def explain(work: str | Path, out: str | Path, labels: str | Path | None = None,
     return {"page": str(out), "shown": len(records), "products": int(known.sum()), "groups": summary}
 
 
+def core_only_predictions(work: WorkDir) -> tuple[Path, dict] | None:
+    """Where a core-only ``submit --run`` left the core's ranking, and the stamp naming its run and data: the
+    work folder itself for one run; ``core/`` (each run's own predictions under ``core_runs/``) for several.
+    None when the folder holds neither."""
+    for core_dir, stamps in ((work.path, [work.path / "meta.json"]),
+                             (work.core, sorted(work.core_runs.glob("*/run*/meta.json")))):
+        if (core_dir / "meta.json").exists() and stamps and stamps[0].exists():
+            meta = json.loads(stamps[0].read_text())
+            if "run" in meta and "data" in meta:
+                return core_dir, meta
+    return None
+
+
+def _explain_core(found: tuple[Path, dict], out, labels, limit: int, compute: Compute) -> dict:
+    """The page of a core-only submission: no specialists, no fusion; products the core got wrong first."""
+    core_dir, meta = found
+    taxonomy = RunDir(meta["run"]).taxonomy()
+    catalog = Catalog.open(meta["data"], progress=compute.progress, cache_dir=compute.cache_dir)
+    truth = _truth(catalog, taxonomy, labels)
+    core = CoreRanking.load(core_dir)
+    if len(core) != len(catalog):
+        raise DataError(f"{core_dir}: predictions of {len(core)} products, {catalog.path} has {len(catalog)}; "
+                        f"rerun `etalage submit --run ... --data {catalog.path}` into a new --work folder")
+    known = truth >= 0
+    status = np.where(core.top1() == truth, "right", "wrong")
+    rows = _choose(status, known, limit)
+    records = [_record(int(r), catalog, taxonomy, truth, status, core, None, {}, {}, (None, None)) for r in rows]
+    summary = _summary(taxonomy, truth, core.top1(), None, known)
+    render(out, records, summary, {"data": str(catalog.path), "run": str(meta["run"]), "products": int(known.sum()),
+                                   "shown": len(records)})
+    return {"page": str(out), "shown": len(records), "products": int(known.sum()), "groups": summary}
+
+
 def _ocr_cache(plan: PredictPlan, catalog: Catalog, ocr_cache, compute: Compute) -> tuple[OcrCache | None, str | None]:
     """The OCR cache the specialists read through, and their engine's key (None, None when none reads)."""
     from etalage.specialists.runner import fit_settings
@@ -144,9 +187,11 @@ def _record(r: int, catalog: Catalog, taxonomy: Taxonomy, truth, status, core, f
         return " / ".join(taxonomy.names_of(int(c))[1:]) if c >= 0 else "-"
 
     pics = catalog.picture_bytes(r)
-    first = int(catalog.index.products["first_picture"][r])
-    md5s = [catalog.md5[first + k].tobytes() for k in range(len(pics))]
-    boxes = cache.get_many(md5s, engine_key) if cache is not None else {}
+    boxes, md5s = {}, [None] * len(pics)
+    if cache is not None:
+        first = int(catalog.index.products["first_picture"][r])
+        md5s = [catalog.md5[first + k].tobytes() for k in range(len(pics))]
+        boxes = cache.get_many(md5s, engine_key)
     votes = {}
     for name, sr in specs.items():
         hit = np.flatnonzero(sr.rows == r)
@@ -158,8 +203,9 @@ def _record(r: int, catalog: Catalog, taxonomy: Taxonomy, truth, status, core, f
         "id": int(catalog.product_ids[r]), "group": taxonomy.level1_names[taxonomy.level1_of[truth[r]]],
         "status": str(status[r]), "truth": names(truth[r]),
         "core": [(names(c), float(p)) for c, p in zip(core.topk_class[r, :5], core.topk_prob[r, :5], strict=True)],
-        "fused": [(names(c), float(s)) for c, s in zip(fused["topk_class"][r], fused["topk_score"][r], strict=True)
-                  if c >= 0],
+        "fused": None if fused is None else [(names(c), float(s)) for c, s in zip(fused["topk_class"][r],
+                                                                                 fused["topk_score"][r], strict=True)
+                                              if c >= 0],
         "specialists": votes, "moved": moved.get(r, []),
         "pictures": [{"src": picture_src(p),
                       "boxes": [{"quad": np.asarray(b.quad).round(1).tolist(), "text": b.text,
@@ -169,30 +215,43 @@ def _record(r: int, catalog: Catalog, taxonomy: Taxonomy, truth, status, core, f
 
 
 def _summary(taxonomy, truth, core_top, fused_top, known) -> list[dict]:
+    """Per level-1 group: products, the core's top-1 and, with ``fused_top``, fusion's and what it changed."""
     out = []
     l1 = np.where(known, taxonomy.level1_of[np.where(known, truth, 0)], -1)
     for g in np.unique(l1[known]):
         m = l1 == g
-        c, f = core_top[m] == truth[m], fused_top[m] == truth[m]
-        out.append({"group": taxonomy.level1_names[g], "products": int(m.sum()), "core": float(c.mean()),
-                    "fused": float(f.mean()), "fixed": int((~c & f).sum()), "broken": int((c & ~f).sum())})
+        c = core_top[m] == truth[m]
+        row = {"group": taxonomy.level1_names[g], "products": int(m.sum()), "core": float(c.mean())}
+        if fused_top is not None:
+            f = fused_top[m] == truth[m]
+            row.update(fused=float(f.mean()), fixed=int((~c & f).sum()), broken=int((c & ~f).sum()))
+        out.append(row)
     return sorted(out, key=lambda r: -r["products"])
 
 
 def render(out: str | Path, records: list[dict], summary: list[dict], meta: dict) -> Path:
-    """The page: data as JSON, drawn by a few lines of JavaScript (filters also read ``#group=..&status=..``)."""
-    rows = "".join(f"<tr><td>{html.escape(s['group'])}</td><td>{s['products']}</td><td>{s['core']:.3f}</td>"
-                   f"<td>{s['fused']:.3f}</td><td>{s['fixed']}</td><td>{s['broken']}</td></tr>" for s in summary)
+    """The page: data as JSON, drawn by a few lines of JavaScript (filters also read ``#group=..&status=..``).
+    ``meta`` names the fusion model (``fusion``) or, for a core-only submission, the core run (``run``)."""
+    fused = "fusion" in meta
+    cells = ("core", "fused", "fixed", "broken") if fused else ("core",)
+    rows = "".join(f"<tr><td>{html.escape(s['group'])}</td><td>{s['products']}</td>"
+                   + "".join(f"<td>{s[k]:.3f}</td>" if isinstance(s[k], float) else f"<td>{s[k]}</td>" for k in cells)
+                   + "</tr>" for s in summary)
     groups = "".join(f'<option value="{html.escape(s["group"])}">{html.escape(s["group"])}</option>' for s in summary)
-    statuses = "".join(f'<option value="{k}">{v}</option>' for k, v in STATUSES.items())
-    head = html.escape(f"{meta['shown']} of {meta['products']} labelled products of {meta['data']}, fusion model "
-                       f"{meta['fusion']}")
+    model = f"fusion model {meta['fusion']}" if fused else f"core run {meta['run']} (core only: no fusion)"
+    head = html.escape(f"{meta['shown']} of {meta['products']} labelled products of {meta['data']}, {model}")
+    titles = ("core top-1", "fusion top-1", "fixed by fusion", "broken by fusion") if fused else ("core top-1",)
+    if fused:
+        statuses = ('what fusion did <select id="status"><option value="">all</option><option value="core-wrong">'
+                    "wrong at core</option>" + "".join(f'<option value="{k}">{v}</option>' for k, v in STATUSES.items()))
+    else:
+        statuses = ('the core <select id="status"><option value="">all</option>'
+                    + "".join(f'<option value="{k}">{v}</option>' for k, v in CORE_STATUSES.items()))
     body = (f"<h1>etalage explain</h1><p>{head}</p>"
-            '<table class="summary"><tr><th>level-1 group</th><th>products</th><th>core top-1</th>'
-            f"<th>fusion top-1</th><th>fixed by fusion</th><th>broken by fusion</th></tr>{rows}</table>"
+            '<table class="summary"><tr><th>level-1 group</th><th>products</th>'
+            + "".join(f"<th>{t}</th>" for t in titles) + f"</tr>{rows}</table>"
             f'<div class="filters">group <select id="group"><option value="">all</option>{groups}</select> '
-            'what fusion did <select id="status"><option value="">all</option><option value="core-wrong">wrong at '
-            f'core</option>{statuses}</select> <span id="count"></span></div><div id="cards"></div>')
+            f'{statuses}</select> <span id="count"></span></div><div id="cards"></div>')
     return write_page(out, "etalage explain", body, records, _STYLE, _SCRIPT)
 
 
@@ -223,9 +282,10 @@ function card(r) {
   const moved = r.moved.map(([f, v, c]) => `<li>${esc(f)} = ${v === null ? "missing" : v.toFixed(3)} <small>(${c > 0 ? "+" : ""}${c.toFixed(2)})</small></li>`).join("");
   return `<div class="card ${r.status}" data-group="${esc(r.group)}" data-status="${r.status}">${pics}<div>` +
     `<h3>product ${r.id} &middot; truth: ${esc(r.truth)} &middot; ${esc(r.group)}</h3>` +
-    `<div class="cols"><div><h3>core</h3>${list(r.core, r.truth)}</div>${specs}<div><h3>fusion</h3>` +
-    `${list(r.fused, r.truth)}</div><div><h3>what moved fusion's choice</h3><ol>${moved}</ol></div></div>` +
-    `<div class="words">read: ${esc(words) || "(nothing)"}</div></div></div>`;
+    `<div class="cols"><div><h3>core</h3>${list(r.core, r.truth)}</div>${specs}` +
+    (r.fused === null ? "" : `<div><h3>fusion</h3>${list(r.fused, r.truth)}</div>` +
+      `<div><h3>what moved fusion's choice</h3><ol>${moved}</ol></div>`) + `</div>` +
+    (r.fused === null ? "" : `<div class="words">read: ${esc(words) || "(nothing)"}</div>`) + `</div></div>`;
 }
 document.getElementById("cards").innerHTML = records.map(card).join("");
 function apply() {

@@ -20,7 +20,7 @@
 Settings chosen by exploratory 5-fold cross-validation runs on the real book covers of ``books-dev``
 (one run each, not kept in benchmarks/results): word n-grams +1.4 points, the second embedding +0.8, the
 probe's regularisation C=0.001 instead of 0.05 +5 and the mirror +1 for the looking part, stacking
-+0.4 over the best weighted mean. The final cross-validated figures are in the README.
++0.4 over the best weighted mean. The final cross-validated figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations

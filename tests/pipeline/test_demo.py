@@ -34,7 +34,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert report["test_products"] > 0
     for stage in ("core", "core+specialists", "fusion"):
         assert 0.0 <= report[stage] <= 1.0 and stage in text, stage
-    # Which stage wins is the full demo's figure (README): 240 products leave fusion 24 to learn from.
+    # Which stage wins is the full demo's figure (docs/benchmarks.md, "Demo"): 240 products leave fusion 24 to learn from.
     groups = report["per_level1"]
     assert sum(g["products"] for g in groups.values()) == report["test_products"]
     for stage in ("core", "core+specialists", "fusion"):
