@@ -4,6 +4,8 @@ options become for the library (``Compute``, an engine, ``KEY=VALUE`` settings).
 
 from __future__ import annotations
 
+import re
+
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from etalage.options import RUN_ENGINES, TTA_MODES
@@ -30,16 +32,25 @@ class Parser(ArgumentParser):
         hints = [f"{old} is now {new}" for old, new in RENAMED.items() if _names(message, old)]
         hints += [f"{old} is now {new}" for (cmd, old), new in RENAMED_IN.items()
                   if cmd == command and _names(message, old) and not any(old in h for h in hints)]
+        # a config.yaml of etalage 0.x names the same options as keys (flags without --, with _)
+        hints += [f"the key {_key(old)} is now {_key(new.split()[0])}" for old, new in RENAMED.items()
+                  if f"'{_key(old)}'" in message]
         if hints:
             message = f"{message} ({'; '.join(hints)}; see CHANGELOG.md)"
+        elif re.fullmatch(r"'[\w-]+'", message.strip()):  # jsonargparse's word for a bad key in a subcommand's config
+            message = (f"{message}: a --config file holds a key this command does not take (keys are its flags "
+                       f"without --, with _; see --help)")
         return super().error(message, ex)
 
 
 def _names(message: str, flag: str) -> bool:
     """Whether an argparse error message names ``flag`` itself (not a longer flag it prefixes)."""
-    import re
-
     return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message) is not None
+
+
+def _key(flag: str) -> str:
+    """A flag as a config file's key: ``--max-minutes`` -> ``max_minutes`` (``--set`` is stored as ``settings``)."""
+    return "settings" if flag == "--set" else flag.lstrip("-").replace("-", "_")
 
 
 def leaf(sub, handlers: dict, path: tuple[str, ...], func, help_: str, description: str | None = None,

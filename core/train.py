@@ -283,13 +283,13 @@ def _save_checkpoint(run: RunDir, model, optimizer, state: dict, spec: dict, ema
 def progress_line(line: dict, epochs: float, seconds_left: float) -> str:
     """One human line per validation (the terminal's and ``-v`` logs'; ``metrics.jsonl`` keeps the numbers):
     ``epoch 2.0/7 (fine-tune): loss 0.921, validation top-1 0.812 (level 2 0.930, level 1 0.985), 312
-    pictures/s, 6 min 12 s left``."""
+    pictures/s, 6:12 left`` (minutes:seconds)."""
     minutes, seconds = divmod(int(round(seconds_left)), 60)
-    left = f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+    left = f"{minutes}:{seconds:02d}"
     epoch = line["epoch"] - 1 + min(1.0, line.get("epoch_fraction", 1.0))  # an epoch in progress, or one just done
     return (f"epoch {epoch:.1f}/{epochs:.1f} ({line['phase']}): loss {line['train_loss']:.3f}, validation top-1 "
             f"{line['val_top1']:.3f} (level 2 {line['val_level2_top1']:.3f}, level 1 {line['val_level1_top1']:.3f}), "
-            f"{line['train_pictures_per_s']:,.0f} pictures/s, {left} left")
+            f"{line['train_pictures_per_s']:.0f} pictures/s, {left} left")
 
 
 def _save_model(path: Path, state_dict: dict, spec: dict) -> None:

@@ -25,7 +25,7 @@ from etalage.fusion.report import coverage, ensemble_baselines, save_table
 from etalage.fusion.signals import check_without, id_interleave_share, ids_look_ordered
 from etalage.ocr.cache import default_cache_path
 from etalage.options import RERANKER_KINDS
-from etalage.pipeline.engine import Engine, LocalEngine
+from etalage.pipeline.engine import Engine, LocalEngine, RunStats
 from etalage.pipeline.stages import (
     SpecialistsJob,
     SpecialistsStage,
@@ -168,6 +168,7 @@ class _HeldOut:
     per_model: list
     truth: np.ndarray
     hits: list
+    stats: RunStats
 
 
 def fit_fusion(cfg: FusionFitConfig, compute: Compute | None = None, engine: Engine | None = None) -> FusionFit:
@@ -227,6 +228,7 @@ def fit_fusion(cfg: FusionFitConfig, compute: Compute | None = None, engine: Eng
         model.plan.id_interleave = id_interleave_share(catalog.product_ids[held.positions], catalog.product_ids, True)
         alternative = _fit_without_id(table, held.truth, feature_names, spec_names, cfg, model, folder)
     model.save(folder)
+    held.stats.save(folder.path)
     fit = FusionFit(len(held.positions), _held_out_words(models), len(catalog), len(table.owner), len(feature_names),
                     list(without), id_share, ordered, model.kind, chosen["selection"], int(chosen["trees"]),
                     chosen["valid_top1_by_kind"], float((held.ranking.top1() == held.truth).mean()),
@@ -305,7 +307,7 @@ def _held_out(cfg: FusionFitConfig, models, catalog: Catalog, labels: np.ndarray
              Path(cfg.train).name, ", ".join(f"{m.name}: {len(m.runs)} run{'s' * (len(m.runs) > 1)}" for m in models))
     command = f"etalage fusion fit {' '.join(f'--run {m.path}' for m in models)} --train {cfg.train} --out {folder}"
     job = HeldOutJob(catalog, folder.core_val, PredictOptions(cfg.topk), cfg.tta, command)
-    held_pos, per_model, _ = holdout_rankings(models, job, compute, engine)
+    held_pos, per_model, stats = holdout_rankings(models, job, compute, engine)
     rows = np.searchsorted(held_pos, positions)
     per_model = [r.take(rows) for r in per_model]
     hits = []
@@ -314,7 +316,7 @@ def _held_out(cfg: FusionFitConfig, models, catalog: Catalog, labels: np.ndarray
                  models[0].name, len(models[0].runs))
         embeddings = build_neighbour_indexes(models[0], job, labels, folder, compute, engine)
         hits = [holdout_hits(models[0], embeddings, folder, positions, cfg.neighbours)]
-    return _HeldOut(positions, mean_ranking(per_model), per_model, labels[positions], hits)
+    return _HeldOut(positions, mean_ranking(per_model), per_model, labels[positions], hits, stats)
 
 
 def _score_held_out(cfg: FusionFitConfig, spec_names: list[str], held: _HeldOut, catalog: Catalog, taxonomy,
@@ -326,4 +328,4 @@ def _score_held_out(cfg: FusionFitConfig, spec_names: list[str], held: _HeldOut,
                          held.positions, producer=f"etalage fusion fit --out {folder}")
     stage = SpecialistsStage(catalog, job, taxonomy)
     stage.claim()
-    engine.run([stage], chunk_ranges(len(held.positions), job.chunk), "specialists").save(None)
+    held.stats.merge(engine.run([stage], chunk_ranges(len(held.positions), job.chunk), "specialists"))

@@ -72,7 +72,7 @@ def predict_core(run: str | Path, data: str | Path, out: str | Path, options: Pr
     stage = CoreStage(catalog, CoreJob([CoreTarget(run, Path(out), options.embedding)], options, tta), compute)
     stage.claim()
     engine.run([stage], shard_chunk_ranges(len(catalog), DEFAULT_CHUNK, shard), f"predict {Path(data).name}"
-               ).save(None)
+               ).save(out)
     try:
         ranking = CoreRanking.load(out)
     except StageOutputError:

@@ -65,4 +65,5 @@ def test_wheel_entry_points(wheel):
     assert points["console_scripts"] == {"etalage": "etalage.cli:main"}
     assert points["etalage.specialists"] == {"books": "etalage.specialists.books:BooksSpecialist",
                                              "music": "etalage.specialists.music:MusicSpecialist",
-                                             "media": "etalage.specialists.media:MediaSpecialist"}
+                                             "media": "etalage.specialists.media:MediaSpecialist",
+                                             "title": "etalage.specialists.title:TitleSpecialist"}

@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BUDGET = (re.compile(r"--max-minutes \d+(?:\.\d+)?"), "--max-minutes 0.05")
-NUMBER = re.compile(r"\d+(?:\.\d+)?")
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")  # 2,076 and 890 alike
 
 
 def section(heading: str) -> str:

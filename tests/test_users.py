@@ -178,3 +178,13 @@ def test_check_specialist_on_a_plugin_built_from_the_docs(tmp_path):
         out = spec.predict([make_reading("roman policier"), make_reading("")])
         assert out.scores.shape == (2, len(out.class_indices)) and out.scores.shape[1] > 0
         assert np.isfinite(out.scores).all() and np.isfinite(out.features).all()
+
+
+def test_a_config_file_of_etalage_0x_is_refused_naming_the_key(tmp_path, capsys):
+    """A run folder's config.yaml written by 0.x with a removed key: one line naming the key and its 1.0 name."""
+    old = tmp_path / "config.yaml"
+    old.write_text("picture_fusion: mean\nbatch_size: 16\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", str(old), "--train", "x.bson", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "the key picture_fusion is now picture_pooling" in capsys.readouterr().err

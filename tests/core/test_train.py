@@ -134,6 +134,6 @@ def test_one_human_line_per_validation():
     line = {"epoch": 2, "epoch_fraction": 0.5, "phase": "fine-tune", "train_loss": 0.92063, "val_top1": 0.8121,
             "val_level2_top1": 0.93, "val_level1_top1": 0.9851, "train_pictures_per_s": 312.4}
     assert progress_line(line, 7.04, 372.2) == ("epoch 1.5/7.0 (fine-tune): loss 0.921, validation top-1 0.812 "
-                                                "(level 2 0.930, level 1 0.985), 312 pictures/s, 6 min 12 s left")
+                                                "(level 2 0.930, level 1 0.985), 312 pictures/s, 6:12 left")
     assert progress_line({**line, "epoch_fraction": 1.0}, 3, 9.6).startswith("epoch 2.0/3.0")
-    assert progress_line({**line, "epoch_fraction": 1.0}, 3, 9.6).endswith("10 s left")
+    assert progress_line({**line, "epoch_fraction": 1.0}, 3, 9.6).endswith("0:10 left")
