@@ -90,7 +90,7 @@ def _neighbour_cost(fusion: Path, work: Path, test: Path, train: Path) -> dict:
             "test_products": len(catalog), "index_products": int(len(indexes[0].classes))}
 
 
-def run_set(name: str, minutes: float, folds: int, neighbours: int) -> dict:
+def run_set(name: str, minutes: float, folds: int, neighbours: int, without: tuple[str, ...] = ()) -> dict:
     from bench_core_recipe import prepare
 
     from etalage.compute import Compute
@@ -123,13 +123,17 @@ def run_set(name: str, minutes: float, folds: int, neighbours: int) -> dict:
     fusion = work / "fusion"
     t1 = time.perf_counter()
     if not (fusion / "fit_report.json").exists():
-        # the real sets' _ids are listing numbers given category by category (fit warns): no id prior
-        fit_fusion(FusionFitConfig(runs, train, fusion, neighbours=neighbours, without=("id",)), Compute(progress=False))
+        # the real sets' _ids are listing numbers given category by category: fit warns and, unless told
+        # --without id, fits a model without id features too; submit chooses by how the test ids interleave
+        fit_fusion(FusionFitConfig(runs, train, fusion, neighbours=neighbours, without=without),
+                   Compute(progress=False))
     result["fit"] = {k: v for k, v in json.loads((fusion / "fit_report.json").read_text()).items() if k != "importance"}
     result["fit_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     submit(test, work / "fused.csv", fusion=fusion, work=work / "fused_work", compute=Compute(progress=False))
     result["submit_s"] = time.perf_counter() - t2
+    id_prior = work / "fused_work" / "id_prior.json"
+    result["id_prior"] = json.loads(id_prior.read_text()) if id_prior.exists() else "no model without id features"
     result["fusion"] = _top1(work / "fused.csv", labels)
     result["over_best_single_run"] = result["fusion"] - result["best_single_run"]
     result["over_plain_average"] = result["fusion"] - result["plain_average"]
@@ -147,13 +151,16 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=6.0, help="training budget of each run")
     ap.add_argument("--folds", type=int, default=4, help="grocery: fold runs")
     ap.add_argument("--neighbours", type=int, default=10)
+    ap.add_argument("--without", default="", help="signal groups fusion is fitted without (e.g. id); default: none, "
+                                                  "fit decides about the id prior")
     ap.add_argument("--lock", default="/tmp/etalage-cpu.lock")
     args = ap.parse_args(argv)
     from etalage.files import write_json_atomic
 
     with open(args.lock, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        result = run_set(args.set, args.minutes, args.folds, args.neighbours)
+        result = run_set(args.set, args.minutes, args.folds, args.neighbours,
+                         tuple(w for w in args.without.split(",") if w))
     write_json_atomic(RESULTS / f"ensemble_{args.set}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("fit", "ablation")}, indent=1, default=float))
     return 0
