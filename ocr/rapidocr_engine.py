@@ -82,26 +82,38 @@ class RapidOcrEngine(OcrEngine):
         self.scale, self.upside_down = scale, upside_down
         self.text_score, self.box_thresh, self.unclip_ratio = text_score, box_thresh, unclip_ratio
         self.split_words, self.gap_ratio = split_words, gap_ratio
-        with quiet_library_log():
-            self._ocr, self._lib_version = self._load(det_side, rec_batch)
+        self.det_side, self.rec_batch = det_side, rec_batch
+        self._models = self._check_installed()
+        self._lib_version = metadata.version(PACKAGE)
+        self._pipeline = None  # the ONNX sessions load on the first read: an engine whose pictures are all cached
+                               # costs nothing (a cluster's actors, a rerun)
 
-    def _load(self, det_side: int, rec_batch: int):
-        """The RapidOCR pipeline on the wheel's own model files, and the library's version."""
-        try:
-            from rapidocr import RapidOCR
-        except ImportError as exc:
-            raise ConfigError(f"the rapidocr engine needs the PyPI package {PACKAGE} (pip install '{PACKAGE}>=3.10,<4'"
-                              f"): {exc}") from None
+    @staticmethod
+    def _check_installed():
+        """The folder of the model files inside RapidOCR's wheel; a missing package or file names the fix."""
+        import importlib.util
+
+        if importlib.util.find_spec("rapidocr") is None:
+            raise ConfigError(f"the rapidocr engine needs the PyPI package {PACKAGE} (pip install '{PACKAGE}>=3.10,<4')")
         models = package_file("rapidocr", "models", PACKAGE)
         missing = [f for f in MODEL_FILES.values() if not (models / f).is_file()]
         if missing:
             raise ConfigError(f"{models} lacks {', '.join(missing)}: reinstall the PyPI package "
                               f"{PACKAGE}>=3.10,<4 (its wheel carries them)")
-        params = {f"{stage}.model_path": str(models / file) for stage, file in MODEL_FILES.items()}
-        params.update({"Global.log_level": "error", "Global.text_score": self.text_score,
-                       "Det.limit_side_len": det_side, "Det.limit_type": "min", "Det.box_thresh": self.box_thresh,
-                       "Det.unclip_ratio": self.unclip_ratio, "Rec.rec_batch_num": rec_batch})
-        return RapidOCR(params=params), metadata.version(PACKAGE)
+        return models
+
+    def _ocr(self, *args, **kwargs):
+        """The RapidOCR pipeline on the wheel's own model files, loaded on first use."""
+        if self._pipeline is None:
+            from rapidocr import RapidOCR
+
+            params = {f"{stage}.model_path": str(self._models / file) for stage, file in MODEL_FILES.items()}
+            params.update({"Global.log_level": "error", "Global.text_score": self.text_score,
+                           "Det.limit_side_len": self.det_side, "Det.limit_type": "min",
+                           "Det.box_thresh": self.box_thresh, "Det.unclip_ratio": self.unclip_ratio,
+                           "Rec.rec_batch_num": self.rec_batch})
+            self._pipeline = RapidOCR(params=params)
+        return self._pipeline(*args, **kwargs)
 
     @property
     def version(self) -> str:

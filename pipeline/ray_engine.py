@@ -291,8 +291,14 @@ class StageActor:
     it is handed run unless done; its report joins the chunk's reports, its payload goes to the driver."""
 
     def __init__(self, stage: Stage, threads: int):
-        self.stage, self.threads = stage, threads
-        self.opened = False
+        from etalage.forking import limit_child_threads
+
+        # opened when the actor starts: every stage's actors load their models at once, while the first chunks
+        # are read and predicted, instead of each stage waiting for its first chunk to begin loading
+        t0 = time.perf_counter()
+        limit_child_threads(threads)  # an actor is a process of the engine's own
+        stage.open(threads)
+        self.stage, self.threads, self.open_s = stage, threads, time.perf_counter() - t0
 
     def __call__(self, batch: dict) -> dict:
         out = {k: list(v) for k, v in batch.items()}
@@ -301,14 +307,7 @@ class StageActor:
             reports = json.loads(batch["reports"][i])
             report = {"worked": False}
             if self.stage.todo(rows, reports):
-                open_s = 0.0
-                if not self.opened:
-                    from etalage.forking import limit_child_threads
-
-                    t0 = time.perf_counter()
-                    limit_child_threads(self.threads)  # an actor is a process of the engine's own
-                    self.stage.open(self.threads)
-                    self.opened, open_s = True, time.perf_counter() - t0
+                open_s, self.open_s = self.open_s, 0.0  # counted once, with the actor's first chunk
                 raw = batch["chunk"][i]
                 chunk = pickle.loads(raw) if self.stage.reads_pictures and raw is not None and len(raw) else None
                 report = timed_report(lambda rows=rows, chunk=chunk: self.stage.run(rows, chunk), _node())

@@ -138,9 +138,11 @@ class CoreStage(Stage):
         from etalage.core.predict import claim_predictions, model_spec
 
         job = self.job
-        for t in job.targets:
-            claim_predictions(t.run, model_spec(t.run, self.compute.trust_pickle), job.tta, self.source, t.out,
-                              replace(job.options, embedding=t.embedding), job.chunk, job.positions, job.producer)
+        specs = [p.spec for p in self.predictors] if self.predictors is not None else \
+            [model_spec(t.run, self.compute.trust_pickle) for t in job.targets]  # loaded already (a server): reused
+        for t, spec in zip(job.targets, specs, strict=True):
+            claim_predictions(t.run, spec, job.tta, self.source, t.out, replace(job.options, embedding=t.embedding),
+                              job.chunk, job.positions, job.producer)
         if job.combination is not None:
             job.combination.claim(self.source, job.chunk, job.options, job.tta, job.producer)
 
