@@ -101,7 +101,8 @@ def main(argv=None) -> int:
                                                  tta=args.tta, seed=args.seed), progress=False)
         row = {"settings": overrides, "core": rep["core"], "epochs": rep["epochs_seen"], "steps": rep["steps"],
                "picture_size": rep["picture_size"], "train_seconds": rep["train_seconds"],
-               "predict_seconds": rep["predict_seconds"], "val_top1": rep["curve"][-1]["val_top1"]}
+               "predict_seconds": rep["predict_seconds"], "val_top1": rep["curve"][-1]["val_top1"],
+               "kept": rep.get("kept"), "probe_val": rep.get("probe_val")}
         for k in ("linear_probe", "knn", "majority"):
             if k in rep:
                 results[k] = rep[k]
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
 
         write_json_atomic(out, results)
         print(f"{key}: leaf {rep['core']['leaf']:.4f} (val {row['val_top1']:.4f}, {row['epochs']:.1f} epochs at "
-              f"{row['picture_size']}px)", flush=True)
+              f"{row['picture_size']}px, kept: {row['kept']})", flush=True)
     return 0
 
 

@@ -166,12 +166,12 @@ AUTO_SIZE_CAP = {"cpu": 128, "cuda": 180}
 AUTO_SIZE_FLOOR = 96
 
 
-def auto_picture_size(catalog: Catalog, device: str = "cpu", sample: int = 256) -> int:
+def auto_picture_size(catalog: Catalog, device: str = "cpu", sample: int = 256, cap: int | None = None) -> int:
     """The side the core works at when none is given, from the dump's own pictures: the median longest
     side of a sample of them (read from the JPEG headers, nothing decoded), a multiple of 16, between
     ``AUTO_SIZE_FLOOR`` and the device's ``AUTO_SIZE_CAP``: 128 for Cdiscount's 180x180 pictures on a
-    CPU, 96 for 60x80 catalogue photos."""
-    cap = AUTO_SIZE_CAP.get(device, AUTO_SIZE_CAP["cpu"])
+    CPU, 96 for 60x80 catalogue photos. ``cap``: another upper bound than the device's."""
+    cap = cap or AUTO_SIZE_CAP.get(device, AUTO_SIZE_CAP["cpu"])
     n = len(catalog)
     positions = np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64))
     sides = []
