@@ -181,6 +181,7 @@ def run_core_bench(bench: CoreBenchConfig, progress: bool = True) -> dict:
               "core": {**level_top1(top1, truth, tax), "top5": float((ranking.topk_class == truth[:, None]).any(1).mean())},
               "train_seconds": train_s, "predict_seconds": predict_s, "steps": metrics[-1]["step"] if metrics else None,
               "kept": (metrics[-1].get("kept", "fine-tune") if metrics else None),
+              "probe_seconds": metrics[-1].get("probe_seconds", 0.0) if metrics else None,
               "probe_val": {k: metrics[-1][f"probe_{k}"] for k in ("val_top1", "val_level2_top1", "val_level1_top1")
                             if metrics and f"probe_{k}" in metrics[-1]},
               "epochs_seen": _epochs_seen(metrics), "curve": [{k: m.get(k) for k in ("elapsed_s", "epoch", "step",

@@ -8,6 +8,11 @@ val- photos for testing). Both packed letterboxed to 180x180, the Cdiscount shap
 
     python benchmarks/bench_core_recipe.py --set fashion --minutes 8 base size96 size160 ...
 
+The run's own probe against none (the lead's screen, 20 minutes a variant, both sets):
+
+    python benchmarks/bench_core_recipe.py --set grocery --minutes 20 --anchors no-probe base no-probe-init
+    python benchmarks/bench_core_recipe.py --set fashion --minutes 20 --anchors no-probe base no-probe-init
+
 Results accumulate in ``benchmarks/results/core_recipe_SET_MINUTES.json`` (a finished variant is not rerun).
 Run nothing else heavy beside it: the budget is wall-clock time, so a busy machine trains fewer steps.
 """
@@ -27,7 +32,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # Variants: the settings each changes from the defaults of `etalage train` (as TrainConfig names them).
 VARIANTS: dict[str, dict] = {
-    "base": {},
+    "base": {},  # the defaults of the time (since the run's own probe: --probe-init, --keep-probe, --val-groups 0.8)
+    # the run's own linear probe (etalage.core.probe), all off (the defaults before it) or one use at a time off
+    "no-probe": {"probe_init": False, "keep_probe": False, "val_groups": 0.0},
+    "no-probe-init": {"probe_init": False},
+    "no-keep-probe": {"keep_probe": False},
+    "random-val": {"val_groups": 0.0},
+    "probe128": {"probe_size": 128},
     "old-defaults": {"picture_size": 180, "crop": 160, "resize": "stretch", "batch_size": 64,
                      "channels_last": False},
     "size96": {"picture_size": 96},
@@ -102,7 +113,7 @@ def main(argv=None) -> int:
         row = {"settings": overrides, "core": rep["core"], "epochs": rep["epochs_seen"], "steps": rep["steps"],
                "picture_size": rep["picture_size"], "train_seconds": rep["train_seconds"],
                "predict_seconds": rep["predict_seconds"], "val_top1": rep["curve"][-1]["val_top1"],
-               "kept": rep.get("kept"), "probe_val": rep.get("probe_val")}
+               "kept": rep.get("kept"), "probe_val": rep.get("probe_val"), "probe_seconds": rep.get("probe_seconds")}
         for k in ("linear_probe", "knn", "majority"):
             if k in rep:
                 results[k] = rep[k]

@@ -60,6 +60,7 @@ from etalage.core.mapcache import plan_map_cache
 from etalage.core.model import build_model, safe_torch_load
 from etalage.core.probe import (
     Probe,
+    fit_probe,
     fit_run_probe,
     kept_network,
     load_probe_heads,
@@ -268,6 +269,7 @@ def _new_state(total_steps: int, head_steps: int) -> dict:
     return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "head_steps": head_steps,
             "elapsed_s": 0.0, "eval_s": 0.0, "fine_tune_start": None, "progress": 0.0, "loss_sum": 0.0,
             "loss_n": 0, "next_eval": None, "best_top1": None, "finished": False,
+            "probe_s": 0.0,  # the probe's pass over the products and its fit, before the first step
             "map_cache": None}  # whether the run trains on kept frozen-layer maps (decided once, at its start)
 
 
@@ -411,8 +413,11 @@ class _Trainer:
             if features is not None and (cfg.probe_init or cfg.keep_probe):
                 self.probe = fit_run_probe(features, self.labels, val_mask, self.tax, cfg.seed,
                                            probe_side(self.catalog, cfg.probe_size))
-                if cfg.probe_init:
-                    load_probe_heads(self.model, self.probe)
+                if cfg.keep_probe:  # for the refit on every product, should the probe be kept
+                    with atomic_write(self.run.probe_features_file, "wb") as fh:
+                        np.save(fh, features)
+                if cfg.probe_init:  # the heads of the training part only: the validation part stays unseen
+                    load_probe_heads(self.model, self.probe.heads)
             if wanted and cfg.probe_init and info.world > 1:
                 for p in self.model.head_parameters():
                     p.data.copy_(broadcast_tensor(p.data.cpu(), info))
@@ -441,7 +446,8 @@ class _Trainer:
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         head_steps = int(round(cfg.head_epochs * self.steps_per_epoch))
         self.state = _new_state(head_steps + max(1, int(cfg.planned_epochs * self.steps_per_epoch)), head_steps)
-        self.state["elapsed_s"] = self.probe_seconds  # the probe's pass is part of the run (and of --max-minutes)
+        # the probe's pass is part of the run (and of --max-minutes)
+        self.state["elapsed_s"] = self.state["probe_s"] = self.probe_seconds
         self.ema = None
         if cfg.ema:
             from timm.utils import ModelEmaV3
@@ -676,6 +682,8 @@ class _Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_pictures_per_s": self.pictures_seen * self.info.world / max(1e-9, elapsed),
                 "elapsed_s": time.perf_counter() - self.t_start, **metrics}
+        if state["probe_s"]:
+            line["probe_seconds"] = state["probe_s"]
         if self.map_cache is not None:  # share of this interval's pictures read from the kept maps
             cache = self.map_cache
             line["maps_read"] = cache.hits / max(1, cache.hits + cache.misses)
@@ -718,12 +726,15 @@ class _Trainer:
         _save_checkpoint(self.run, self.model, self.optimizer, self.state, self.spec, self.ema, self.probe)
 
     def _finish(self, status: str) -> None:
+        kept = self._kept() if status == "finished" and self.info.is_main else None
+        if kept == "probe":
+            self._refit_probe()  # before the last checkpoint, which then holds the refitted heads
         if status == "finished":
             self.state["finished"] = True
         if self.info.is_main:
             self._checkpoint()
             if status == "finished":
-                if self._kept() == "probe":
+                if kept == "probe":
                     state_dict, spec = probe_network(self.probe, self.spec, self.cfg.weights, self.cfg.resize)
                     _save_model(self.run.model_file, state_dict, spec)
                     with contextlib.suppress(FileNotFoundError):
@@ -734,8 +745,24 @@ class _Trainer:
                     _save_model(self.run.model_file, self._kept_weights(), self.spec)
                 if self.map_cache is not None:
                     self.map_cache.remove()
+                with contextlib.suppress(FileNotFoundError):
+                    self.run.probe_features_file.unlink()
         if self.info.world > 1:
             dist.barrier()
+
+    def _refit_probe(self) -> None:
+        """The kept probe's heads fitted again on every product (the held-out ones too), from the features kept
+        in the run folder (without them, the validated heads are kept as they are)."""
+        if self.probe.final_heads is not None or not len(self.val_pos):
+            return
+        if not self.run.probe_features_file.exists():
+            log.warning("%s is gone: the kept probe keeps the heads fitted without the validation products",
+                        self.run.probe_features_file)
+            return
+        t0 = time.perf_counter()
+        features = np.load(self.run.probe_features_file)
+        self.probe.final_heads = fit_probe(features, self.labels, self.tax, self.probe.side, self.cfg.seed).heads
+        log.info("the kept probe refitted on all %d products in %.0f s", len(features), time.perf_counter() - t0)
 
     def _kept(self) -> str:
         """"probe" or "fine-tune": which network ``model.pt`` holds (``keep_probe``), said in the last line of
@@ -747,7 +774,7 @@ class _Trainer:
         if lines:
             fine = max(lines, key=lambda m: m["val_top1"]) if self.cfg.keep == "best" else lines[-1]
         kept, why = kept_network(fine, self.probe.val)
-        self.run.amend_last_metrics({"kept": kept, "kept_because": why, "probe_seconds": self.probe.seconds,
+        self.run.amend_last_metrics({"kept": kept, "kept_because": why,
                                      **{f"probe_{k}": v for k, v in self.probe.val.items()}})
         log.info("model.pt: the %s: %s", "linear probe" if kept == "probe" else "fine-tuned network", why)
         return kept

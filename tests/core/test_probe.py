@@ -152,7 +152,7 @@ def test_linear_head_is_scikit_learns_probe():
 
 def test_heads_start_as_the_probe(synth_dir, weights_file, tmp_path):
     with torch.random.fork_rng(devices=[]):
-        trainer = train_module._Trainer(_cfg(synth_dir, tmp_path / "run", weights_file), False, False)
+        trainer = train_module._Trainer(_cfg(synth_dir, tmp_path / "run", weights_file, keep_probe=False), False, False)
     probe, model = trainer.probe, trainer.model
     assert probe is not None and probe.side == 64
     positions = trainer.train_pos[:96]
@@ -203,7 +203,8 @@ def test_kept_probe_predicts_through_the_core_predictor(probe_kept_run, synth_di
     bb = create_backbone("test_efficientnet", weights_file)
     feats = pooled_features(bb.model, test, np.arange(len(test)), PictureTransform(64, 64), torch.device("cpu"),
                             (bb.mean, bb.std))
-    assert (ranking.top1() == probe.leaf_logits(feats).argmax(1)).mean() > 0.98
+    assert probe.final_heads is not None, "refitted on every product for keeping"
+    assert (ranking.top1() == probe.leaf_logits(feats, kept=True).argmax(1)).mean() > 0.98
 
 
 def test_kept_network_compares_the_three_levels():
@@ -229,6 +230,7 @@ def test_fine_tune_kept_otherwise_and_resume_is_exact(synth_dir, weights_file, t
     assert straight.status == "finished" and _metrics(tmp_path / "a")[-1]["kept"] == "fine-tune"
     cfg = _cfg(synth_dir, tmp_path / "b", weights_file, epochs=1, eval_every=0.5, stop_after_steps=5)
     assert train(cfg, progress=False).status == "paused"
+    assert (tmp_path / "b" / "probe_features.npy").exists(), "kept for a refit should the probe be kept"
 
     def no_second_pass(*args, **kwargs):
         raise AssertionError("a resumed run read its products again")
@@ -236,7 +238,7 @@ def test_fine_tune_kept_otherwise_and_resume_is_exact(synth_dir, weights_file, t
     monkeypatch.setattr(train_module, "pooled_features", no_second_pass)
     resumed = train(_cfg(synth_dir, tmp_path / "b", weights_file, epochs=1, eval_every=0.5), resume=True,
                     progress=False)
-    assert resumed.status == "finished"
+    assert resumed.status == "finished" and not (tmp_path / "b" / "probe_features.npy").exists()
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
@@ -251,3 +253,22 @@ def test_probe_settings_are_checked(synth_dir, tmp_path, capsys):
     argv = ["train", "--train", str(synth_dir / "train.bson"), "--out", str(tmp_path / "r"), "-q", "--probe-size", "8"]
     assert main(argv) == 1
     assert "--probe-size 8: expected 16 to 1024 pixels" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_rank0_probes_and_the_ranks_agree(synth_dir, weights_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29523", str(Path(__file__).with_name("ddp_worker.py")), str(synth_dir / "train.bson"),
+                          str(out), weights_file], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks ended with different weights"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["probe"] is not None and _metrics(out)[-1]["kept"] in ("probe", "fine-tune")
+    assert len(np.load(out / "val_positions.npy")) > 0
