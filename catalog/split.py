@@ -123,18 +123,3 @@ def grouped_validation_split(labels: np.ndarray, groups: np.ndarray, fraction: f
             mask[members] = True
     return mask
 
-
-def grouped_fold_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
-    """The fold of every product (as ``fold_split``) with whole ``groups`` dealt to the folds: each group
-    counts as one item of its most frequent class, so the folds are stratified by group rather than by
-    product."""
-    labels, groups = np.asarray(labels), np.asarray(groups, np.int64)
-    if len(labels) == 0:
-        return np.zeros(0, np.int16)
-    _, member_group = np.unique(groups, return_inverse=True)
-    member_group = member_group.reshape(-1)
-    pairs, count = np.unique(np.stack([member_group, np.asarray(labels).astype(np.int64)], 1), axis=0,
-                             return_counts=True)
-    first = np.lexsort((-count, pairs[:, 0]))  # per group, its most frequent class first
-    head = np.r_[True, pairs[first[1:], 0] != pairs[first[:-1], 0]]
-    return fold_split(pairs[first[head], 1], folds, seed)[member_group]

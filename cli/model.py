@@ -25,8 +25,11 @@ def register(sub, handlers: dict) -> None:
              "head over the taxonomy plus level-1/level-2 heads. Prints one line per validation (epoch, loss, top-1 "
              "per level, pictures/s, time left). Writes RUN/config.json, RUN/config.yaml (these options, for "
              "--config), RUN/metrics.jsonl (the raw numbers of every validation), RUN/curves.png, RUN/checkpoint.pt "
-             "and, when done, RUN/model.pt. Several GPUs or machines: torchrun --nproc_per_node N -m etalage.cli "
-             "train ... (DDP).")
+             "and, when done, RUN/model.pt. With pretrained weights the run first reads every product once through "
+             "the pretrained backbone for its linear probe: groups of near-duplicates held out together for "
+             "validation (--val-groups), the heads started as the probe (--probe-init), and model.pt the probe when "
+             "it validates better (--keep-probe); that time comes out of --max-minutes. Several GPUs or machines: "
+             "torchrun --nproc_per_node N -m etalage.cli train ... (DDP; rank 0 reads and fits the probe).")
     _train_data(p)
     _train_recipe(p)
     _train_schedule(p)

@@ -79,7 +79,8 @@ class TrainConfig:
     # Cosine similarity of those features at which two products of one class are near-duplicates (photos of
     # one session), held out together so that validation scores sessions training never saw (0: a random
     # stratified part). 0.8: on GroceryStore's training photos a part held out that way is as far from
-    # training as its official val is (nearest-neighbour top-1 0.63 against 0.58; random part 0.95).
+    # training as its official val is (nearest-neighbour top-1 0.63 against 0.58; random part 0.95). Not with
+    # folds, which stay stratified by class (etalage.core.probe.validation_mask).
     val_groups: float = 0.8
     probe_size: int | None = None        # side the probe reads pictures at (None: the dump's, 96 to 180 px)
     checkpoint_minutes: float = 10.0

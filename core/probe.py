@@ -38,6 +38,12 @@ import torch
 from torch import nn
 
 from etalage.catalog import Catalog, Taxonomy
+from etalage.catalog.split import (
+    fold_split,
+    grouped_validation_split,
+    near_duplicate_groups,
+    validation_split,
+)
 from etalage.core.data import PictureTransform, ProductDataset, collate, to_device
 from etalage.progress import bar as progress_bar
 
@@ -238,7 +244,8 @@ def probe_side(catalog: Catalog, size: int | None) -> int:
 def probe_wanted(cfg, n_products: int, n_classes: int) -> bool:
     """Whether a new run reads its products through the pretrained backbone: pretrained weights, one of the
     probe's uses on, and a probe small enough to fit (``PROBE_MAX_CELLS``)."""
-    if cfg.weights in (None, "none", "random") or not (cfg.probe_init or cfg.keep_probe or cfg.val_groups):
+    uses = cfg.probe_init or cfg.keep_probe or (cfg.val_groups and not cfg.folds)
+    if cfg.weights in (None, "none", "random") or not uses:
         return False
     if n_products * n_classes > PROBE_MAX_CELLS:
         log.info("no linear probe: %d products x %d classes is over %d (the heads start at random and the "
@@ -249,31 +256,19 @@ def probe_wanted(cfg, n_products: int, n_classes: int) -> bool:
 
 def validation_mask(cfg, labels: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
     """The products a run holds out (True): its fold, or a ``val_fraction`` share, stratified by class; with
-    ``features`` and ``val_groups``, whole groups of near-duplicates (``etalage.catalog.split``)."""
-    from etalage.catalog.split import (
-        fold_split,
-        grouped_fold_split,
-        grouped_validation_split,
-        near_duplicate_groups,
-        validation_split,
-    )
-
-    groups = None
-    if features is not None and cfg.val_groups:
-        groups = near_duplicate_groups(features, cfg.val_groups, labels)
+    ``features`` and ``val_groups``, whole groups of near-duplicates (``etalage.catalog.split``). Fold runs keep
+    folds stratified by class: each run of a fold set computes its own features, and a grouping that differed
+    in one product between two runs (a float at the threshold) would leave it in two folds or none."""
     if cfg.folds:
-        folds = fold_split(labels, cfg.folds, cfg.seed) if groups is None else \
-            grouped_fold_split(labels, groups, cfg.folds, cfg.seed)
-        mask = folds == cfg.fold
-    elif groups is None:
-        mask = validation_split(labels, cfg.val_fraction, cfg.seed)
-    else:
-        mask = grouped_validation_split(labels, groups, cfg.val_fraction, cfg.seed)
-    if groups is not None:
-        sizes = np.bincount(groups)
-        log.info("validation: %d products held out in whole groups of near-duplicates (cosine >= %g within a "
-                 "class: %d groups, the largest of %d products, %d products alone)", int(mask.sum()),
-                 cfg.val_groups, len(sizes), int(sizes.max()), int((sizes == 1).sum()))
+        return fold_split(labels, cfg.folds, cfg.seed) == cfg.fold
+    if features is None or not cfg.val_groups:
+        return validation_split(labels, cfg.val_fraction, cfg.seed)
+    groups = near_duplicate_groups(features, cfg.val_groups, labels)
+    mask = grouped_validation_split(labels, groups, cfg.val_fraction, cfg.seed)
+    sizes = np.bincount(groups)
+    log.info("validation: %d products held out in whole groups of near-duplicates (cosine >= %g within a class: "
+             "%d groups, the largest of %d products, %d products alone)", int(mask.sum()), cfg.val_groups,
+             len(sizes), int(sizes.max()), int((sizes == 1).sum()))
     return mask
 
 

@@ -404,7 +404,7 @@ class _Trainer:
                 val_mask = validation_mask(cfg, self.labels)
         else:
             t0 = time.perf_counter()
-            wanted = probe_wanted(cfg, len(self.catalog), self.tax.n_classes)
+            wanted = probe_wanted(cfg, len(self.catalog), len(np.unique(self.labels)))
             features = self._pretrained_features() if wanted and info.is_main else None
             val_mask = validation_mask(cfg, self.labels, features)
             if info.world > 1:

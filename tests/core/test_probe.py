@@ -17,12 +17,7 @@ import torch
 
 from etalage.catalog import Catalog
 from etalage.catalog.bsonindex import build_index
-from etalage.catalog.split import (
-    grouped_fold_split,
-    grouped_validation_split,
-    near_duplicate_groups,
-    validation_split,
-)
+from etalage.catalog.split import grouped_validation_split, near_duplicate_groups, validation_split
 from etalage.cli import main
 from etalage.core import probe as probe_module
 from etalage.core import train as train_module
@@ -97,9 +92,18 @@ def test_grouped_split_never_splits_a_group_and_stays_stratified():
     assert np.array_equal(mask, grouped_validation_split(labels, groups, 0.2, seed=3))
     singletons = grouped_validation_split(labels, np.arange(len(labels)), 0.2, seed=1)
     assert np.array_equal(np.bincount(labels[singletons]), np.bincount(labels[validation_split(labels, 0.2, 1)]))
-    folds = grouped_fold_split(labels, groups, 4, seed=0)
-    assert all(len(np.unique(folds[groups == g])) == 1 for g in np.unique(groups))
-    assert set(np.unique(folds)) == {0, 1, 2, 3}
+
+
+def test_fold_runs_keep_folds_stratified_by_class():
+    from etalage.catalog.split import fold_split
+    from etalage.core.probe import validation_mask
+
+    labels = np.repeat(np.arange(6), 10)
+    features = np.ones((60, 4), np.float32)  # every product a near-duplicate of every other of its class
+    cfg = TrainConfig(train="x", out="y", folds=5, fold=2)
+    assert np.array_equal(validation_mask(cfg, labels, features), fold_split(labels, 5, 0) == 2)
+    grouped = validation_mask(TrainConfig(train="x", out="y", val_fraction=0.2), labels, features)
+    assert not grouped.any(), "each class one group as large as the class: nothing to hold out"
 
 
 @pytest.fixture(scope="module")
