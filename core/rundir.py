@@ -5,8 +5,7 @@
 to), ``val_positions.npy`` (the held-out products: fusion trains on them), ``metrics.jsonl`` (one line
 per validation), ``curves.png`` (its chart), ``checkpoint.pt`` (resume state), ``best.pt`` (with ``--keep
 best``) and, once finished, ``model.pt``. While a run with frozen layer groups trains, ``frozen_maps.npy`` and
-``frozen_maps.npz`` hold their outputs (``etalage.core.mapcache``), and ``probe_features.npy`` the pretrained features
-of its products (``etalage.core.probe``), deleted when it finishes. Torch-free.
+``frozen_maps.npz`` hold their outputs (``etalage.core.mapcache``), deleted when it finishes. Torch-free.
 """
 
 from __future__ import annotations
@@ -61,12 +60,6 @@ class RunDir(Folder):
     def map_cache_file(self) -> Path:
         """The frozen layer groups' output per training picture and view (float16, memory-mapped)."""
         return self.path / "frozen_maps.npy"
-
-    @property
-    def probe_features_file(self) -> Path:
-        """Every training product's pretrained features (float32, ``etalage.core.probe``), kept while the run
-        may still refit its probe on all of them (``keep_probe``)."""
-        return self.path / "probe_features.npy"
 
     @property
     def map_cache_state_file(self) -> Path:

@@ -60,7 +60,6 @@ from etalage.core.mapcache import plan_map_cache
 from etalage.core.model import build_model, safe_torch_load
 from etalage.core.probe import (
     Probe,
-    fit_probe,
     fit_run_probe,
     kept_network,
     load_probe_heads,
@@ -413,9 +412,6 @@ class _Trainer:
             if features is not None and (cfg.probe_init or cfg.keep_probe):
                 self.probe = fit_run_probe(features, self.labels, val_mask, self.tax, cfg.seed,
                                            probe_side(self.catalog, cfg.probe_size))
-                if cfg.keep_probe:  # for the refit on every product, should the probe be kept
-                    with atomic_write(self.run.probe_features_file, "wb") as fh:
-                        np.save(fh, features)
                 if cfg.probe_init:  # the heads of the training part only: the validation part stays unseen
                     load_probe_heads(self.model, self.probe.heads)
             if wanted and cfg.probe_init and info.world > 1:
@@ -727,8 +723,6 @@ class _Trainer:
 
     def _finish(self, status: str) -> None:
         kept = self._kept() if status == "finished" and self.info.is_main else None
-        if kept == "probe":
-            self._refit_probe()  # before the last checkpoint, which then holds the refitted heads
         if status == "finished":
             self.state["finished"] = True
         if self.info.is_main:
@@ -745,24 +739,8 @@ class _Trainer:
                     _save_model(self.run.model_file, self._kept_weights(), self.spec)
                 if self.map_cache is not None:
                     self.map_cache.remove()
-                with contextlib.suppress(FileNotFoundError):
-                    self.run.probe_features_file.unlink()
         if self.info.world > 1:
             dist.barrier()
-
-    def _refit_probe(self) -> None:
-        """The kept probe's heads fitted again on every product (the held-out ones too), from the features kept
-        in the run folder (without them, the validated heads are kept as they are)."""
-        if self.probe.final_heads is not None or not len(self.val_pos):
-            return
-        if not self.run.probe_features_file.exists():
-            log.warning("%s is gone: the kept probe keeps the heads fitted without the validation products",
-                        self.run.probe_features_file)
-            return
-        t0 = time.perf_counter()
-        features = np.load(self.run.probe_features_file)
-        self.probe.final_heads = fit_probe(features, self.labels, self.tax, self.probe.side, self.cfg.seed).heads
-        log.info("the kept probe refitted on all %d products in %.0f s", len(features), time.perf_counter() - t0)
 
     def _kept(self) -> str:
         """"probe" or "fine-tune": which network ``model.pt`` holds (``keep_probe``), said in the last line of

@@ -207,8 +207,7 @@ def test_kept_probe_predicts_through_the_core_predictor(probe_kept_run, synth_di
     bb = create_backbone("test_efficientnet", weights_file)
     feats = pooled_features(bb.model, test, np.arange(len(test)), PictureTransform(64, 64), torch.device("cpu"),
                             (bb.mean, bb.std))
-    assert probe.final_heads is not None, "refitted on every product for keeping"
-    assert (ranking.top1() == probe.leaf_logits(feats, kept=True).argmax(1)).mean() > 0.98
+    assert (ranking.top1() == probe.leaf_logits(feats).argmax(1)).mean() > 0.98
 
 
 def test_kept_network_compares_the_three_levels():
@@ -234,7 +233,6 @@ def test_fine_tune_kept_otherwise_and_resume_is_exact(synth_dir, weights_file, t
     assert straight.status == "finished" and _metrics(tmp_path / "a")[-1]["kept"] == "fine-tune"
     cfg = _cfg(synth_dir, tmp_path / "b", weights_file, epochs=1, eval_every=0.5, stop_after_steps=5)
     assert train(cfg, progress=False).status == "paused"
-    assert (tmp_path / "b" / "probe_features.npy").exists(), "kept for a refit should the probe be kept"
 
     def no_second_pass(*args, **kwargs):
         raise AssertionError("a resumed run read its products again")
@@ -242,7 +240,7 @@ def test_fine_tune_kept_otherwise_and_resume_is_exact(synth_dir, weights_file, t
     monkeypatch.setattr(train_module, "pooled_features", no_second_pass)
     resumed = train(_cfg(synth_dir, tmp_path / "b", weights_file, epochs=1, eval_every=0.5), resume=True,
                     progress=False)
-    assert resumed.status == "finished" and not (tmp_path / "b" / "probe_features.npy").exists()
+    assert resumed.status == "finished"
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
