@@ -8,10 +8,12 @@ val- photos for testing). Both packed letterboxed to 180x180, the Cdiscount shap
 
     python benchmarks/bench_core_recipe.py --set fashion --minutes 8 base size96 size160 ...
 
-The run's own probe against none (the lead's screen, 20 minutes a variant, both sets):
+The run's own probe against none (20 minutes a variant, both sets; the anchors once, with the first):
 
-    python benchmarks/bench_core_recipe.py --set grocery --minutes 20 --anchors no-probe base no-probe-init
-    python benchmarks/bench_core_recipe.py --set fashion --minutes 20 --anchors no-probe base no-probe-init
+    python benchmarks/bench_core_recipe.py --set grocery --minutes 20 --anchors base
+    python benchmarks/bench_core_recipe.py --set grocery --minutes 20 no-probe no-probe-init
+    python benchmarks/bench_core_recipe.py --set fashion --minutes 20 --anchors base
+    python benchmarks/bench_core_recipe.py --set fashion --minutes 20 no-probe no-probe-init
 
 Results accumulate in ``benchmarks/results/core_recipe_SET_MINUTES.json`` (a finished variant is not rerun).
 Run nothing else heavy beside it: the budget is wall-clock time, so a busy machine trains fewer steps.
