@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 ANCHOR_SIZE = 180          # the anchors' pictures: letterboxed to 180x180 on white, the Cdiscount shape
 KNN_K, KNN_POWER = 5, 35   # the 2017 8th place's neighbour vote
-PROBE_C = 1.0
 
 
 def level_top1(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy) -> dict[str, float]:
@@ -61,28 +60,17 @@ def answer_key(catalog: Catalog, labels: str | Path | None, tax: Taxonomy) -> np
 def backbone_features(catalog: Catalog, backbone: str, size: int = ANCHOR_SIZE, batch_size: int = 64,
                       progress: bool = False) -> np.ndarray:
     """(products, F) float32: pooled ImageNet features of each product (mean over its pictures), every
-    picture letterboxed to ``size`` on white."""
+    picture letterboxed to ``size`` on white: what a training run's own probe reads (``etalage.core.probe``)."""
     import torch
 
     from etalage.core.backbones import create_backbone
-    from etalage.core.data import PictureTransform, ProductDataset, collate, to_device
-    from etalage.progress import bar as progress_bar
+    from etalage.core.data import PictureTransform
+    from etalage.core.probe import pooled_features
 
     bb = create_backbone(backbone, "imagenet")
-    model = bb.model.eval().to(memory_format=torch.channels_last)
-    ds = ProductDataset(catalog, np.arange(len(catalog)), None, PictureTransform(size, size, "letterbox", "none"))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
-    out = np.zeros((len(catalog), bb.num_features), np.float32)
-    with torch.no_grad(), progress_bar(total=len(catalog), unit="product", desc=f"features {catalog.path.name}",
-                                       enabled=progress) as bar:
-        for batch in loader:
-            x = to_device(batch, torch.device("cpu"), bb.mean, bb.std, channels_last=True)
-            feats = model(x)
-            pooled = torch.zeros(batch.n_products, feats.shape[1]).index_add_(0, batch.picture_product, feats)
-            pooled /= torch.bincount(batch.picture_product, minlength=batch.n_products).clamp(min=1)[:, None]
-            out[batch.index.numpy()] = pooled.numpy()
-            bar.update(batch.n_products)
-    return out
+    model = bb.model.to(memory_format=torch.channels_last)
+    return pooled_features(model, catalog, np.arange(len(catalog)), PictureTransform(size, size, "letterbox", "none"),
+                           torch.device("cpu"), (bb.mean, bb.std), batch_size, True, progress)
 
 
 def cached_features(catalog: Catalog, backbone: str, folder: Path, progress: bool) -> np.ndarray:
@@ -99,14 +87,12 @@ def cached_features(catalog: Catalog, backbone: str, folder: Path, progress: boo
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Best class per test product of a logistic regression on standardised features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    """Best class per test product of a logistic regression on standardised features (the one a training run
+    fits as its own probe, ``etalage.core.probe``)."""
+    from etalage.core.probe import fit_linear_head
 
-    scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(C=PROBE_C, max_iter=1000, random_state=seed)
-    clf.fit(scaler.transform(train_x), train_y)
-    return clf.classes_[clf.predict_proba(scaler.transform(test_x)).argmax(1)].astype(np.int64)
+    weight, bias = fit_linear_head(train_x, train_y, int(max(train_y.max(initial=0), 0)) + 1, seed)
+    return (np.asarray(test_x, np.float32) @ weight.T + bias).argmax(1).astype(np.int64)
 
 
 def neighbour_vote(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int, k: int = KNN_K,
@@ -194,6 +180,10 @@ def run_core_bench(bench: CoreBenchConfig, progress: bool = True) -> dict:
               "picture_size": predictor.spec.get("picture_size"), "crop": predictor.spec.get("crop"), "tta": tta,
               "core": {**level_top1(top1, truth, tax), "top5": float((ranking.topk_class == truth[:, None]).any(1).mean())},
               "train_seconds": train_s, "predict_seconds": predict_s, "steps": metrics[-1]["step"] if metrics else None,
+              "kept": (metrics[-1].get("kept", "fine-tune") if metrics else None),
+              "probe_seconds": metrics[-1].get("probe_seconds", 0.0) if metrics else None,
+              "probe_val": {k: metrics[-1][f"probe_{k}"] for k in ("val_top1", "val_level2_top1", "val_level1_top1")
+                            if metrics and f"probe_{k}" in metrics[-1]},
               "epochs_seen": _epochs_seen(metrics), "curve": [{k: m.get(k) for k in ("elapsed_s", "epoch", "step",
                                                                                      "train_loss", "val_top1",
                                                                                      "val_level2_top1",
@@ -236,7 +226,8 @@ def confused_pairs(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy, n: int = 
 
 def write_core_report(report: dict, out: Path, run) -> None:
     write_json_atomic(out, report)
-    rows = [("core (fine-tuned)", report["core"])]
+    kept = "the run's linear probe, kept" if report.get("kept") == "probe" else "fine-tuned"
+    rows = [(f"core ({kept})", report["core"])]
     for key, name in (("linear_probe", "linear probe (same backbone, ImageNet features)"),
                       ("knn", f"{KNN_K} nearest neighbours, 8th-place vote"), ("majority", "majority class")):
         if key in report:

@@ -8,6 +8,13 @@ val- photos for testing). Both packed letterboxed to 180x180, the Cdiscount shap
 
     python benchmarks/bench_core_recipe.py --set fashion --minutes 8 base size96 size160 ...
 
+The run's own probe against none (20 minutes a variant, both sets; the anchors once, with the first):
+
+    python benchmarks/bench_core_recipe.py --set grocery --minutes 20 --anchors base
+    python benchmarks/bench_core_recipe.py --set grocery --minutes 20 no-probe no-probe-init
+    python benchmarks/bench_core_recipe.py --set fashion --minutes 20 --anchors base
+    python benchmarks/bench_core_recipe.py --set fashion --minutes 20 no-probe no-probe-init
+
 Results accumulate in ``benchmarks/results/core_recipe_SET_MINUTES.json`` (a finished variant is not rerun).
 Run nothing else heavy beside it: the budget is wall-clock time, so a busy machine trains fewer steps.
 """
@@ -27,7 +34,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # Variants: the settings each changes from the defaults of `etalage train` (as TrainConfig names them).
 VARIANTS: dict[str, dict] = {
-    "base": {},
+    "base": {},  # the defaults of the time (since the run's own probe: --probe-init, --keep-probe, --val-groups 0.8)
+    # the run's own linear probe (etalage.core.probe), all off (the defaults before it) or one use at a time off
+    "no-probe": {"probe_init": False, "keep_probe": False, "val_groups": 0.0},
+    "no-probe-init": {"probe_init": False},
+    "no-keep-probe": {"keep_probe": False},
+    "random-val": {"val_groups": 0.0},
+    "probe128": {"probe_size": 128},
     "old-defaults": {"picture_size": 180, "crop": 160, "resize": "stretch", "batch_size": 64,
                      "channels_last": False},
     "size96": {"picture_size": 96},
@@ -101,7 +114,8 @@ def main(argv=None) -> int:
                                                  tta=args.tta, seed=args.seed), progress=False)
         row = {"settings": overrides, "core": rep["core"], "epochs": rep["epochs_seen"], "steps": rep["steps"],
                "picture_size": rep["picture_size"], "train_seconds": rep["train_seconds"],
-               "predict_seconds": rep["predict_seconds"], "val_top1": rep["curve"][-1]["val_top1"]}
+               "predict_seconds": rep["predict_seconds"], "val_top1": rep["curve"][-1]["val_top1"],
+               "kept": rep.get("kept"), "probe_val": rep.get("probe_val"), "probe_seconds": rep.get("probe_seconds")}
         for k in ("linear_probe", "knn", "majority"):
             if k in rep:
                 results[k] = rep[k]
@@ -110,7 +124,7 @@ def main(argv=None) -> int:
 
         write_json_atomic(out, results)
         print(f"{key}: leaf {rep['core']['leaf']:.4f} (val {row['val_top1']:.4f}, {row['epochs']:.1f} epochs at "
-              f"{row['picture_size']}px)", flush=True)
+              f"{row['picture_size']}px, kept: {row['kept']})", flush=True)
     return 0
 
 

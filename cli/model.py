@@ -25,8 +25,11 @@ def register(sub, handlers: dict) -> None:
              "head over the taxonomy plus level-1/level-2 heads. Prints one line per validation (epoch, loss, top-1 "
              "per level, pictures/s, time left). Writes RUN/config.json, RUN/config.yaml (these options, for "
              "--config), RUN/metrics.jsonl (the raw numbers of every validation), RUN/curves.png, RUN/checkpoint.pt "
-             "and, when done, RUN/model.pt. Several GPUs or machines: torchrun --nproc_per_node N -m etalage.cli "
-             "train ... (DDP).")
+             "and, when done, RUN/model.pt. With pretrained weights the run first reads every product once through "
+             "the pretrained backbone for its linear probe: groups of near-duplicates held out together for "
+             "validation (--val-groups), the heads started as the probe (--probe-init), and model.pt the probe when "
+             "it validates better (--keep-probe); that time comes out of --max-minutes. Several GPUs or machines: "
+             "torchrun --nproc_per_node N -m etalage.cli train ... (DDP; rank 0 reads and fits the probe).")
     _train_data(p)
     _train_recipe(p)
     _train_schedule(p)
@@ -117,6 +120,20 @@ def _train_recipe(p) -> None:
                    help="decay of an exponential moving average of the weights, evaluated and kept (0: off)")
     p.add_argument("--keep", default=d.keep, choices=KEEP_CHOICES,
                    help="weights model.pt keeps: the last, or the best validation top-1 seen")
+    p.add_argument("--probe-init", action=argparse.BooleanOptionalAction, default=d.probe_init,
+                   help="with pretrained weights: start the heads as logistic regressions fitted on the training "
+                        "products' pretrained features (LP-FT), so the fine-tune starts from the linear probe")
+    p.add_argument("--keep-probe", action=argparse.BooleanOptionalAction, default=d.keep_probe,
+                   help="with pretrained weights: at the end, model.pt is that linear probe (the pretrained backbone "
+                        "and the fitted heads) when it validates better than the fine-tuned network (the mean of "
+                        "the three levels' top-1); metrics.jsonl's last line says which was kept and why")
+    p.add_argument("--val-groups", type=float, default=d.val_groups,
+                   help="with pretrained weights: hold out whole groups of near-duplicate products (one class, "
+                        "pretrained features at least this cosine-similar: photos of one session) so validation "
+                        "scores what training never saw (0: a random stratified part)")
+    p.add_argument("--probe-size", type=int, default=d.probe_size,
+                   help="side the pretrained features of the probe and the groups are read at (default: the dump's "
+                        "pictures' median side, 96 to 180)")
     p.add_argument("--level1-weight", type=float, default=d.level1_weight,
                    help="weight of the level-1 head's loss (0: off)")
     p.add_argument("--level2-weight", type=float, default=d.level2_weight,
@@ -202,6 +219,10 @@ def cmd_train(args) -> int:
     m = res.metrics
     if res.status == "paused":
         print("paused; continue with the same command and --resume")
+    elif m.get("kept") == "probe":
+        print(f"{args.out}: the linear probe kept, validation top-1 {m.get('probe_val_top1', float('nan')):.4f} "
+              f"(level-1 {m.get('probe_val_level1_top1', float('nan')):.4f}) against the fine-tune's "
+              f"{m.get('val_top1', float('nan')):.4f}; model in {Path(args.out) / 'model.pt'}")
     elif m:
         print(f"{args.out}: epoch {m.get('epoch')} validation top-1 {m.get('val_top1', float('nan')):.4f} "
               f"(level-1 {m.get('val_level1_top1', float('nan')):.4f}); model in {Path(args.out) / 'model.pt'}")

@@ -71,6 +71,18 @@ class TrainConfig:
     # default until its accuracy per epoch is measured against the pixel path on real photos). Over it, or
     # with an augmentation done on pixels, the run trains on pictures (etalage.core.mapcache).
     map_cache_gb: float = 0.0
+    # The pretrained backbone's linear probe (etalage.core.probe), with pretrained weights (imagenet or a file)
+    # and up to PROBE_MAX_CELLS products x classes: every training product read once through the pretrained
+    # backbone before the fine-tune (its time comes out of --max-minutes), for three uses.
+    probe_init: bool = True              # the heads start as the probe's logistic regressions (LP-FT)
+    keep_probe: bool = True              # model.pt is the probe when it validates better than the fine-tune
+    # Cosine similarity of those features at which two products of one class are near-duplicates (photos of
+    # one session), held out together so that validation scores sessions training never saw (0: a random
+    # stratified part). 0.8: on GroceryStore's training photos a part held out that way is as far from
+    # training as its official val is (nearest-neighbour top-1 0.63 against 0.58; random part 0.95). Not with
+    # folds, which stay stratified by class (etalage.core.probe.validation_mask).
+    val_groups: float = 0.8
+    probe_size: int | None = None        # side the probe reads pictures at (None: the dump's, 96 to 180 px)
     checkpoint_minutes: float = 10.0
     stop_after_steps: int | None = None  # pause after this many steps of this call (continue with resume=True)
 
@@ -99,6 +111,10 @@ class TrainConfig:
                 raise ConfigError(f"--fold must be one of 0..{self.folds - 1} (or all), got {self.fold}")
         elif self.fold is not None:
             raise ConfigError("--fold goes with --folds K")
+        if not 0 <= self.val_groups <= 1:
+            raise ConfigError(f"--val-groups must be a cosine similarity in [0, 1] (0: off), got {self.val_groups}")
+        if self.probe_size is not None and not 16 <= self.probe_size <= 1024:
+            raise ConfigError(f"--probe-size {self.probe_size}: expected 16 to 1024 pixels")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
@@ -123,9 +139,7 @@ class TrainConfig:
     def crop_for(self, picture_size: int) -> int:
         """The training crop: as set, else 7/8 of the side (160 of Cdiscount's 180: what the 2017 teams
         trained on), a multiple of 8."""
-        if self.crop is not None:
-            return self.crop
-        return max(8, int(round(picture_size * 7 / 8 / 8)) * 8)
+        return self.crop if self.crop is not None else default_crop(picture_size)
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainConfig:
@@ -138,10 +152,16 @@ class TrainConfig:
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
+def default_crop(picture_size: int) -> int:
+    """7/8 of the side, a multiple of 8 (160 of Cdiscount's 180)."""
+    return max(8, int(round(picture_size * 7 / 8 / 8)) * 8)
+
+
 # Settings a resumed run must share with the run it continues.
 DEFAULT_FROZEN_GROUPS = 3
 
 RESUME_INVARIANTS = ("backbone", "picture_pooling", "picture_size", "crop", "batch_size", "seed", "val_fraction",
-                     "schedule", "resize", "augment", "head_epochs", "freeze", "ema", "folds", "fold", "map_cache_gb")
+                     "schedule", "resize", "augment", "head_epochs", "freeze", "ema", "folds", "fold", "map_cache_gb",
+                     "probe_init", "keep_probe", "val_groups", "probe_size")
 
 

@@ -167,11 +167,19 @@ AUTO_SIZE_FLOOR = 96
 
 
 def auto_picture_size(catalog: Catalog, device: str = "cpu", sample: int = 256) -> int:
-    """The side the core works at when none is given, from the dump's own pictures: the median longest
-    side of a sample of them (read from the JPEG headers, nothing decoded), a multiple of 16, between
-    ``AUTO_SIZE_FLOOR`` and the device's ``AUTO_SIZE_CAP``: 128 for Cdiscount's 180x180 pictures on a
-    CPU, 96 for 60x80 catalogue photos."""
+    """The side the core works at when none is given, from the dump's own pictures: their median longest
+    side (``median_side``), a multiple of 16, between ``AUTO_SIZE_FLOOR`` and the device's ``AUTO_SIZE_CAP``:
+    128 for Cdiscount's 180x180 pictures on a CPU, 96 for 60x80 catalogue photos."""
     cap = AUTO_SIZE_CAP.get(device, AUTO_SIZE_CAP["cpu"])
+    side = median_side(catalog, sample)
+    if side is None:
+        return cap
+    return int(min(cap, max(AUTO_SIZE_FLOOR, int(round(side / 16)) * 16)))
+
+
+def median_side(catalog: Catalog, sample: int = 256) -> int | None:
+    """The median longest side of the first pictures of a sample of products spread over the dump, read from
+    the JPEG headers (nothing decoded); None when none can be read."""
     n = len(catalog)
     positions = np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64))
     sides = []
@@ -182,10 +190,7 @@ def auto_picture_size(catalog: Catalog, device: str = "cpu", sample: int = 256) 
                     sides.append(max(im.size))
             except Exception:  # noqa: BLE001 - a corrupt picture says nothing about the others
                 continue
-    if not sides:
-        return cap
-    side = int(np.median(sides))
-    return int(min(cap, max(AUTO_SIZE_FLOOR, int(round(side / 16)) * 16)))
+    return int(np.median(sides)) if sides else None
 
 
 @dataclass

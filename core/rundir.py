@@ -17,7 +17,7 @@ import numpy as np
 
 from etalage.catalog.taxonomy import Taxonomy
 from etalage.errors import ConfigError, StageOutputError
-from etalage.files import Folder
+from etalage.files import Folder, atomic_write
 
 
 class RunDir(Folder):
@@ -101,6 +101,15 @@ class RunDir(Folder):
         if not self.metrics_file.exists():
             return []
         return [json.loads(ln) for ln in self.metrics_file.read_text().splitlines() if ln.strip()]
+
+    def amend_last_metrics(self, extra: dict) -> None:
+        """Add ``extra`` to the last line of ``metrics.jsonl`` (what the run's end decided about it), atomically."""
+        lines = self.metrics()
+        if not lines:
+            return
+        lines[-1].update(extra)
+        with atomic_write(self.metrics_file, "w") as fh:
+            fh.write("".join(json.dumps(line) + "\n" for line in lines))
 
     def last_metrics(self) -> dict:
         lines = self.metrics()

@@ -53,6 +53,16 @@ def broadcast_int(value: int, info: DistInfo) -> int:
     return int(t.item())
 
 
+def broadcast_tensor(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank. CPU tensors: they travel over gloo (the group's CPU backend), and the ranks
+    may wait in it for as long as the group's timeout (30 minutes by default) while rank 0 works alone."""
+    if info.world == 1:
+        return t
+    t = t.contiguous().clone()
+    dist.broadcast(t, 0)
+    return t
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda`` (this process's GPU under torchrun)."""
     if name == "auto":

@@ -42,8 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from etalage.catalog import Catalog, Taxonomy, validation_split
-from etalage.catalog.split import fold_split
+from etalage.catalog import Catalog, Taxonomy
 from etalage.catalog.taxonomy import taxonomy_beside
 from etalage.core.config import RESUME_INVARIANTS, TrainConfig
 from etalage.core.curves import write_curves
@@ -59,8 +58,26 @@ from etalage.core.data import (
 )
 from etalage.core.mapcache import plan_map_cache
 from etalage.core.model import build_model, safe_torch_load
+from etalage.core.probe import (
+    Probe,
+    fit_run_probe,
+    kept_network,
+    load_probe_heads,
+    pooled_features,
+    probe_network,
+    probe_side,
+    probe_wanted,
+    validation_mask,
+)
 from etalage.core.rundir import RunDir
-from etalage.core.runtime import DistInfo, all_sum, broadcast_int, init_distributed, resolve_device
+from etalage.core.runtime import (
+    DistInfo,
+    all_sum,
+    broadcast_int,
+    broadcast_tensor,
+    init_distributed,
+    resolve_device,
+)
 from etalage.errors import ConfigError, DataError, TaxonomyError
 from etalage.files import atomic_write, write_json_atomic
 from etalage.progress import bar as progress_bar
@@ -251,6 +268,7 @@ def _new_state(total_steps: int, head_steps: int) -> dict:
     return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "total_steps": total_steps, "head_steps": head_steps,
             "elapsed_s": 0.0, "eval_s": 0.0, "fine_tune_start": None, "progress": 0.0, "loss_sum": 0.0,
             "loss_n": 0, "next_eval": None, "best_top1": None, "finished": False,
+            "probe_s": 0.0,  # the probe's pass over the products and its fit, before the first step
             "map_cache": None}  # whether the run trains on kept frozen-layer maps (decided once, at its start)
 
 
@@ -271,9 +289,10 @@ def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
-def _save_checkpoint(run: RunDir, model, optimizer, state: dict, spec: dict, ema=None) -> None:
+def _save_checkpoint(run: RunDir, model, optimizer, state: dict, spec: dict, ema=None, probe: Probe | None = None
+                     ) -> None:
     blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": state, "spec": spec,
-            "rng": rng_state()}
+            "rng": rng_state(), "probe": probe.as_state() if probe is not None else None}
     if ema is not None:
         blob["ema"] = ema.module.state_dict()
     with atomic_write(run.checkpoint_file, "wb") as fh:
@@ -322,14 +341,16 @@ class _Trainer:
             torch.set_num_threads(max(1, usable_cpus() // self.info.world))
         self.run, self.tax, self.catalog, self.labels = prepare_run(cfg, resume)
         torch.manual_seed(cfg.seed)
-        if cfg.folds:
-            val_mask = fold_split(self.labels, cfg.folds, cfg.seed) == cfg.fold
-        else:
-            val_mask = validation_split(self.labels, cfg.val_fraction, cfg.seed)
-        self.train_pos, self.val_pos = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+        self._build_model(resume)
+        ckpt = safe_torch_load(self.run.checkpoint_file, "checkpoint",
+                               f"start the run again without --resume (another --out) or delete {self.run}",
+                               trust_pickle) if resume else None
+        self._split(ckpt)
         self.batch_size = self._batch_size()
-        self._build(resume)
+        self._build_state(ckpt)
         self._make_loaders()
+        if ckpt is None and self.probe is not None and self.info.is_main:
+            self._checkpoint()  # a run killed from here on resumes without reading every product again
 
     def _batch_size(self) -> int:
         per_rank = len(self.train_pos) // self.info.world
@@ -354,8 +375,8 @@ class _Trainer:
                      size, Path(cfg.train).name, crop)
         return {"picture_size": size, "crop": crop, "resize": cfg.resize}
 
-    def _build(self, resume: bool) -> None:
-        """Model, optimizer and progress state: new, or restored from the checkpoint."""
+    def _build_model(self, resume: bool) -> None:
+        """The network (pretrained weights on a new run; a resumed one loads its checkpoint's) on the device."""
         cfg, tax = self.cfg, self.tax
         self.model, self.spec = build_model(tax.n_classes, tax.n_level1, tax.n_level2, cfg.backbone,
                                             None if resume else cfg.weights, cfg.picture_pooling, cfg.dropout)
@@ -365,20 +386,70 @@ class _Trainer:
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    def _split(self, ckpt: dict | None) -> None:
+        """The held-out products and the probe (``etalage.core.probe``). A new run with pretrained weights reads
+        every product through the backbone once (rank 0 alone under torchrun; the others wait for its split and
+        heads), groups near-duplicates for the split and fits the probe; a resumed run reads both back (the
+        split from ``val_positions.npy`` when it depended on those features)."""
+        cfg, info = self.cfg, self.info
+        self.probe_seconds = 0.0
+        if ckpt is not None:
+            self.probe = Probe.from_state(ckpt.get("probe"))
+            if cfg.val_groups:
+                val_mask = np.zeros(len(self.labels), bool)
+                val_mask[self.run.val_positions()] = True
+            else:
+                val_mask = validation_mask(cfg, self.labels)
+        else:
+            t0 = time.perf_counter()
+            wanted = probe_wanted(cfg, len(self.catalog), len(np.unique(self.labels)))
+            features = self._pretrained_features() if wanted and info.is_main else None
+            val_mask = validation_mask(cfg, self.labels, features)
+            if info.world > 1:
+                val_mask = broadcast_tensor(torch.from_numpy(val_mask.astype(np.uint8)), info).numpy().astype(bool)
+            self.probe = None
+            if features is not None and (cfg.probe_init or cfg.keep_probe):
+                self.probe = fit_run_probe(features, self.labels, val_mask, self.tax, cfg.seed,
+                                           probe_side(self.catalog, cfg.probe_size))
+                if cfg.probe_init:  # the heads of the training part only: the validation part stays unseen
+                    load_probe_heads(self.model, self.probe.heads)
+            if wanted and cfg.probe_init and info.world > 1:
+                for p in self.model.head_parameters():
+                    p.data.copy_(broadcast_tensor(p.data.cpu(), info))
+            # every rank counts the pass (the others waited for it), so that their clocks agree on the budget
+            self.probe_seconds = time.perf_counter() - t0 if wanted else 0.0
+            if self.probe is not None:
+                self.probe.seconds = self.probe_seconds
+                log.info("%s", self.probe.summary())
+        self.train_pos, self.val_pos = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+
+    def _pretrained_features(self) -> np.ndarray:
+        """Every training product's pretrained features at the probe's side (``etalage.core.probe``)."""
+        cfg = self.cfg
+        side = probe_side(self.catalog, cfg.probe_size)
+        workers = cfg.workers if cfg.workers is not None else default_workers(self.device)
+        return pooled_features(self.model.backbone, self.catalog, np.arange(len(self.catalog)),
+                               PictureTransform(side, side, cfg.resize, "none"), self.device,
+                               (self.spec["mean"], self.spec["std"]), self.cfg.batch_size, self.channels_last,
+                               self.progress and self.info.is_main, workers)
+
+    def _build_state(self, ckpt: dict | None) -> None:
+        """Optimizer and progress state: new, or restored from the checkpoint."""
+        cfg = self.cfg
         self.optimizer = _make_optimizer(self.model, cfg)
         self.sampler = EpochSampler(len(self.train_pos), self.batch_size, cfg.seed, self.info.rank, self.info.world)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         head_steps = int(round(cfg.head_epochs * self.steps_per_epoch))
         self.state = _new_state(head_steps + max(1, int(cfg.planned_epochs * self.steps_per_epoch)), head_steps)
+        # the probe's pass is part of the run (and of --max-minutes)
+        self.state["elapsed_s"] = self.state["probe_s"] = self.probe_seconds
         self.ema = None
         if cfg.ema:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=cfg.ema, use_warmup=True)
-        if resume:
-            ckpt = safe_torch_load(self.run.checkpoint_file, "checkpoint",
-                                   f"start the run again without --resume (another --out) or delete {self.run}",
-                                   self.trust_pickle)
+        if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.state.update(ckpt["progress"])
@@ -607,6 +678,8 @@ class _Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_pictures_per_s": self.pictures_seen * self.info.world / max(1e-9, elapsed),
                 "elapsed_s": time.perf_counter() - self.t_start, **metrics}
+        if state["probe_s"]:
+            line["probe_seconds"] = state["probe_s"]
         if self.map_cache is not None:  # share of this interval's pictures read from the kept maps
             cache = self.map_cache
             line["maps_read"] = cache.hits / max(1, cache.hits + cache.misses)
@@ -646,15 +719,21 @@ class _Trainer:
     def _checkpoint(self) -> None:
         if self.map_cache is not None:
             self.map_cache.save()
-        _save_checkpoint(self.run, self.model, self.optimizer, self.state, self.spec, self.ema)
+        _save_checkpoint(self.run, self.model, self.optimizer, self.state, self.spec, self.ema, self.probe)
 
     def _finish(self, status: str) -> None:
+        kept = self._kept() if status == "finished" and self.info.is_main else None
         if status == "finished":
             self.state["finished"] = True
         if self.info.is_main:
             self._checkpoint()
             if status == "finished":
-                if self.cfg.keep == "best" and self.run.best_file.exists():
+                if kept == "probe":
+                    state_dict, spec = probe_network(self.probe, self.spec, self.cfg.weights, self.cfg.resize)
+                    _save_model(self.run.model_file, state_dict, spec)
+                    with contextlib.suppress(FileNotFoundError):
+                        self.run.best_file.unlink()
+                elif self.cfg.keep == "best" and self.run.best_file.exists():
                     os.replace(self.run.best_file, self.run.model_file)
                 else:
                     _save_model(self.run.model_file, self._kept_weights(), self.spec)
@@ -662,6 +741,21 @@ class _Trainer:
                     self.map_cache.remove()
         if self.info.world > 1:
             dist.barrier()
+
+    def _kept(self) -> str:
+        """"probe" or "fine-tune": which network ``model.pt`` holds (``keep_probe``), said in the last line of
+        ``metrics.jsonl`` (with the probe's validation scores) and in the log."""
+        if self.probe is None or not self.cfg.keep_probe:
+            return "fine-tune"
+        lines = self.run.metrics()
+        fine = {}
+        if lines:
+            fine = max(lines, key=lambda m: m["val_top1"]) if self.cfg.keep == "best" else lines[-1]
+        kept, why = kept_network(fine, self.probe.val)
+        self.run.amend_last_metrics({"kept": kept, "kept_because": why,
+                                     **{f"probe_{k}": v for k, v in self.probe.val.items()}})
+        log.info("model.pt: the %s: %s", "linear probe" if kept == "probe" else "fine-tuned network", why)
+        return kept
 
 
 def fold_runs(out: str | Path, folds: int) -> list[RunDir]:
