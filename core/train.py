@@ -703,8 +703,15 @@ class _Trainer:
             self.last_ckpt = time.perf_counter()
 
     def _epochs_planned(self) -> float:
-        """Epochs the schedule runs to (with a time budget, what the speed so far lets it fit)."""
-        return self.state["total_steps"] / max(1, self.steps_per_epoch)
+        """Epochs the schedule runs to: with a time budget, the fine-tune's steps so far over its progress through
+        the budget (what the speed so far lets it fit), never more than ``--epochs`` allows."""
+        state, per_epoch = self.state, max(1, self.steps_per_epoch)
+        cap = state["total_steps"] / per_epoch
+        progress = state.get("progress", 0.0)
+        if not self.cfg.max_minutes or progress <= 0:
+            return cap
+        fine_tune = (state["step"] - state["head_steps"]) / progress
+        return min(cap, (state["head_steps"] + fine_tune) / per_epoch)
 
     def _seconds_left(self, elapsed: float) -> float:
         """Time left: the budget's, with a time budget, else the remaining steps at the speed so far."""

@@ -156,7 +156,15 @@ class EasyOcrEngine(OcrEngine):
         self.reader = None
 
     def _load(self) -> None:
-        """EasyOCR's reader, the feature hook, and the CPU speed-ups (int8 or frozen TorchScript)."""
+        """EasyOCR's reader, the feature hook, and the CPU speed-ups (int8 or frozen TorchScript). Under a forked
+        RNG: building the networks and tracing them draw from torch's global generator, which is the caller's
+        (a seeded training run after a cover reading must draw what it would have drawn without it)."""
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            self._load_networks()
+
+    def _load_networks(self) -> None:
         import easyocr
 
         with _quiet():
@@ -288,6 +296,14 @@ class EasyOcrEngine(OcrEngine):
         return batch, scale_used, horizontal, free
 
     def _read(self, pictures: list[np.ndarray]) -> list[list[TextBox]]:
+        """Under a forked RNG, as ``_load``: EasyOCR's recogniser runs a torch DataLoader, whose every iteration
+        draws a seed from the caller's global generator."""
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            return self._read_unseeded(pictures)
+
+    def _read_unseeded(self, pictures: list[np.ndarray]) -> list[list[TextBox]]:
         import cv2
         from easyocr.recognition import get_text
         from easyocr.utils import get_image_list

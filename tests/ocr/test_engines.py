@@ -131,5 +131,5 @@ def test_rapidocr_loads_the_wheel_models_and_leaves_logging_alone(covers, capfd)
     import rapidocr
 
     wheel = Path(rapidocr.__file__).parent / "models"
-    given = {Path(engine._ocr.cfg[stage].model_path) for stage in ("Det", "Rec", "Cls")}
+    given = {Path(engine._pipeline.cfg[stage].model_path) for stage in ("Det", "Rec", "Cls")}  # loaded on the read
     assert given == {wheel / f for f in MODEL_FILES.values()} and all(p.is_file() for p in given)

@@ -231,7 +231,10 @@ def test_fusion_fit_fusion_predict_and_audit_on_ray_equal_the_local_engines(fitt
     with np.load(tmp_path / "fusion" / "table.npz") as ray_table, np.load(fitted / "fusion" / "table.npz") as local:
         assert sorted(ray_table.files) == sorted(local.files)
         for k in local.files:
-            assert np.allclose(ray_table[k], local[k], rtol=1e-4, atol=1e-5, equal_nan=True), k
+            if local[k].dtype.kind in "USO":  # feature names
+                assert np.array_equal(ray_table[k], local[k]), k
+            else:
+                assert np.allclose(ray_table[k], local[k], rtol=1e-4, atol=1e-5, equal_nan=True), k
     work = tmp_path / "fp_work"
     assert main(["fusion", "predict", "--fusion", str(fitted / "fusion"), "--data", str(synth_dir / "test.bson"),
                  "--work", str(work), "--chunk", CHUNK, "--ocr-cache", str(fitted / "ocr.sqlite"), "--workers", "0",
