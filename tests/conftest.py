@@ -18,6 +18,18 @@ def pytest_runtest_logreport(report):
         _SKIPS.append({"test": report.nodeid, "reason": reason})
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The modules whose tests join the session's Ray cluster run last, whole (their module fixtures stay
+    shared). A process that has been a Ray driver keeps gRPC's threads after ``ray.shutdown``, and a child
+    forked from it copies them mid-state: once, in CI, a synthetic catalogue's forked painter died of
+    "double free or corruption" right after the Ray Serve test. Users' processes do not mix the two (with
+    ``--engine ray`` the stages run in Ray's workers, not in forked ones); the test session did."""
+    ray_modules = {item.module.__name__ for item in items
+                   if "ray_cluster" in getattr(item, "fixturenames", ()) and getattr(item, "module", None)}
+    last = [item for item in items if getattr(getattr(item, "module", None), "__name__", None) in ray_modules]
+    items[:] = [item for item in items if item not in last] + last
+
+
 def pytest_sessionfinish(session, exitstatus):
     import json
     import os
