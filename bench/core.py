@@ -65,12 +65,12 @@ def backbone_features(catalog: Catalog, backbone: str, size: int = ANCHOR_SIZE, 
 
     from etalage.core.backbones import create_backbone
     from etalage.core.data import PictureTransform
-    from etalage.core.probe import pooled_features
+    from etalage.core.probe import FeaturePass, pooled_features
 
     bb = create_backbone(backbone, "imagenet")
     model = bb.model.to(memory_format=torch.channels_last)
     return pooled_features(model, catalog, np.arange(len(catalog)), PictureTransform(size, size, "letterbox", "none"),
-                           torch.device("cpu"), (bb.mean, bb.std), batch_size, True, progress)
+                           torch.device("cpu"), (bb.mean, bb.std), FeaturePass(batch_size, True, progress))
 
 
 def cached_features(catalog: Catalog, backbone: str, folder: Path, progress: bool) -> np.ndarray:

@@ -59,7 +59,10 @@ from etalage.core.data import (
 from etalage.core.mapcache import plan_map_cache
 from etalage.core.model import build_model, safe_torch_load
 from etalage.core.probe import (
+    PROBE_BUDGET_SHARE,
+    FeaturePass,
     Probe,
+    ProbeTooSlow,
     fit_run_probe,
     kept_network,
     load_probe_heads,
@@ -429,10 +432,16 @@ class _Trainer:
         cfg = self.cfg
         side = probe_side(self.catalog, cfg.probe_size)
         workers = cfg.workers if cfg.workers is not None else default_workers(self.device)
-        return pooled_features(self.model.backbone, self.catalog, np.arange(len(self.catalog)),
-                               PictureTransform(side, side, cfg.resize, "none"), self.device,
-                               (self.spec["mean"], self.spec["std"]), self.cfg.batch_size, self.channels_last,
-                               self.progress and self.info.is_main, workers)
+        allowed = cfg.max_minutes * 60 * PROBE_BUDGET_SHARE if cfg.max_minutes else None
+        try:
+            return pooled_features(self.model.backbone, self.catalog, np.arange(len(self.catalog)),
+                                   PictureTransform(side, side, cfg.resize, "none"), self.device,
+                                   (self.spec["mean"], self.spec["std"]),
+                                   FeaturePass(self.cfg.batch_size, self.channels_last,
+                                               self.progress and self.info.is_main, workers, allowed))
+        except ProbeTooSlow as slow:
+            log.info("no linear probe: %s; the heads start at random and the validation part is random", slow)
+            return None
 
     def _build_state(self, ckpt: dict | None) -> None:
         """Optimizer and progress state: new, or restored from the checkpoint."""

@@ -161,7 +161,8 @@ def test_heads_start_as_the_probe(synth_dir, weights_file, tmp_path):
     assert probe is not None and probe.side == 64
     positions = trainer.train_pos[:96]
     feats = pooled_features(model.backbone, trainer.catalog, positions, PictureTransform(64, 64, "letterbox", "none"),
-                            trainer.device, (trainer.spec["mean"], trainer.spec["std"]), 32, trainer.channels_last)
+                            trainer.device, (trainer.spec["mean"], trainer.spec["std"]),
+                            probe_module.FeaturePass(32, trainer.channels_last))
     expected = probe.leaf_logits(feats)
     model.eval()
     from etalage.core.data import ProductDataset, collate, to_device
@@ -274,3 +275,21 @@ def test_ddp_rank0_probes_and_the_ranks_agree(synth_dir, weights_file, tmp_path)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["probe"] is not None and _metrics(out)[-1]["kept"] in ("probe", "fine-tune")
     assert len(np.load(out / "val_positions.npy")) > 0
+
+
+def test_a_pass_over_its_share_of_the_budget_is_given_up(synth_dir, weights_file, tmp_path, monkeypatch):
+    """With --max-minutes, a pass whose first batches say it would take over its share of the budget stops there:
+    the run trains on without a probe (random validation part, heads at random)."""
+    from etalage.core.backbones import create_backbone
+
+    bb = create_backbone("test_efficientnet", weights_file)
+    cat = Catalog.open(synth_dir / "train.bson")
+    with pytest.raises(probe_module.ProbeTooSlow, match="of --max-minutes"):
+        pooled_features(bb.model, cat, np.arange(len(cat)), PictureTransform(64, 64), torch.device("cpu"),
+                        (bb.mean, bb.std), probe_module.FeaturePass(batch_size=8, max_seconds=1e-4))
+    monkeypatch.setattr(probe_module, "PROBE_BUDGET_SHARE", 1e-7)
+    monkeypatch.setattr(train_module, "PROBE_BUDGET_SHARE", 1e-7)
+    res = train(_cfg(synth_dir, tmp_path / "run", weights_file, max_minutes=1.0, stop_after_steps=2), progress=False)
+    assert res.status == "paused"
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["probe"] is None, "no probe fitted from a pass given up"
