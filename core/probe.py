@@ -69,6 +69,7 @@ ABSENT_BIAS = -1e4         # the bias of a class the probe never saw: never its 
 # (2,640 products) and the README's sample the pass is under 1/6 of the budget and the probe is what generalises.
 PROBE_BUDGET_SHARE = 0.25
 PROBE_PROJECT_AFTER = 4    # batches read before the pass's duration is projected
+PROBE_ALWAYS_S = 60.0      # a pass projected under this is always finished: small dumps are where the probe wins
 
 
 class ProbeTooSlow(RuntimeError):
@@ -98,7 +99,8 @@ def pooled_features(backbone: nn.Module, catalog: Catalog, positions: np.ndarray
     """(len(positions), F) float32: ``backbone``'s features of each product, averaged over its pictures, each
     picture brought to ``transform``'s square (``normalise``: the weights' (mean, std)). Eval mode, no gradient;
     the backbone's mode is put back. ``how.max_seconds``: raise ``ProbeTooSlow`` as soon as the first batches say the
-    whole pass would take longer (a time budget's share, not spent on a pass that cannot pay for itself)."""
+    whole pass would take longer, and longer than ``PROBE_ALWAYS_S`` (a time budget's share, not spent on a pass
+    that cannot pay for itself)."""
     import time
 
     started = time.perf_counter()
@@ -124,7 +126,7 @@ def pooled_features(backbone: nn.Module, catalog: Catalog, positions: np.ndarray
                 batches += 1
                 if how.max_seconds is not None and batches == PROBE_PROJECT_AFTER:
                     projected = (time.perf_counter() - started) / done * len(positions)
-                    if projected > how.max_seconds:
+                    if projected > max(how.max_seconds, PROBE_ALWAYS_S):
                         raise ProbeTooSlow(projected, how.max_seconds)
     finally:
         backbone.train(was_training)
