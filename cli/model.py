@@ -29,8 +29,8 @@ def register(sub, handlers: dict) -> None:
              "the pretrained backbone for its linear probe: groups of near-duplicates held out together for "
              "validation (--val-groups), the heads started as the probe (--probe-init), and model.pt the probe when "
              "it validates better (--keep-probe); that time comes out of --max-minutes, and a pass that would take "
-             "over a quarter of it (and over a minute) is given up after its first batches (the heads then start at random and the "
-             "validation part is random). Several GPUs or machines: "
+             "over a quarter of it (and over a minute) is given up after its first batches (the heads then start "
+             "at random and the validation part is random). Several GPUs or machines: "
              "torchrun --nproc_per_node N -m etalage.cli train ... (DDP; rank 0 reads and fits the probe).")
     _train_data(p)
     _train_recipe(p)

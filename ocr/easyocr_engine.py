@@ -156,15 +156,8 @@ class EasyOcrEngine(OcrEngine):
         self.reader = None
 
     def _load(self) -> None:
-        """EasyOCR's reader, the feature hook, and the CPU speed-ups (int8 or frozen TorchScript). Under a forked
-        RNG: building the networks and tracing them draw from torch's global generator, which is the caller's
-        (a seeded training run after a cover reading must draw what it would have drawn without it)."""
-        import torch
-
-        with torch.random.fork_rng(devices=[]):
-            self._load_networks()
-
-    def _load_networks(self) -> None:
+        """EasyOCR's reader, the feature hook, and the CPU speed-ups (int8 or frozen TorchScript), on the first
+        read: under ``_read``'s forked RNG, since building and tracing the networks draw from torch's generator."""
         import easyocr
 
         with _quiet():
@@ -296,8 +289,9 @@ class EasyOcrEngine(OcrEngine):
         return batch, scale_used, horizontal, free
 
     def _read(self, pictures: list[np.ndarray]) -> list[list[TextBox]]:
-        """Under a forked RNG, as ``_load``: EasyOCR's recogniser runs a torch DataLoader, whose every iteration
-        draws a seed from the caller's global generator."""
+        """Under a forked RNG: torch's global generator is the caller's (a seeded training run after a cover
+        reading must draw what it would have drawn without it), and loading the networks (``_load``) and
+        EasyOCR's recogniser (a torch DataLoader, seeded from it at every iteration) draw from it."""
         import torch
 
         with torch.random.fork_rng(devices=[]):
