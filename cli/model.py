@@ -126,9 +126,10 @@ def _train_recipe(p) -> None:
                    help="with pretrained weights: start the heads as logistic regressions fitted on the training "
                         "products' pretrained features (LP-FT), so the fine-tune starts from the linear probe")
     p.add_argument("--keep-probe", action=argparse.BooleanOptionalAction, default=d.keep_probe,
-                   help="with pretrained weights: at the end, model.pt is that linear probe (the pretrained backbone "
-                        "and the fitted heads) when it validates better than the fine-tuned network (the mean of "
-                        "the three levels' top-1); metrics.jsonl's last line says which was kept and why")
+                   help="with pretrained weights: at the end, model.pt is whichever validates best (the mean of the "
+                        "three levels' top-1) of the fine-tuned network, that linear probe (the pretrained backbone "
+                        "and the fitted heads) and the mean of their probabilities (one network of the two, "
+                        "predicting at the probe's side); metrics.jsonl's last line says which was kept and why")
     p.add_argument("--val-groups", type=float, default=d.val_groups,
                    help="with pretrained weights: hold out whole groups of near-duplicate products (one class, "
                         "pretrained features at least this cosine-similar: photos of one session) so validation "
@@ -195,6 +196,7 @@ def cmd_train(args) -> int:
     from dataclasses import fields
 
     from etalage.core.config import TrainConfig
+    from etalage.core.probe import KEPT_WORDS
     from etalage.core.train import fold_runs, train, train_folds
     from etalage.errors import ConfigError
 
@@ -221,9 +223,10 @@ def cmd_train(args) -> int:
     m = res.metrics
     if res.status == "paused":
         print("paused; continue with the same command and --resume")
-    elif m.get("kept") == "probe":
-        print(f"{args.out}: the linear probe kept, validation top-1 {m.get('probe_val_top1', float('nan')):.4f} "
-              f"(level-1 {m.get('probe_val_level1_top1', float('nan')):.4f}) against the fine-tune's "
+    elif m.get("kept") in ("probe", "ensemble"):
+        key = "probe_val" if m["kept"] == "probe" else "ensemble_val"
+        print(f"{args.out}: the {KEPT_WORDS[m['kept']]} kept, validation top-1 {m.get(key + '_top1', float('nan')):.4f} "
+              f"(level-1 {m.get(key + '_level1_top1', float('nan')):.4f}) against the fine-tune's "
               f"{m.get('val_top1', float('nan')):.4f}; model in {Path(args.out) / 'model.pt'}")
     elif m:
         print(f"{args.out}: epoch {m.get('epoch')} validation top-1 {m.get('val_top1', float('nan')):.4f} "

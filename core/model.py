@@ -160,6 +160,46 @@ class MultiImageNet(nn.Module):
                 "level2": self.level2_head(emb_d), "embedding": emb}
 
 
+class ProbeEnsemble(nn.Module):
+    """The run's linear probe and its fine-tuned network as one network: the mean of their probabilities.
+
+    On grocery-dev (2,640 in-store photos from a few sessions) the fine-tune learns the training sessions and
+    the probe generalises at the coarse levels; their mean scored above both at every level of the official
+    val (docs/benchmarks.md). The pictures arrive as the probe reads them (whole, at its side); the fine-tune
+    reads them resized to its own side (antialiased bicubic, as Pillow letterboxes), which is what
+    letterboxing at its side gives. Outputs are the log of the mixed probabilities (what ``softmax`` turns
+    back into them; a class neither member can give stays at ``-1e4``, as the probe's absent classes), and
+    the fine-tune's embedding (what the embedding-neighbour signal was trained with)."""
+
+    def __init__(self, probe: MultiImageNet, fine_tune: MultiImageNet, fine_side: int):
+        super().__init__()
+        self.probe = probe
+        self.fine_tune = fine_tune
+        self.fine_side = fine_side
+
+    def forward(self, pictures: torch.Tensor, picture_product: torch.Tensor, n_products: int
+                ) -> dict[str, torch.Tensor]:
+        view = pictures
+        if pictures.shape[-1] != self.fine_side:
+            view = F.interpolate(pictures, size=(self.fine_side, self.fine_side), mode="bicubic", antialias=True,
+                                 align_corners=False)
+            if pictures.is_contiguous(memory_format=torch.channels_last):
+                view = view.contiguous(memory_format=torch.channels_last)
+        a = self.probe(pictures, picture_product, n_products)
+        b = self.fine_tune(view, picture_product, n_products)
+        out = {k: torch.log((torch.softmax(a[k].float(), 1) + torch.softmax(b[k].float(), 1)) / 2).clamp_(min=-1e4)
+               for k in ("logits", "picture_logits", "level1", "level2")}
+        out["embedding"] = b["embedding"]
+        return out
+
+
+def ensemble_spec(probe_spec: dict, fine_spec: dict) -> dict:
+    """What ``model.pt`` stores for a ``ProbeEnsemble``: the probe's picture settings (the input) and both
+    members' specs."""
+    return {**probe_spec, "kept": "ensemble", "pooling": "mean",
+            "members": {"probe": probe_spec, "fine-tune": fine_spec}}
+
+
 def build_model(n_classes: int, n_level1: int, n_level2: int, backbone: str, weights: str | None, pooling: str,
                 dropout: float = 0.2) -> tuple[MultiImageNet, dict]:
     """The core network and the description ``model.pt`` stores to rebuild it without weight files."""
@@ -193,14 +233,24 @@ def picture_pooling_of(spec: dict) -> str:
     return spec.get("pooling", spec.get("fusion", "gate"))
 
 
+def network_of(spec: dict) -> nn.Module:
+    """The network ``spec`` describes, without weights: a ``MultiImageNet``, or the ``ProbeEnsemble`` of two."""
+    if spec.get("kept") == "ensemble":
+        members = spec["members"]
+        return ProbeEnsemble(network_of(members["probe"]), network_of(members["fine-tune"]),
+                             int(members["fine-tune"]["picture_size"]))
+    model, _ = build_model(spec["n_classes"], spec["n_level1"], spec["n_level2"], spec["backbone"], None,
+                           picture_pooling_of(spec), spec.get("dropout", 0.2))
+    return model
+
+
 def load_model(model_file: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False
                ) -> tuple[MultiImageNet, dict]:
     """The finished network saved in ``model_file`` (``RUN/model.pt``) and its spec, in eval mode."""
     blob = safe_torch_load(model_file, "trained model", f"retrain with `etalage train --out {Path(model_file).parent}`",
                            trust_pickle)
     spec = blob["spec"]
-    model, _ = build_model(spec["n_classes"], spec["n_level1"], spec["n_level2"], spec["backbone"], None,
-                           picture_pooling_of(spec), spec.get("dropout", 0.2))
+    model = network_of(spec)
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return model, spec

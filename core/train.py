@@ -57,12 +57,14 @@ from etalage.core.data import (
     to_device,
 )
 from etalage.core.mapcache import plan_map_cache
-from etalage.core.model import build_model, safe_torch_load
+from etalage.core.model import build_model, network_of, safe_torch_load
 from etalage.core.probe import (
+    KEPT_WORDS,
     PROBE_BUDGET_SHARE,
     FeaturePass,
     Probe,
     ProbeTooSlow,
+    ensemble_network,
     fit_run_probe,
     kept_network,
     load_probe_heads,
@@ -744,8 +746,9 @@ class _Trainer:
         if self.info.is_main:
             self._checkpoint()
             if status == "finished":
-                if kept == "probe":
-                    state_dict, spec = probe_network(self.probe, self.spec, self.cfg.weights, self.cfg.resize)
+                if kept in ("probe", "ensemble"):
+                    state_dict, spec = (probe_network(self.probe, self.spec, self.cfg.weights, self.cfg.resize)
+                                        if kept == "probe" else self.ensemble)
                     _save_model(self.run.model_file, state_dict, spec)
                     with contextlib.suppress(FileNotFoundError):
                         self.run.best_file.unlink()
@@ -759,19 +762,47 @@ class _Trainer:
             dist.barrier()
 
     def _kept(self) -> str:
-        """"probe" or "fine-tune": which network ``model.pt`` holds (``keep_probe``), said in the last line of
-        ``metrics.jsonl`` (with the probe's validation scores) and in the log."""
+        """"probe", "ensemble" or "fine-tune": which network ``model.pt`` holds (``keep_probe``; the ensemble,
+        ``ProbeEnsemble``, is the mean of the other two and is validated here), said in the last line of
+        ``metrics.jsonl`` (with the probe's and the ensemble's validation scores) and in the log."""
         if self.probe is None or not self.cfg.keep_probe:
             return "fine-tune"
         lines = self.run.metrics()
         fine = {}
         if lines:
             fine = max(lines, key=lambda m: m["val_top1"]) if self.cfg.keep == "best" else lines[-1]
-        kept, why = kept_network(fine, self.probe.val)
+        ensemble_val = None
+        self.ensemble = None
+        if len(self.val_pos) and self.cfg.picture_pooling != "mosaic":  # a mosaic is not the probe's pictures
+            self.ensemble = ensemble_network(self.probe, self._fine_tuned_weights(), self.spec, self.cfg.weights,
+                                             self.cfg.resize)
+            ensemble_val = self._validate(*self.ensemble)
+        kept, why = kept_network(fine, self.probe.val, ensemble_val)
         self.run.amend_last_metrics({"kept": kept, "kept_because": why,
-                                     **{f"probe_{k}": v for k, v in self.probe.val.items()}})
-        log.info("model.pt: the %s: %s", "linear probe" if kept == "probe" else "fine-tuned network", why)
+                                     **{f"probe_{k}": v for k, v in self.probe.val.items()},
+                                     **{f"ensemble_{k}": v for k, v in (ensemble_val or {}).items()}})
+        log.info("model.pt: the %s: %s", KEPT_WORDS[kept], why)
         return kept
+
+    def _fine_tuned_weights(self) -> dict:
+        """The fine-tuned weights ``model.pt`` would hold: the best validated (``--keep best``) or the last."""
+        if self.cfg.keep == "best" and self.run.best_file.exists():
+            return safe_torch_load(self.run.best_file, "best weights", f"retrain with `etalage train --out {self.run.path}`")["state_dict"]
+        return self._kept_weights()
+
+    def _validate(self, state_dict: dict, spec: dict) -> dict:
+        """Validation top-1 at each level of the network ``spec`` describes with ``state_dict`` (this process's
+        share of nothing: called on the main rank alone, so counted there alone)."""
+        model = network_of(spec)
+        model.load_state_dict(state_dict)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        ds = ProductDataset(self.catalog, self.val_pos, self.labels[self.val_pos], PictureTransform.of_model(spec))
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, collate_fn=collate)
+        with torch.no_grad():
+            return evaluate(model, loader, self.device, spec["mean"], spec["std"], self.level1_of, self.level2_of,
+                            DistInfo(), self.amp, self.channels_last)
 
 
 def fold_runs(out: str | Path, folds: int) -> list[RunDir]:

@@ -190,8 +190,9 @@ def probe_kept_run(synth_dir, weights_file, tmp_path_factory) -> Path:
 
 def test_probe_kept_when_it_validates_better(probe_kept_run):
     last = _metrics(probe_kept_run)[-1]
-    assert last["kept"] == "probe" and "probe validates better" in last["kept_because"]
+    assert last["kept"] == "probe" and "linear probe validates best" in last["kept_because"]
     assert last["probe_val_top1"] > last["val_top1"]
+    assert last["ensemble_val_top1"] < last["probe_val_top1"], "the ruined fine-tune drags their mean down too"
     spec = torch.load(probe_kept_run / "model.pt", weights_only=True)["spec"]
     assert spec["pooling"] == "mean" and spec["kept"] == "probe" and spec["picture_size"] == 64
     assert not (probe_kept_run / "best.pt").exists()
@@ -219,6 +220,67 @@ def test_kept_network_compares_the_three_levels():
     assert kept_network(fine, fine)[0] == "fine-tune", "a tie keeps the fine-tune"
     assert kept_network({"val_top1": float("nan")}, probe) == ("fine-tune", "no validation score to compare with "
                                                                             "the probe's")
+    mean = {"val_top1": 0.72, "val_level2_top1": 0.82, "val_level1_top1": 0.99}
+    kept, why = kept_network(fine, probe, mean)
+    assert kept == "ensemble" and "mean of the linear probe and the fine-tuned network validates best" in why
+    assert "ensemble leaf 0.720, level 2 0.820, level 1 0.990" in why
+    assert kept_network(fine, probe, probe)[0] == "ensemble", "a tie with the probe keeps the ensemble"
+    assert kept_network(mean, probe, mean)[0] == "fine-tune", "a tie with the fine-tune keeps the fine-tune"
+    assert kept_network(fine, mean, probe)[0] == "probe"
+
+
+def test_the_ensemble_is_the_mean_of_the_probe_and_the_fine_tune(probe_kept_run, synth_dir, tmp_path):
+    """The ensemble network loads from model.pt alone and predicts through the core predictor: its probabilities
+    are the mean of its members', each reading the pictures it was made for (here both whole, at 64 px)."""
+    from etalage.core.data import ProductDataset, collate, to_device
+    from etalage.core.model import load_model, network_of
+    from etalage.core.probe import ensemble_network
+
+    ckpt = torch.load(probe_kept_run / "checkpoint.pt", weights_only=True)
+    probe = train_module.Probe.from_state(ckpt["probe"])
+    state, spec = ensemble_network(probe, ckpt["model"], ckpt["spec"], "none", "letterbox")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(probe_kept_run / "category_names.csv", run)
+    torch.save({"state_dict": state, "spec": spec}, run / "model.pt")
+    model, spec = load_model(run / "model.pt")
+    assert spec["kept"] == "ensemble" and spec["picture_size"] == spec["members"]["fine-tune"]["picture_size"] == 64
+    test = Catalog.open(synth_dir / "test.bson")
+    batch = next(iter(torch.utils.data.DataLoader(ProductDataset(test, np.arange(40), None,
+                                                                 PictureTransform.of_model(spec)),
+                                                  batch_size=40, collate_fn=collate)))
+    x = to_device(batch, torch.device("cpu"), spec["mean"], spec["std"], False)
+    members = {}
+    for name in ("probe", "fine-tune"):
+        member = network_of(spec["members"][name]).eval()
+        prefix = name.replace("-", "_") + "."
+        member.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        with torch.no_grad():
+            members[name] = member(x, batch.picture_product, batch.n_products)
+    with torch.no_grad():
+        out = model(x, batch.picture_product, batch.n_products)
+    for key in ("logits", "level1", "level2", "picture_logits"):
+        mean = (members["probe"][key].softmax(1) + members["fine-tune"][key].softmax(1)) / 2
+        assert torch.allclose(out[key].softmax(1), mean, atol=1e-5), key
+    assert torch.allclose(out["embedding"], members["fine-tune"]["embedding"], atol=1e-5)
+    ranking = CorePredictor(run, device="cpu", batch_size=16).predict_catalog(test, tmp_path / "pred", topk=3,
+                                                                             progress=False)
+    # the predictor's channels-last batches of 16 sum in another order, and this ruined fine-tune's logits are in
+    # the thousands: a near tie may flip
+    assert (ranking.top1()[:40] == out["logits"].argmax(1).numpy()).mean() >= 0.95
+
+
+def test_the_ensemble_kept_is_saved_as_model_pt(synth_dir, weights_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "kept_network", lambda fine, probe, ensemble: ("ensemble", "chosen here"))
+    out = tmp_path / "run"
+    assert train(_cfg(synth_dir, out, weights_file, epochs=1), progress=False).status == "finished"
+    last = _metrics(out)[-1]
+    assert last["kept"] == "ensemble" and 0 <= last["ensemble_val_top1"] <= 1
+    spec = torch.load(out / "model.pt", weights_only=True)["spec"]
+    assert spec["kept"] == "ensemble" and spec["members"]["fine-tune"]["pooling"] == "gate"
+    test = Catalog.open(synth_dir / "test.bson")
+    ranking = CorePredictor(out, device="cpu").predict_catalog(test, tmp_path / "pred", topk=3, progress=False)
+    assert len(ranking.top1()) == len(test)
 
 
 def test_fine_tune_kept_otherwise_and_resume_is_exact(synth_dir, weights_file, tmp_path, monkeypatch):
@@ -230,6 +292,8 @@ def test_fine_tune_kept_otherwise_and_resume_is_exact(synth_dir, weights_file, t
         return probe
 
     monkeypatch.setattr(train_module, "fit_run_probe", hopeless_probe)
+    # their mean with a hopeless probe could still validate better than the fine-tune: out of the running too
+    monkeypatch.setattr(train_module, "kept_network", lambda fine, probe, ensemble: kept_network(fine, probe))
     straight = train(_cfg(synth_dir, tmp_path / "a", weights_file, epochs=1, eval_every=0.5), progress=False)
     assert straight.status == "finished" and _metrics(tmp_path / "a")[-1]["kept"] == "fine-tune"
     cfg = _cfg(synth_dir, tmp_path / "b", weights_file, epochs=1, eval_every=0.5, stop_after_steps=5)
