@@ -59,7 +59,6 @@ from etalage.core.data import (
 from etalage.core.mapcache import plan_map_cache
 from etalage.core.model import build_model, network_of, safe_torch_load
 from etalage.core.probe import (
-    KEPT_WORDS,
     PROBE_BUDGET_SHARE,
     FeaturePass,
     Probe,
@@ -781,7 +780,7 @@ class _Trainer:
         self.run.amend_last_metrics({"kept": kept, "kept_because": why,
                                      **{f"probe_{k}": v for k, v in self.probe.val.items()},
                                      **{f"ensemble_{k}": v for k, v in (ensemble_val or {}).items()}})
-        log.info("model.pt: the %s: %s", KEPT_WORDS[kept], why)
+        log.info("model.pt: %s", why)
         return kept
 
     def _fine_tuned_weights(self) -> dict:
