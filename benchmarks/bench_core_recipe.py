@@ -35,6 +35,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 # Variants: the settings each changes from the defaults of `etalage train` (as TrainConfig names them).
 VARIANTS: dict[str, dict] = {
     "base": {},  # the defaults of the time (since the run's own probe: --probe-init, --keep-probe, --val-groups 0.8)
+    "ensemble": {},  # the defaults since the mean of the probe and the fine-tune became a candidate (2026-12-04)
     # the run's own linear probe (etalage.core.probe), all off (the defaults before it) or one use at a time off
     "no-probe": {"probe_init": False, "keep_probe": False, "val_groups": 0.0},
     "no-probe-init": {"probe_init": False},

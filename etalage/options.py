@@ -32,18 +32,21 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
 
 
 def parse_key_values(items: list[str], what: str) -> dict:
-    """``["num_leaves=63", "learning_rate=0.05"]`` -> dict; values read as JSON when they parse."""
+    """``["num_leaves=63", "learning_rate=0.05"]`` -> dict; values read as JSON when they parse, and Python's
+    ``True``, ``False`` and ``None`` as theirs (else ``probe_init=False`` would be the string "False", which is
+    true)."""
     import json
 
     from etalage.errors import ConfigError
 
+    python = {"True": True, "False": False, "None": None}
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
         try:
-            out[key] = json.loads(value)
+            out[key] = python[value] if value in python else json.loads(value)
         except ValueError:
             out[key] = value
     return out

@@ -96,3 +96,15 @@ def test_the_cli_reference_in_docs_matches_the_parser():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
     assert doc.read_text() == render(), "docs/cli.md is out of date: python -m etalage.cli.reference > docs/cli.md"
+
+
+def test_set_values_read_as_json_and_as_python_spellings():
+    from etalage.errors import ConfigError
+    from etalage.options import parse_key_values
+
+    got = parse_key_values(["a=3", "b=0.5", "c=false", "d=False", "e=True", "f=None", "g=[1, 2]", "h=lite0",
+                            "i=Falsey"], "--set")
+    assert got == {"a": 3, "b": 0.5, "c": False, "d": False, "e": True, "f": None, "g": [1, 2], "h": "lite0",
+                   "i": "Falsey"}
+    with pytest.raises(ConfigError, match="--set 'x': expected KEY=VALUE"):
+        parse_key_values(["x"], "--set")
