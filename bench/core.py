@@ -182,8 +182,8 @@ def run_core_bench(bench: CoreBenchConfig, progress: bool = True) -> dict:
               "train_seconds": train_s, "predict_seconds": predict_s, "steps": metrics[-1]["step"] if metrics else None,
               "kept": (metrics[-1].get("kept", "fine-tune") if metrics else None),
               "probe_seconds": metrics[-1].get("probe_seconds", 0.0) if metrics else None,
-              "probe_val": {k: metrics[-1][f"probe_{k}"] for k in ("val_top1", "val_level2_top1", "val_level1_top1")
-                            if metrics and f"probe_{k}" in metrics[-1]},
+              **{f"{who}_val": {k: metrics[-1][f"{who}_{k}"] for k in ("val_top1", "val_level2_top1", "val_level1_top1")
+                                  if metrics and f"{who}_{k}" in metrics[-1]} for who in ("probe", "ensemble")},
               "epochs_seen": _epochs_seen(metrics), "curve": [{k: m.get(k) for k in ("elapsed_s", "epoch", "step",
                                                                                      "train_loss", "val_top1",
                                                                                      "val_level2_top1",
@@ -226,7 +226,8 @@ def confused_pairs(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy, n: int = 
 
 def write_core_report(report: dict, out: Path, run) -> None:
     write_json_atomic(out, report)
-    kept = "the run's linear probe, kept" if report.get("kept") == "probe" else "fine-tuned"
+    kept = {"probe": "the run's linear probe, kept",
+            "ensemble": "the mean of the run's linear probe and fine-tune, kept"}.get(report.get("kept"), "fine-tuned")
     rows = [(f"core ({kept})", report["core"])]
     for key, name in (("linear_probe", "linear probe (same backbone, ImageNet features)"),
                       ("knn", f"{KNN_K} nearest neighbours, 8th-place vote"), ("majority", "majority class")):

@@ -116,7 +116,8 @@ def main(argv=None) -> int:
         row = {"settings": overrides, "core": rep["core"], "epochs": rep["epochs_seen"], "steps": rep["steps"],
                "picture_size": rep["picture_size"], "train_seconds": rep["train_seconds"],
                "predict_seconds": rep["predict_seconds"], "val_top1": rep["curve"][-1]["val_top1"],
-               "kept": rep.get("kept"), "probe_val": rep.get("probe_val"), "probe_seconds": rep.get("probe_seconds")}
+               "kept": rep.get("kept"), "probe_val": rep.get("probe_val"), "ensemble_val": rep.get("ensemble_val"),
+               "probe_seconds": rep.get("probe_seconds")}
         for k in ("linear_probe", "knn", "majority"):
             if k in rep:
                 results[k] = rep[k]

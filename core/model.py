@@ -245,7 +245,7 @@ def network_of(spec: dict) -> nn.Module:
 
 
 def load_model(model_file: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False
-               ) -> tuple[MultiImageNet, dict]:
+               ) -> tuple[MultiImageNet | ProbeEnsemble, dict]:
     """The finished network saved in ``model_file`` (``RUN/model.pt``) and its spec, in eval mode."""
     blob = safe_torch_load(model_file, "trained model", f"retrain with `etalage train --out {Path(model_file).parent}`",
                            trust_pickle)

@@ -798,7 +798,8 @@ class _Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         ds = ProductDataset(self.catalog, self.val_pos, self.labels[self.val_pos], PictureTransform.of_model(spec))
-        loader = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, collate_fn=collate)
+        workers = self.cfg.workers if self.cfg.workers is not None else default_workers(self.device)
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, collate_fn=collate, num_workers=workers)
         with torch.no_grad():
             return evaluate(model, loader, self.device, spec["mean"], spec["std"], self.level1_of, self.level2_of,
                             DistInfo(), self.amp, self.channels_last)

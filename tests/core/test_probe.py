@@ -358,3 +358,27 @@ def test_a_pass_over_its_share_of_the_budget_is_given_up(synth_dir, weights_file
     assert res.status == "paused"
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["probe"] is None, "no probe fitted from a pass given up"
+
+
+def test_the_ensembles_fine_tune_reads_the_pictures_at_its_own_side():
+    """The probe reads 64-px pictures, the fine-tune the same resized to 48 px (antialiased bicubic), in either
+    memory format."""
+    import torch.nn.functional as F
+
+    from etalage.core.model import ProbeEnsemble, build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        probe, _ = build_model(7, 2, 3, "test_efficientnet", None, "mean")
+        fine, _ = build_model(7, 2, 3, "test_efficientnet", None, "gate")
+    ensemble = ProbeEnsemble(probe, fine, 48).eval()
+    x = torch.rand(5, 3, 64, 64)
+    owner, n = torch.tensor([0, 0, 1, 2, 2]), 3
+    with torch.no_grad():
+        want = fine.eval()(F.interpolate(x, size=(48, 48), mode="bicubic", antialias=True), owner, n)
+        assert not torch.allclose(fine(x[..., :48, :48], owner, n)["embedding"], want["embedding"])
+        for pictures in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = ensemble(pictures, owner, n)
+            assert torch.allclose(got["embedding"], want["embedding"], atol=1e-5)
+            mean = (probe.eval()(x, owner, n)["level1"].softmax(1) + want["level1"].softmax(1)) / 2
+            assert torch.allclose(got["level1"].softmax(1), mean, atol=1e-5)
