@@ -143,6 +143,7 @@ def run_core_bench(bench: CoreBenchConfig, progress: bool = True) -> dict:
 
     from etalage.core.config import TrainConfig
     from etalage.core.predict import CorePredictor
+    from etalage.core.probe import LEVELS
     from etalage.core.rundir import RunDir
     from etalage.core.train import train as train_core
 
@@ -182,8 +183,8 @@ def run_core_bench(bench: CoreBenchConfig, progress: bool = True) -> dict:
               "train_seconds": train_s, "predict_seconds": predict_s, "steps": metrics[-1]["step"] if metrics else None,
               "kept": (metrics[-1].get("kept", "fine-tune") if metrics else None),
               "probe_seconds": metrics[-1].get("probe_seconds", 0.0) if metrics else None,
-              **{f"{who}_val": {k: metrics[-1][f"{who}_{k}"] for k in ("val_top1", "val_level2_top1", "val_level1_top1")
-                                  if metrics and f"{who}_{k}" in metrics[-1]} for who in ("probe", "ensemble")},
+              **{f"{who}_val": {k: metrics[-1][f"{who}_{k}"] for k in LEVELS if metrics and f"{who}_{k}" in metrics[-1]}
+                 for who in ("probe", "ensemble")},
               "epochs_seen": _epochs_seen(metrics), "curve": [{k: m.get(k) for k in ("elapsed_s", "epoch", "step",
                                                                                      "train_loss", "val_top1",
                                                                                      "val_level2_top1",
@@ -225,9 +226,11 @@ def confused_pairs(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy, n: int = 
 
 
 def write_core_report(report: dict, out: Path, run) -> None:
+    from etalage.core.probe import KEPT_WORDS
+
     write_json_atomic(out, report)
-    kept = {"probe": "the run's linear probe, kept",
-            "ensemble": "the mean of the run's linear probe and fine-tune, kept"}.get(report.get("kept"), "fine-tuned")
+    kept = report.get("kept") or "fine-tune"
+    kept = "fine-tuned" if kept == "fine-tune" else f"the run's {KEPT_WORDS[kept]}, kept"
     rows = [(f"core ({kept})", report["core"])]
     for key, name in (("linear_probe", "linear probe (same backbone, ImageNet features)"),
                       ("knn", f"{KNN_K} nearest neighbours, 8th-place vote"), ("majority", "majority class")):

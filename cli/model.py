@@ -224,9 +224,9 @@ def cmd_train(args) -> int:
     if res.status == "paused":
         print("paused; continue with the same command and --resume")
     elif m.get("kept") in ("probe", "ensemble"):
-        key = "probe_val" if m["kept"] == "probe" else "ensemble_val"
-        print(f"{args.out}: the {KEPT_WORDS[m['kept']]} kept, validation top-1 {m.get(key + '_top1', float('nan')):.4f} "
-              f"(level-1 {m.get(key + '_level1_top1', float('nan')):.4f}) against the fine-tune's "
+        who, nan = m["kept"], float("nan")
+        print(f"{args.out}: the {KEPT_WORDS[who]} kept, validation top-1 {m.get(f'{who}_val_top1', nan):.4f} "
+              f"(level-1 {m.get(f'{who}_val_level1_top1', nan):.4f}) against the fine-tune's "
               f"{m.get('val_top1', float('nan')):.4f}; model in {Path(args.out) / 'model.pt'}")
     elif m:
         print(f"{args.out}: epoch {m.get('epoch')} validation top-1 {m.get('val_top1', float('nan')):.4f} "

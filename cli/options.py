@@ -139,7 +139,8 @@ def pipeline_options(p) -> None:
 def settings_option(p, example: str, what: str) -> None:
     """``--set KEY=VALUE`` (repeatable): the one spelling of free-form settings in every command."""
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                   help=f"{what}, e.g. {example} (repeat; values read as JSON when they parse: 3, 0.5, true, [1, 2]; True and False too)")
+                   help=f"{what}, e.g. {example} (repeat; values read as JSON when they parse: 3, 0.5, true, "
+                        "[1, 2]; Python's True, False and None too)")
 
 
 def compute_of(args):

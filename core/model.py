@@ -187,8 +187,8 @@ class ProbeEnsemble(nn.Module):
                 view = view.contiguous(memory_format=torch.channels_last)
         a = self.probe(pictures, picture_product, n_products)
         b = self.fine_tune(view, picture_product, n_products)
-        out = {k: torch.log((torch.softmax(a[k].float(), 1) + torch.softmax(b[k].float(), 1)) / 2).clamp_(min=-1e4)
-               for k in ("logits", "picture_logits", "level1", "level2")}
+        out = {k: torch.log((torch.softmax(a[k].float(), 1) + torch.softmax(b[k].float(), 1)) / 2)
+               .clamp_(min=-1e4) for k in ("logits", "picture_logits", "level1", "level2")}
         out["embedding"] = b["embedding"]
         return out
 

@@ -21,8 +21,9 @@ features averaged over a product's pictures: what the anchor reads), and those f
   20-minute grocery-dev run showed the fine-tune learning the training sessions and the probe generalising
   at the coarse levels: their mean beat both at every level of the official val. The probe's heads are the
   ones validated, fitted without the held-out products, as the fine-tune never sees them: fusion learns on
-  the run's predictions of those products. (Fitted on every product, GroceryStore's official val would score 0.6 / 1.1 points more at
-  leaf / level 2, the mean of three grouped parts: what ``etalage bench core``'s anchor, fitted on all, has.)
+  the run's predictions of those products. (Fitted on every product, GroceryStore's official val would score
+  0.6 / 1.1 points more at leaf / level 2, the mean of three grouped parts: what ``etalage bench core``'s
+  anchor, fitted on all, has.)
 
 The probe's side is the dump's own (the median longest side, 96 to 180 px): at the CPU fine-tune's 128 px the
 probe on GroceryStore's official val fell from 0.669 / 0.818 / 0.980 (leaf / level 2 / level 1, at 180) to

@@ -739,16 +739,14 @@ class _Trainer:
         _save_checkpoint(self.run, self.model, self.optimizer, self.state, self.spec, self.ema, self.probe)
 
     def _finish(self, status: str) -> None:
-        kept = self._kept() if status == "finished" and self.info.is_main else None
+        other = self._kept() if status == "finished" and self.info.is_main else None
         if status == "finished":
             self.state["finished"] = True
         if self.info.is_main:
             self._checkpoint()
             if status == "finished":
-                if kept in ("probe", "ensemble"):
-                    state_dict, spec = (probe_network(self.probe, self.spec, self.cfg.weights, self.cfg.resize)
-                                        if kept == "probe" else self.ensemble)
-                    _save_model(self.run.model_file, state_dict, spec)
+                if other is not None:
+                    _save_model(self.run.model_file, *other)
                     with contextlib.suppress(FileNotFoundError):
                         self.run.best_file.unlink()
                 elif self.cfg.keep == "best" and self.run.best_file.exists():
@@ -760,33 +758,36 @@ class _Trainer:
         if self.info.world > 1:
             dist.barrier()
 
-    def _kept(self) -> str:
-        """"probe", "ensemble" or "fine-tune": which network ``model.pt`` holds (``keep_probe``; the ensemble,
-        ``ProbeEnsemble``, is the mean of the other two and is validated here), said in the last line of
-        ``metrics.jsonl`` (with the probe's and the ensemble's validation scores) and in the log."""
+    def _kept(self) -> tuple[dict, dict] | None:
+        """(state dict, spec) of the network ``model.pt`` holds instead of the fine-tune (``keep_probe``): the
+        probe, or the mean of the probe and the fine-tune (``ProbeEnsemble``, validated here); None: the
+        fine-tune. Which, and why, is said in the last line of ``metrics.jsonl`` (with the probe's and the
+        mean's validation scores) and in the log."""
         if self.probe is None or not self.cfg.keep_probe:
-            return "fine-tune"
+            return None
         lines = self.run.metrics()
         fine = {}
         if lines:
             fine = max(lines, key=lambda m: m["val_top1"]) if self.cfg.keep == "best" else lines[-1]
-        ensemble_val = None
-        self.ensemble = None
+        ensemble = ensemble_val = None
         if len(self.val_pos) and self.cfg.picture_pooling != "mosaic":  # a mosaic is not the probe's pictures
-            self.ensemble = ensemble_network(self.probe, self._fine_tuned_weights(), self.spec, self.cfg.weights,
-                                             self.cfg.resize)
-            ensemble_val = self._validate(*self.ensemble)
+            ensemble = ensemble_network(self.probe, self._fine_tuned_weights(), self.spec, self.cfg.weights,
+                                        self.cfg.resize)
+            ensemble_val = self._validate(*ensemble)
         kept, why = kept_network(fine, self.probe.val, ensemble_val)
         self.run.amend_last_metrics({"kept": kept, "kept_because": why,
                                      **{f"probe_{k}": v for k, v in self.probe.val.items()},
                                      **{f"ensemble_{k}": v for k, v in (ensemble_val or {}).items()}})
         log.info("model.pt: %s", why)
-        return kept
+        if kept == "probe":
+            return probe_network(self.probe, self.spec, self.cfg.weights, self.cfg.resize)
+        return ensemble if kept == "ensemble" else None
 
     def _fine_tuned_weights(self) -> dict:
         """The fine-tuned weights ``model.pt`` would hold: the best validated (``--keep best``) or the last."""
         if self.cfg.keep == "best" and self.run.best_file.exists():
-            return safe_torch_load(self.run.best_file, "best weights", f"retrain with `etalage train --out {self.run.path}`")["state_dict"]
+            return safe_torch_load(self.run.best_file, "best weights",
+                                   f"retrain with `etalage train --out {self.run.path}`")["state_dict"]
         return self._kept_weights()
 
     def _validate(self, state_dict: dict, spec: dict) -> dict:
@@ -799,7 +800,8 @@ class _Trainer:
             model.to(memory_format=torch.channels_last)
         ds = ProductDataset(self.catalog, self.val_pos, self.labels[self.val_pos], PictureTransform.of_model(spec))
         workers = self.cfg.workers if self.cfg.workers is not None else default_workers(self.device)
-        loader = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, collate_fn=collate, num_workers=workers)
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.batch_size, collate_fn=collate,
+                                             num_workers=workers)
         with torch.no_grad():
             return evaluate(model, loader, self.device, spec["mean"], spec["std"], self.level1_of, self.level2_of,
                             DistInfo(), self.amp, self.channels_last)
