@@ -82,7 +82,10 @@ def test_ray_submission_and_parts_equal_the_local_engines(fitted, synth_dir, loc
     n = sum(1 for _ in open(local_chunked / "s.csv")) - 1
     assert stats["stages"]["core"]["chunks_worked"] == _chunks(synth_dir, CHUNK) >= 3
     assert stats["stages"]["fusion"]["products"] == n
-    assert stats["stages"]["core"]["nodes"] == 2, "both nodes worked (the actors are spread)"
+    # one core actor per node was asked for; which of them works the chunks is Ray's call (on a loaded machine
+    # the first actor up can take them all), so the count of nodes that worked is only bounded
+    assert stats["layout"]["nodes"] == 2 and stats["layout"]["stages"]["core"]["actors"] == 2
+    assert 1 <= stats["stages"]["core"]["nodes"] <= 2
     # a rerun finds every chunk done and starts no Ray at all
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "s_work").rglob("part-*.npz")}
     out.unlink()
