@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                "picture_size": rep["picture_size"], "train_seconds": rep["train_seconds"],
                "predict_seconds": rep["predict_seconds"], "val_top1": rep["curve"][-1]["val_top1"],
                "kept": rep.get("kept"), "probe_val": rep.get("probe_val"), "ensemble_val": rep.get("ensemble_val"),
-               "probe_seconds": rep.get("probe_seconds")}
+               "probe_seconds": rep.get("probe_seconds"), "against_no_tta": rep.get("against_no_tta")}
         for k in ("linear_probe", "knn", "majority"):
             if k in rep:
                 results[k] = rep[k]
@@ -127,6 +127,10 @@ def main(argv=None) -> int:
         write_json_atomic(out, results)
         print(f"{key}: leaf {rep['core']['leaf']:.4f} (val {row['val_top1']:.4f}, {row['epochs']:.1f} epochs at "
               f"{row['picture_size']}px, kept: {row['kept']})", flush=True)
+        if row["against_no_tta"]:
+            pair = row["against_no_tta"]
+            print(f"  against the same network without TTA: {pair['only_b']} products only right with it, "
+                  f"{pair['only_a']} only without (sign test p={pair['p']:.2f})", flush=True)
     return 0
 
 
