@@ -272,12 +272,10 @@ def write_core_report(report: dict, out: Path, run) -> None:
 
 
 def _report_png(report: dict, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: its figures and backend are the caller's
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.2]})
+    fig = Figure(figsize=(12, 4.2))
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.2]})
     curve = report["curve"]
     if curve:
         minutes = [c["elapsed_s"] / 60 for c in curve]
@@ -296,7 +294,6 @@ def _report_png(report: dict, path: Path) -> None:
     fig.tight_layout()
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=90)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -305,10 +305,7 @@ def write_report(report: dict, out: str | Path, listing_name: str) -> dict[str, 
 
 def confusion_png(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy, path: str | Path, title: str) -> None:
     """Row-normalised confusion matrix with the counts written in the cells and a colour bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: its figures and backend are the caller's
 
     from etalage.files import atomic_write
 
@@ -317,7 +314,8 @@ def confusion_png(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy, path: str 
     np.add.at(m, (truth, pred), 1)
     share = m / np.maximum(1, m.sum(1, keepdims=True))
     side = max(5.0, 0.32 * n + 3)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.subplots()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's covers")
     if n <= 40:
@@ -335,4 +333,3 @@ def confusion_png(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy, path: str 
     fig.tight_layout()
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)

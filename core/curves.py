@@ -17,14 +17,12 @@ def write_curves(run: RunDir, path: str | Path | None = None) -> Path | None:
     lines = run.metrics()
     if not lines:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: its figures and backend are the caller's
 
     path = Path(path or run.curves_file)
     minutes = [m["elapsed_s"] / 60 for m in lines]
-    fig, (ax_loss, ax_top1) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    ax_loss, ax_top1 = fig.subplots(1, 2)
     ax_loss.plot(minutes, [m["train_loss"] for m in lines], marker="o", color="tab:red")
     ax_loss.set(xlabel="training minutes", ylabel="training loss", title="loss")
     for key, label in LEVELS:
@@ -43,5 +41,4 @@ def write_curves(run: RunDir, path: str | Path | None = None) -> Path | None:
     fig.tight_layout()
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=90)
-    plt.close(fig)
     return path

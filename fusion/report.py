@@ -187,12 +187,10 @@ def write_report(model_dir: str | Path, out: str | Path, folds: int = 3, progres
 
 
 def _chart(rows: list[dict], importance: dict[str, float], png: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: its figures and backend are the caller's
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    a1, a2 = fig.subplots(1, 2)
     labels = [r["signals"] for r in rows]
     values = [r["top1"] for r in rows]
     a1.barh(labels[::-1], values[::-1], color="#4c72b0")
@@ -210,4 +208,3 @@ def _chart(rows: list[dict], importance: dict[str, float], png: Path) -> None:
     fig.tight_layout()
     with atomic_write(png, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)

@@ -136,3 +136,16 @@ def test_no_module_writes_the_environment():
     wrong = [f"{path}:{i}" for path in MODULES.values() for i, line in enumerate(path.read_text().splitlines(), 1)
              if pattern.search(line)]
     assert not wrong, wrong
+
+
+def test_no_module_draws_through_pyplot():
+    """Charts are drawn on ``matplotlib.figure.Figure`` objects: pyplot keeps figures and a backend per process,
+    and ``matplotlib.use("Agg")`` in a library call took a notebook's inline backend away from its user."""
+    import re
+
+    from tests.test_architecture import MODULES
+
+    pattern = re.compile(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot")
+    wrong = [f"{path}:{i}" for path in MODULES.values() for i, line in enumerate(path.read_text().splitlines(), 1)
+             if pattern.search(line)]
+    assert not wrong, wrong
