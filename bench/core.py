@@ -45,17 +45,20 @@ def level_top1(pred: np.ndarray, truth: np.ndarray, tax: Taxonomy) -> dict[str, 
             "level1": float((tax.level1_of[pred] == tax.level1_of[truth]).mean())}
 
 
-def paired_top1(truth: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
-    """Two predictions of the same products compared product by product: how many only ``a`` gets right,
-    how many only ``b``, and the two-sided sign test on those. Why: on 296 test products one top-1 has a
-    standard error of 2.7 points, but two predictions by the same network (with and without test-time
-    augmentation) differ on a few dozen products only, and the sign test tells whether those lean one way."""
+def paired_top1(truth: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Two predictions of the same products compared product by product: how many only the ``reference``
+    gets right (``only_reference``), how many only the ``candidate``, the candidate's top-1 minus the
+    reference's (``delta``) and the two-sided sign test on the products only one gets right (``p``; 1.0 when
+    there are none). Why: on a test part of a few hundred products one top-1 has a standard error of several
+    points, but two predictions by the same network (with and without test-time augmentation) disagree on a
+    few dozen products only, and the sign test tells whether those lean one way."""
     from scipy.stats import binomtest
 
-    right_a, right_b = a == truth, b == truth
-    only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    p = binomtest(only_b, only_a + only_b).pvalue if only_a + only_b else 1.0
-    return {"only_a": only_a, "only_b": only_b, "p": float(p), "delta": float(right_b.mean() - right_a.mean())}
+    right_ref, right_cand = reference == truth, candidate == truth
+    only_ref, only_cand = int((right_ref & ~right_cand).sum()), int((~right_ref & right_cand).sum())
+    p = binomtest(only_cand, only_ref + only_cand).pvalue if only_ref + only_cand else 1.0
+    return {"only_reference": only_ref, "only_candidate": only_cand, "p": float(p),
+            "delta": float(right_cand.mean() - right_ref.mean())}
 
 
 def answer_key(catalog: Catalog, labels: str | Path | None, tax: Taxonomy) -> np.ndarray:
@@ -215,12 +218,10 @@ def run_core_bench(bench: CoreBenchConfig, progress: bool = True) -> dict:
         report["knn"] = level_top1(neighbour_vote(tx, train_y, ex, tax.n_classes), truth, tax)
         counts = np.bincount(train_y, minlength=tax.n_classes)
         report["majority"] = level_top1(np.full(len(truth), counts.argmax()), truth, tax)
-    untransformed = work / "pred-none"
-    if tta != "none" and (untransformed / "meta.json").exists():
-        from etalage.core.ranking import CoreRanking
-
-        plain = CoreRanking.load(untransformed).top1().astype(np.int64)
-        report["against_no_tta"] = paired_top1(truth, plain, top1)
+    if tta != "none":  # the same network without TTA: predicted (or reused, when done before) to pair with
+        log.info("[2/3] predicting the test products again without test-time augmentation, to compare")
+        plain = CorePredictor(run, tta="none").predict_catalog(test_cat, work / "pred-none", topk=5, progress=progress)
+        report["against_no_tta"] = paired_top1(truth, plain.top1().astype(np.int64), top1)
     write_core_report(report, out, run)
     return report
 
@@ -263,6 +264,11 @@ def write_core_report(report: dict, out: Path, run) -> None:
              f"{report['picture_size']}px, crops {report['crop']}, TTA {report['tta']}).", "",
              "| model | leaf top-1 | level-2 top-1 | level-1 top-1 |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {r['leaf']:.4f} | {r['level2']:.4f} | {r['level1']:.4f} |" for name, r in rows]
+    if "against_no_tta" in report:
+        pair = report["against_no_tta"]
+        lines += ["", f"Test-time augmentation ({report['tta']}) against none, the same network: "
+                      f"{pair['only_candidate']} products right only with it, {pair['only_reference']} only "
+                      f"without (leaf {pair['delta']:+.4f}, two-sided sign test p = {pair['p']:.2f})."]
     lines += ["", "Most confused pairs (true -> predicted, count, share of the true class):", ""]
     lines += [f"- {c['true']} -> {c['predicted']}: {c['count']} ({100 * c['share_of_true']:.1f}%)"
               for c in report["confused"]]

@@ -129,8 +129,8 @@ def main(argv=None) -> int:
               f"{row['picture_size']}px, kept: {row['kept']})", flush=True)
         if row["against_no_tta"]:
             pair = row["against_no_tta"]
-            print(f"  against the same network without TTA: {pair['only_b']} products only right with it, "
-                  f"{pair['only_a']} only without (sign test p={pair['p']:.2f})", flush=True)
+            print(f"  against the same network without TTA: {pair['only_candidate']} products only right with it, "
+                  f"{pair['only_reference']} only without (sign test p={pair['p']:.2f})", flush=True)
     return 0
 
 

@@ -74,7 +74,9 @@ def _add_bench_core(bench, handlers: dict) -> None:
     p.add_argument("--max-minutes", type=float, default=20.0, help="training time budget")
     settings_option(p, "picture_size=160", "a training setting other than the defaults, as `etalage train` names "
                     "it with _")
-    p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation of the core")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation of the core; the same network is also scored without it and the "
+                        "two compared product by product (sign test)")
     p.add_argument("--no-anchors", action="store_true", help="skip the linear probe and the nearest neighbours")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run and the probe")
 
@@ -219,6 +221,10 @@ def cmd_bench_core(args) -> int:
         if key in rep:
             r = rep[key]
             print(f"  {name:<26}{r['leaf']:>8.4f}{r['level2']:>9.4f}{r['level1']:>9.4f}")
+    if "against_no_tta" in rep:
+        pair = rep["against_no_tta"]
+        print(f"  --tta {args.tta} against none: {pair['only_candidate']} products right only with it, "
+              f"{pair['only_reference']} only without (leaf {pair['delta']:+.4f}, sign test p={pair['p']:.2f})")
     print(f"report {args.out}, {Path(args.out).with_suffix('.md')}, {Path(args.out).with_suffix('.png')}")
     return 0
 

@@ -145,7 +145,34 @@ def test_no_module_draws_through_pyplot():
 
     from tests.test_architecture import MODULES
 
-    pattern = re.compile(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot")
+    pattern = re.compile(r"\bpyplot\b|\bpylab\b|matplotlib\.use\(")
     wrong = [f"{path}:{i}" for path in MODULES.values() for i, line in enumerate(path.read_text().splitlines(), 1)
-             if pattern.search(line)]
+             if pattern.search(line.split("#", 1)[0])]
     assert not wrong, wrong
+
+
+
+CHART = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import matplotlib
+    from etalage.bench.covers import confusion_png
+    from etalage.catalog.taxonomy import Taxonomy
+    tax = Taxonomy.from_rows([(10 + i, "BOOKS", "NOVELS", f"genre {i}") for i in range(4)])
+    before = matplotlib.get_backend()
+    truth = np.arange(12) % tax.n_classes
+    confusion_png(truth, truth[::-1].copy(), tax, sys.argv[1], "a chart")
+    print(json.dumps({"before": before, "after": matplotlib.get_backend(), "pyplot": "matplotlib.pyplot" in sys.modules}))
+""")
+
+
+def test_a_chart_leaves_the_callers_matplotlib_backend(tmp_path):
+    """A notebook's backend (here svg, as MPLBACKEND sets it) is still the backend after etalage drew a PNG."""
+    import os
+
+    res = subprocess.run([sys.executable, "-c", CHART, str(tmp_path / "c.png")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "MPLBACKEND": "svg"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["before"] == out["after"] == "svg" and not out["pyplot"], out
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
